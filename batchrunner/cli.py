@@ -1,0 +1,175 @@
+"""The `batchrunner` command: a thin layer over the library (each command calls one function).
+
+Exit codes: 0 all rows ok; 1 finished with failed rows; 2 bad spec or input (nothing sent);
+3 aborted by an authentication or permission error; 130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import runner, sink
+from .errors import BatchRunnerError
+from .source import Source
+from .spec import load
+from .store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reports_errors(func: F) -> F:
+    """Turn expected errors into one clear line on stderr and the documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BatchRunnerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batchrunner")
+def cli() -> None:
+    """Run a table of prompts through DashScope (Qwen), checkpointed and resumable.
+
+    \b
+    Example:
+        batchrunner run examples/quickstart.toml --simulate
+    """
+
+
+@cli.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Output table (default: from the spec).")
+@click.option("--limit", type=click.IntRange(min=1), help="Send at most N requests in this run.")
+@click.option("--simulate", is_flag=True, help="Use the built-in DashScope simulator (no key, no cost).")
+@click.option("--retry-failed", is_flag=True, help="Send again the rows that failed in earlier runs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@_reports_errors
+def run(
+    job: Path, db: Path | None, output: Path | None, limit: int | None, simulate: bool,
+    retry_failed: bool, quiet: bool,
+) -> None:
+    """Run JOB (a TOML spec): send every row not yet done, then write the output table.
+
+    Safe to kill and to run again: finished rows are never sent twice.
+
+    \b
+    Example:
+        DASHSCOPE_API_KEY=sk-... batchrunner run jobs/reviews.toml
+    """
+    from .progress import for_terminal
+
+    spec = load(job)
+    summary = runner.run_job(
+        spec, db=db, output=output, limit=limit, simulate=simulate, retry_failed=retry_failed,
+        progress=for_terminal(spec.job.name, quiet=quiet),
+    )
+    c = summary.counts
+    click.echo(
+        f"{spec.job.name}: {summary.status}{' (simulated)' if summary.simulated else ''}: "
+        f"sent {c.sent}, ok {c.ok}, failed {c.failed}, already done {summary.already_done}, "
+        f"skipped {summary.skipped}; {c.input_tokens} input + {c.output_tokens} output tokens "
+        f"({c.cached_tokens} cached), {c.retries} retries, {summary.elapsed_s:.1f}s",
+        err=True,
+    )
+    if summary.message:
+        click.echo(summary.message, err=True)
+    if summary.output_path is not None:
+        table = ", ".join(f"{k} {v}" for k, v in sorted(summary.table.items()))
+        click.echo(f"output table: {summary.output_path} ({table})")
+    click.echo(f"database:     {summary.db_path}")
+    sys.exit(summary.exit_code)
+
+
+@cli.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
+@_reports_errors
+def status(job: Path, db: Path | None) -> None:
+    """Show rows by status, error codes and the last run of JOB (reads the store only).
+
+    \b
+    Example:
+        batchrunner status jobs/reviews.toml
+    """
+    spec = load(job).with_overrides(db=db)
+    store = Store(spec.db_path, readonly=True)
+    try:
+        counts = store.counts()
+        click.echo(f"job {spec.job.name}  store {spec.db_path}")
+        click.echo("results: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"))
+        for code, n in store.error_counts():
+            click.echo(f"  failed with {code}: {n}")
+        runs = store.runs()
+        if runs:
+            last = runs[-1]
+            click.echo(
+                f"last run #{last['id']}: {last['status']}, exit {last['exit_code']}, "
+                f"started {last['started_at']}, ended {last['ended_at'] or '-'}, "
+                f"sent {last['sent'] or 0}, ok {last['ok'] or 0}, failed {last['failed'] or 0}"
+            )
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write (.csv, .parquet, .jsonl).")
+@_reports_errors
+def export(job: Path, db: Path | None, output: Path | None) -> None:
+    """Write the output table of JOB from its store, without sending anything.
+
+    \b
+    Example:
+        batchrunner export jobs/reviews.toml --output reviews.csv
+    """
+    spec = load(job).with_overrides(db=db, output=output)
+    source = Source(spec)
+    source.check()
+    store = Store(spec.db_path, readonly=True)
+    try:
+        path, table = sink.export(spec, store, source)
+    finally:
+        store.close()
+    click.echo(f"output table: {path} (" + ", ".join(f"{k} {v}" for k, v in sorted(table.items())) + ")")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute it allows (429 above).")
+@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute it allows (429 above).")
+@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--fail-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Share of requests answered 500.")
+def simulate(host: str, port: int, rpm: int | None, tpm: int | None, latency_ms: float, fail_rate: float) -> None:
+    """Serve the DashScope simulator until Ctrl-C.
+
+    \b
+    Example:
+        batchrunner simulate --port 8000 --rpm 600 --latency-ms 800
+        DASHSCOPE_BASE_URL=http://127.0.0.1:8000/api/v1 batchrunner run jobs/reviews.toml
+    """
+    from .simulator import SimulatorConfig, run_simulator
+
+    config = SimulatorConfig(rpm=rpm, tpm=tpm, latency_ms=latency_ms, fail_rate=fail_rate, keep_log=False)
+    run_simulator(
+        config, host=host, port=port,
+        on_ready=lambda url: click.echo(f"DashScope simulator at {url} (set DASHSCOPE_BASE_URL to it)"),
+    )
+
+
+def main() -> None:
+    cli()

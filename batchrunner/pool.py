@@ -1,0 +1,277 @@
+"""The worker pool: bounded asyncio workers that pace, send, retry and hand results to the writer.
+
+Each worker takes one request at a time from a bounded queue (so the producer never runs
+ahead of the pool), and for each attempt: waits for a slot in flight, the request pacer and
+the token budget; sends; then acts on the classified outcome:
+
+    ok          record the answer
+    RETRY       429 / 5xx / timeout / dropped connection: back off (full jitter or Retry-After)
+                and try again, up to `max_retries`; a 429 also narrows the flight gate
+    ROW_FAILED  a 4xx about this request: record the row failed with the service's code
+    ABORT       401 / 403 / account or model errors: stop the whole run (`Abort`)
+
+Every attempt, including the ones that may have been billed, goes to the attempts table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import protocol, store
+from .client import CallFailed, DashScopeClient, TransportFailed
+from .limits import FlightGate, RequestPacer, TokenBudget, backoff_delay
+from .source import Request
+from .spec import JobSpec
+from .writer import CheckpointWriter
+
+DEFAULT_OUTPUT_CHARGE = 1024  # tokens assumed for the TPM limiter when max_tokens is unset
+
+
+class Abort(Exception):
+    """The service refused the key, account or model: no further request can succeed."""
+
+    def __init__(self, error: protocol.ServiceError) -> None:
+        super().__init__(f"HTTP {error.status} {error.code}: {error.message}")
+        self.error = error
+
+
+@dataclass
+class PoolCounts:
+    """Live counters of one run (read by progress displays)."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    throttled: int = 0
+    possibly_billed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Pool:
+    """Runs requests from an async iterator through `concurrency` workers."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        client: DashScopeClient,
+        writer: CheckpointWriter,
+        *,
+        run_id: int,
+        on_result: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        limits = spec.limits
+        self.spec = spec
+        self.client = client
+        self.writer = writer
+        self.run_id = run_id
+        self.on_result = on_result
+        self.counts = PoolCounts()
+        self.gate = FlightGate(limits.concurrency)
+        self.pacer = RequestPacer(limits.requests_per_minute)
+        self.tokens = TokenBudget(limits.tokens_per_minute) if limits.tokens_per_minute else None
+        self.output_charge = spec.parameters.max_tokens or DEFAULT_OUTPUT_CHARGE
+        self.stopping = False
+        self._params = store.dumps(spec.parameters.wire())
+
+    def stop(self) -> None:
+        """Stop taking new requests; requests already being worked on run to their end."""
+        self.stopping = True
+
+    async def run(self, requests: AsyncIterator[Request]) -> None:
+        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=self.spec.limits.concurrency)
+        workers = self.spec.limits.concurrency
+
+        async def produce() -> None:
+            try:
+                async for request in requests:
+                    if self.stopping:
+                        break
+                    await queue.put(request)
+            finally:
+                for _ in range(workers):
+                    await queue.put(None)
+
+        async def work() -> None:
+            while True:
+                request = await queue.get()
+                if request is None:
+                    return
+                if not self.stopping:  # once stopping, drain the queue without sending
+                    await self._process(request)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(produce())
+                for _ in range(workers):
+                    group.create_task(work())
+        except BaseExceptionGroup as eg:
+            # Surface the first real error (an Abort, or a bug) rather than the group.
+            first = eg.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+
+    # ------------------------------------------------------------------ one request
+
+    async def _attempt(
+        self, request: Request, estimate: int, attempt: int
+    ) -> tuple[protocol.Completion | Exception, str, float]:
+        """One paced call: (answer or classified failure, start time, monotonic start)."""
+        await self.gate.acquire()
+        try:
+            await self.pacer.wait()
+            if self.tokens is not None:
+                await self.tokens.charge(estimate)
+            self.counts.attempts += 1
+            started, t0 = store.now(), time.monotonic()
+            try:
+                return await self.client.generate(request), started, t0
+            except (CallFailed, TransportFailed) as exc:
+                return exc, started, t0
+            except asyncio.CancelledError:
+                # Cut off in flight (second signal or grace over): it may have been billed.
+                fields = {"outcome": "cancelled", "possibly_billed": 1}
+                self._log_attempt(request, attempt, started, t0, fields)
+                raise
+        finally:
+            await self.gate.release()
+
+    async def _process(self, request: Request) -> None:
+        started = store.now()
+        t0 = time.monotonic()
+        estimate = request.est_input_tokens + self.output_charge
+        billed = 0
+        self.counts.sent += 1
+        for attempt in range(1, self.spec.limits.max_retries + 2):
+            outcome, a_started, a0 = await self._attempt(request, estimate, attempt)
+            if isinstance(outcome, protocol.Completion):
+                usage = outcome.usage
+                if self.tokens is not None:
+                    self.tokens.settle(estimate, usage.input_tokens + usage.output_tokens)
+                self._log_attempt(
+                    request, attempt, a_started, a0,
+                    {"outcome": "ok", "http_status": 200, "request_id": outcome.request_id,
+                     "usage": store.dumps(usage.raw), "possibly_billed": 1},
+                )
+                await self.gate.on_success()
+                self._finish(request, started, t0, attempt, billed, completion=outcome)
+                return
+            if self.tokens is not None:
+                self.tokens.settle(estimate, 0)
+            fields = DashScopeClient.describe(outcome)
+            if isinstance(outcome, CallFailed):
+                decision = outcome.error.outcome
+                if outcome.error.status == 429:
+                    self.counts.throttled += 1
+                    self.gate.on_throttled()
+                retry_after = outcome.error.retry_after
+            else:
+                decision = protocol.Outcome.RETRY
+                billed += int(outcome.possibly_billed)
+                self.counts.possibly_billed += int(outcome.possibly_billed)
+                retry_after = None
+            self._log_attempt(request, attempt, a_started, a0, {"outcome": decision.value, **fields})
+            if decision is protocol.Outcome.ABORT:
+                assert isinstance(outcome, CallFailed)
+                raise Abort(outcome.error)
+            if decision is protocol.Outcome.ROW_FAILED:
+                self._finish(request, started, t0, attempt, billed, failure=fields, retryable=False)
+                return
+            if attempt > self.spec.limits.max_retries:
+                fields["error_message"] = (
+                    f"gave up after {attempt} attempts; last: {fields.get('error_message', '')}"
+                )
+                self._finish(request, started, t0, attempt, billed, failure=fields, retryable=True)
+                return
+            if self.stopping:
+                return  # not recorded: the row stays pending for the next run
+            self.counts.retries += 1
+            limits = self.spec.limits
+            await asyncio.sleep(
+                backoff_delay(attempt, initial=limits.backoff_initial_s, cap=limits.backoff_max_s,
+                              retry_after=retry_after)
+            )
+
+    def _log_attempt(
+        self, request: Request, attempt: int, started: str, t0: float, fields: dict[str, Any]
+    ) -> None:
+        self.writer.add_attempt(
+            {
+                "key": request.key,
+                "run_id": self.run_id,
+                "attempt": attempt,
+                "started_at": started,
+                "latency_ms": int((time.monotonic() - t0) * 1000),
+                "possibly_billed": 0,
+                **fields,
+            }
+        )
+
+    def _finish(
+        self,
+        request: Request,
+        started: str,
+        t0: float,
+        attempts: int,
+        billed: int,
+        *,
+        completion: protocol.Completion | None = None,
+        failure: dict[str, Any] | None = None,
+        retryable: bool = False,
+    ) -> None:
+        row: dict[str, Any] = {
+            "key": request.key,
+            "row_id": request.row_id,
+            "row_index": request.row_index,
+            "attempts": attempts,
+            "possibly_billed_attempts": billed,
+            "latency_ms": int((time.monotonic() - t0) * 1000),
+            "started_at": started,
+            "finished_at": store.now(),
+            "model": request.body["model"],
+            "endpoint": request.path,
+            "parameters": self._params,
+            "run_id": self.run_id,
+        }
+        if completion is not None:
+            usage = completion.usage
+            row.update(
+                status="ok",
+                retryable=0,
+                content=completion.content,
+                reasoning_content=completion.reasoning_content,
+                finish_reason=completion.finish_reason,
+                tool_calls=store.dumps(completion.tool_calls),
+                request_id=completion.request_id,
+                http_status=200,
+                usage=store.dumps(usage.raw),
+                error_code=None,
+                error_message=None,
+                **{c: getattr(usage, c) for c in store.RESULT_USAGE_COLUMNS},
+            )
+            self.counts.ok += 1
+            self.counts.input_tokens += usage.input_tokens
+            self.counts.output_tokens += usage.output_tokens
+            self.counts.cached_tokens += usage.cached_tokens
+        else:
+            assert failure is not None
+            row.update(
+                status="failed",
+                retryable=int(retryable),
+                error_code=failure.get("error_code"),
+                error_message=failure.get("error_message"),
+                http_status=failure.get("http_status"),
+                request_id=failure.get("request_id"),
+            )
+            self.counts.failed += 1
+        self.writer.add_result(row)
+        if self.on_result is not None:
+            self.on_result(row)

@@ -1,0 +1,105 @@
+"""Progress displays for the CLI: a tqdm bar on a terminal, plain log lines otherwise (cron)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from .pool import PoolCounts
+from .runner import Progress
+
+
+def _eta(remaining: int, rate: float) -> str:
+    if rate <= 0:
+        return "?"
+    seconds = int(remaining / rate)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class BarProgress(Progress):
+    """A tqdm bar: rows done, ok / failed, tokens, rate and ETA."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        self.bar: tqdm[Any] | None = None
+        self.counts = PoolCounts()
+        self._last = 0.0
+
+    def start(self, total_rows: int, counts: PoolCounts) -> None:
+        self.counts = counts
+        self.bar = tqdm(total=total_rows, unit="row", desc=self.job, dynamic_ncols=True)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None and n:
+            self.bar.update(n)
+
+    def row_finished(self, row: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self._last >= 0.5:
+            self._last = now
+            c = self.counts
+            self.bar.set_postfix(
+                ok=c.ok, failed=c.failed, tokens=c.input_tokens + c.output_tokens, retries=c.retries,
+                refresh=False,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class LogProgress(Progress):
+    """One plain line every `every_s` seconds, for logs and cron mail."""
+
+    def __init__(self, job: str, *, every_s: float = 10.0, stream: TextIO | None = None) -> None:
+        self.job = job
+        self.every_s = every_s
+        self.stream = stream or sys.stderr
+        self.total = 0
+        self.done = 0
+        self.counts = PoolCounts()
+        self._t0 = time.monotonic()
+        self._last = self._t0
+
+    def start(self, total_rows: int, counts: PoolCounts) -> None:
+        self.total, self.counts = total_rows, counts
+        self._t0 = self._last = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+
+    def row_finished(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self.line()
+
+    def line(self) -> None:
+        c = self.counts
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        rate = (c.ok + c.failed) / elapsed
+        print(
+            f"{self.job}: {self.done}/{self.total} rows done; this run ok {c.ok}, failed {c.failed}, "
+            f"retries {c.retries}, tokens {c.input_tokens + c.output_tokens}, "
+            f"{rate:.1f} rows/s, ETA {_eta(self.total - self.done, rate)}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        self.line()
+
+
+def for_terminal(job: str, *, quiet: bool = False) -> Progress:
+    """The right display for where stderr goes."""
+    if quiet:
+        return Progress()
+    return BarProgress(job) if sys.stderr.isatty() else LogProgress(job)

@@ -1,0 +1,261 @@
+"""`run_job`: the whole job, from spec to output table. The library entry point behind the CLI.
+
+    spec.load -> Source.check -> sink.check_writable -> Store -> pending requests
+    -> Pool (pacer, gate, client) -> CheckpointWriter -> sink.export -> RunSummary
+
+Everything a user can get wrong is checked before the first request. Signals: the first
+SIGINT/SIGTERM stops dispatching and lets requests in flight finish for `[limits] grace_s`;
+a second one cancels them at once. Either way every answer received is committed, and the
+run ends with exit code 130 and a store that the next run resumes from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import sink
+from .client import DashScopeClient
+from .errors import SpecError
+from .pool import Abort, Pool, PoolCounts
+from .source import Request, Skipped, Source
+from .spec import JobSpec, load
+from .store import Store
+from .writer import CheckpointWriter
+
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+SIMULATED_KEY = "sk-simulated"
+BATCH_ROWS = 5000
+
+
+@dataclass
+class RunSummary:
+    """What one run did. `exit_code` follows the CLI's exit codes."""
+
+    run_id: int
+    exit_code: int
+    status: str  # finished | interrupted | aborted
+    db_path: Path
+    output_path: Path | None
+    rows_total: int
+    already_done: int
+    skipped: int
+    counts: PoolCounts
+    table: dict[str, int]  # rows by status in the output table (ok, failed, skipped, pending)
+    simulated: bool
+    elapsed_s: float
+    message: str = ""
+
+
+class Progress:
+    """Callbacks a display can implement; the default does nothing."""
+
+    def start(self, total_rows: int, counts: PoolCounts) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def row_finished(self, row: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+def api_key_for(spec: JobSpec) -> str:
+    env = spec.api.api_key_env
+    key = os.environ.get(env, "").strip()
+    if not key:
+        msg = (
+            f"environment variable {env} is not set: export your DashScope API key in it "
+            f"([api] api_key_env names the variable), or try the job with --simulate"
+        )
+        raise SpecError(msg)
+    return key
+
+
+def run_job(
+    spec: JobSpec | str | os.PathLike[str],
+    *,
+    db: Path | None = None,
+    output: Path | None = None,
+    limit: int | None = None,
+    simulate: bool = False,
+    retry_failed: bool = False,
+    progress: Progress | None = None,
+    handle_signals: bool = True,
+) -> RunSummary:
+    """Run a job to completion (or interruption) and write its output table.
+
+    Raises SpecError / InputError / OutputError before sending anything when the spec or
+    the input is unusable; an authentication or permission error ends the run with
+    exit_code 3 in the summary (no row is marked failed for it).
+    """
+    job = spec if isinstance(spec, JobSpec) else load(spec)
+    job = job.with_overrides(db=db, output=output)
+    return asyncio.run(
+        _run(job, limit=limit, simulate=simulate, retry_failed=retry_failed,
+             progress=progress or Progress(), handle_signals=handle_signals)
+    )
+
+
+@contextlib.asynccontextmanager
+async def _service(spec: JobSpec, simulate: bool) -> AsyncIterator[tuple[str, str]]:
+    """(base_url, api_key): the real service, or a simulator started in this loop."""
+    if not simulate:
+        yield spec.base_url, api_key_for(spec)
+        return
+    from .simulator import Simulator, SimulatorConfig
+
+    async with Simulator(SimulatorConfig()).serve(host="127.0.0.1", port=0) as base_url:
+        yield base_url, SIMULATED_KEY
+
+
+async def _pending(
+    source: Source,
+    store: Store,
+    claimed: set[str],
+    *,
+    retry_failed: bool,
+    limit: int | None,
+    progress: Progress,
+    tally: dict[str, int],
+) -> AsyncIterator[Request]:
+    """Requests still to send, in input order, read a slice at a time off the event loop."""
+
+    def prepare(offset: int) -> tuple[list[Request | Skipped], dict[str, tuple[str, int]]]:
+        items = list(source.requests(source.batch_at(offset, BATCH_ROWS)))
+        return items, store.lookup([i.key for i in items if isinstance(i, Request)])
+
+    sent = 0
+    for offset in range(0, source.n_rows, BATCH_ROWS):
+        items, stored = await asyncio.to_thread(prepare, offset)
+        settled = 0
+        for item in items:
+            if isinstance(item, Skipped):
+                tally["skipped"] += 1
+                settled += 1
+                continue
+            status, retryable = stored.get(item.key, ("", 0))
+            if status == "ok" or (status == "failed" and not (retry_failed or retryable)):
+                tally["already_done"] += 1
+                settled += 1
+                continue
+            if item.key in claimed:  # the same request twice in one table: send it once
+                settled += 1
+                continue
+            if limit is not None and sent >= limit:
+                return
+            claimed.add(item.key)
+            sent += 1
+            yield item
+        progress.advance(settled)
+
+
+async def _run(
+    spec: JobSpec, *, limit: int | None, simulate: bool, retry_failed: bool,
+    progress: Progress, handle_signals: bool,
+) -> RunSummary:
+    t0 = time.monotonic()
+    source = Source(spec)
+    source.check()
+    sink.check_writable(spec.output.path)
+    async with _service(spec, simulate) as (base_url, api_key):
+        store = Store(spec.db_path)
+        try:
+            return await _run_with_store(
+                spec, source, store, base_url, api_key, limit=limit, simulate=simulate,
+                retry_failed=retry_failed, progress=progress, handle_signals=handle_signals, t0=t0,
+            )
+        finally:
+            store.close()
+
+
+async def _run_with_store(
+    spec: JobSpec, source: Source, store: Store, base_url: str, api_key: str, *,
+    limit: int | None, simulate: bool, retry_failed: bool, progress: Progress,
+    handle_signals: bool, t0: float,
+) -> RunSummary:
+    run_id = store.start_run(job=spec.job.name, spec_digest=spec.digest, simulated=simulate, base_url=base_url)
+    claimed: set[str] = set()
+    writer = CheckpointWriter(
+        store, interval_s=spec.limits.commit_interval_ms / 1000, on_commit=claimed.difference_update
+    )
+    tally = {"already_done": 0, "skipped": 0}
+    status, message, exit_code = "finished", "", EXIT_OK
+    writer_task = asyncio.create_task(writer.run())
+    async with DashScopeClient(
+        base_url, api_key, timeout_s=spec.limits.timeout_s, max_connections=spec.limits.concurrency
+    ) as client:
+        pool = Pool(spec, client, writer, run_id=run_id, on_result=progress.row_finished)
+        progress.start(source.n_rows, pool.counts)
+        requests = _pending(source, store, claimed, retry_failed=retry_failed, limit=limit,
+                            progress=progress, tally=tally)
+        pool_task = asyncio.create_task(pool.run(requests))
+        with _signals(pool, pool_task, spec.limits.grace_s, enabled=handle_signals) as interrupted:
+            try:
+                await pool_task
+            except Abort as abort:
+                error = abort.error
+                status, exit_code = "aborted", EXIT_AUTH
+                message = (
+                    f"the service refused the request: HTTP {error.status} {error.code}: {error.message} "
+                    f"(request_id {error.request_id}). Check the key in ${spec.api.api_key_env}, "
+                    f"the workspace and your access to model {spec.model.name!r}; nothing was marked failed."
+                )
+            except asyncio.CancelledError:
+                if not interrupted():
+                    raise
+            if interrupted() and status == "finished":
+                status, exit_code = "interrupted", EXIT_INTERRUPTED
+                message = "interrupted: every answer received is saved; run the same command again to resume"
+    await writer.close()
+    writer_task.cancel()
+    progress.close()
+    table: dict[str, int] = {}
+    output_path: Path | None = None
+    if status == "finished":
+        output_path, table = sink.export(spec, store, source)
+        exit_code = EXIT_FAILED_ROWS if table.get("failed") else EXIT_OK
+    c = pool.counts
+    store.finish_run(
+        run_id, status=status, exit_code=exit_code, rows_total=source.n_rows,
+        already_done=tally["already_done"], sent=c.sent, ok=c.ok, failed=c.failed,
+        skipped=tally["skipped"], attempts=c.attempts, retries=c.retries,
+        input_tokens=c.input_tokens, output_tokens=c.output_tokens,
+    )
+    return RunSummary(
+        run_id, exit_code, status, spec.db_path, output_path, source.n_rows, tally["already_done"],
+        tally["skipped"], c, table, simulate, time.monotonic() - t0, message,
+    )
+
+
+@contextlib.contextmanager
+def _signals(
+    pool: Pool, task: asyncio.Task[None], grace_s: float, *, enabled: bool
+) -> Iterator[Callable[[], bool]]:
+    """First SIGINT/SIGTERM: stop dispatching, cancel after grace_s. Second: cancel now."""
+    loop = asyncio.get_running_loop()
+    state = {"hits": 0}
+
+    def on_signal() -> None:
+        state["hits"] += 1
+        pool.stop()
+        if state["hits"] == 1:
+            loop.call_later(grace_s, task.cancel)
+        else:
+            task.cancel()
+
+    installed: list[int] = []
+    if enabled:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, on_signal)
+                installed.append(sig)
+    try:
+        yield lambda: state["hits"] > 0
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+

@@ -1,0 +1,32 @@
+"""A deterministic stand-in for the DashScope generation API, served on loopback.
+
+It speaks the native wire protocol of `batchrunner.protocol` (the only part of the package it
+imports): the text and multimodal generation endpoints, key checks, the service's validation
+messages, per-second rate windows, the implicit and explicit context cache, SSE streaming,
+and scripted or random faults. Answers depend only on (model, messages, seed).
+Control endpoints: GET /_simulator/stats, GET /_simulator/log, POST /_simulator/reset (also
+under /api/v1/_simulator/).
+
+    with serve_in_thread(SimulatorConfig(rpm=600)) as handle:
+        ...  # point a client at handle.base_url
+"""
+
+from __future__ import annotations
+
+from .answers import answer_for, count_tokens, request_key
+from .app import RequestRecord, Simulator
+from .config import FaultRule, SimulatorConfig
+from .server import ThreadHandle, run_simulator, serve_in_thread
+
+__all__ = [
+    "FaultRule",
+    "RequestRecord",
+    "Simulator",
+    "SimulatorConfig",
+    "ThreadHandle",
+    "answer_for",
+    "count_tokens",
+    "request_key",
+    "run_simulator",
+    "serve_in_thread",
+]

@@ -1,0 +1,240 @@
+"""Request validation: raw body bytes in, a checked `Call` out, or a `SimError` raised.
+
+Checks run in the order the real service appears to apply them: body JSON, model, endpoint,
+input, messages, then parameters. Messages are the reference's exact texts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchrunner.protocol import MULTIMODAL_PATH, path_for_model
+
+from .answers import text_of
+from .catalogue import GENERIC_INVALID, SimError, error_for_code
+
+MODEL_PREFIXES = ("qwen", "qwq", "qvq", "deepseek")
+SEED_MAX = 9223372036854775807
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+MEDIA_KEYS = frozenset({"text", "image", "video", "audio"})
+_MESSAGE_FORMAT_FIRST = ("qwen3-max", "qwen3-vl", "qwq", "qvq")
+_QWEN3_OPEN = re.compile(r"qwen3-(\d+(\.\d+)?b|next-80b-a3b-thinking)")
+
+BAD_BODY = "Required body invalid, please check the request body format."
+BAD_ROLE = "Role must be user or assistant and Content length must be greater than 0"
+NOT_STRING = "input content must be a string."
+BAD_MODAL = "The item of content should be a message of a certain modal"
+
+
+@dataclass(slots=True)
+class Call:
+    """A request that passed validation: what to answer and how to shape the answer."""
+
+    model: str
+    body: dict[str, Any]
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+    multimodal: bool
+    result_format: str
+    prompt: str
+    seed: int | None = None
+    max_tokens: int | None = None
+    n: int = 1
+    thinking: bool = False
+    thinking_budget: int | None = None
+    json_mode: bool = False
+    stream: bool = False
+    incremental: bool = False
+    stop: list[str] = field(default_factory=list)
+
+
+def invalid(message: str = GENERIC_INVALID) -> SimError:
+    """A 400 InvalidParameter with `message`."""
+    return SimError(400, "InvalidParameter", message)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or 400 InvalidParameter."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid(BAD_BODY) from None
+    if not isinstance(body, dict):
+        raise invalid(BAD_BODY)
+    return body
+
+
+def default_result_format(model: str, multimodal: bool) -> str:
+    """The result_format a model uses when the request names none."""
+    if multimodal or model.startswith(_MESSAGE_FORMAT_FIRST) or _QWEN3_OPEN.match(model):
+        return "message"
+    return "text"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_messages(messages: Any, multimodal: bool) -> list[dict[str, Any]]:
+    """The message list if every message is well formed for the endpoint."""
+    if not isinstance(messages, list):
+        raise invalid()
+    if not messages:
+        raise invalid("[] is too short")
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise invalid(BAD_ROLE)
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict):
+                    raise invalid(BAD_MODAL if multimodal else NOT_STRING)
+                if multimodal:
+                    if not MEDIA_KEYS.intersection(part):
+                        raise invalid(BAD_MODAL)
+                elif part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise invalid(NOT_STRING)
+        elif content is not None and not isinstance(content, str):
+            raise invalid(BAD_MODAL if multimodal else NOT_STRING)
+        elif message["role"] == "user" and not content:
+            raise invalid(BAD_ROLE)
+    last = messages[-1]
+    if last["role"] not in ("user", "tool") and not (
+        last["role"] == "assistant" and last.get("partial") is True
+    ):
+        raise SimError(500, "InternalError.Algo", "list index out of range")
+    return messages
+
+
+def check_parameters(call: Call, max_output: int) -> None:
+    """Range checks on `call.params`; fills the typed fields of `call`."""
+    p = call.params
+    value = p.get("temperature")
+    if value is not None:
+        if not _number(value):
+            raise invalid("'temperature' must be Float")
+        if not 0.0 <= value < 2.0:
+            raise invalid("Temperature should be in [0.0, 2.0)")
+    value = p.get("top_p")
+    if value is not None and not (_number(value) and 0.0 < value <= 1.0):
+        raise invalid("Range of top_p should be (0.0, 1.0]")
+    value = p.get("top_k")
+    if value is not None and not (_number(value) and value >= 0):
+        raise invalid("Parameter top_k be greater than or equal to 0")
+    value = p.get("repetition_penalty")
+    if value is not None and not (_number(value) and value > 0):
+        raise invalid("Repetition_penalty should be greater than 0.0")
+    value = p.get("presence_penalty")
+    if value is not None and not (_number(value) and -2.0 <= value <= 2.0):
+        raise invalid("Presence_penalty should be in [-2.0, 2.0]")
+    value = p.get("n")
+    if value is not None:
+        if not (_integer(value) and 1 <= value <= 4):
+            raise invalid("Range of n should be [1, 4]")
+        call.n = value
+    value = p.get("seed")
+    if value is not None:
+        if not (_integer(value) and 0 <= value <= SEED_MAX):
+            raise invalid(f"Range of seed should be [0, {SEED_MAX}]")
+        call.seed = value
+    value = p.get("max_tokens")
+    if value is not None:
+        if not (_integer(value) and 1 <= value <= max_output):
+            raise invalid(f"Range of max_tokens should be [1, {max_output}]")
+        call.max_tokens = value
+    call.thinking = p.get("enable_thinking") is True
+    value = p.get("thinking_budget")
+    if value is not None:
+        if not (_integer(value) and 0 < value <= max_output):
+            raise invalid(
+                "The thinking_budget parameter must be a positive integer and not greater "
+                f"than {max_output}"
+            )
+        call.thinking_budget = value
+    value = p.get("result_format")
+    if value is not None and value not in ("message", "text"):
+        raise invalid()
+    if value is not None and not call.multimodal:
+        call.result_format = value
+    if call.thinking and call.result_format != "message":
+        raise invalid('The result_format parameter must be "message" when enable_thinking is true')
+    call.incremental = p.get("incremental_output") is True
+    if call.stream and call.thinking and not call.incremental:
+        raise invalid(
+            'The incremental_output parameter must be "true" when enable_thinking is true'
+        )
+    fmt = p.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind not in ("text", "json_object", "json_schema"):
+            raise invalid()
+        call.json_mode = kind != "text"
+        if call.json_mode and call.thinking:
+            raise invalid("Json mode response is not supported when enable_thinking is true")
+        if kind == "json_object" and not any(
+            "json" in text_of(m.get("content")).lower() for m in call.messages
+        ):
+            raise invalid(
+                "'messages' must contain the word 'json' in some form, to use "
+                "'response_format' of type 'json_object'."
+            )
+    stop = p.get("stop")
+    if isinstance(stop, str):
+        call.stop = [stop] if stop else []
+    elif isinstance(stop, list):
+        call.stop = [s for s in stop if isinstance(s, str) and s]
+
+
+def check_request(path: str, body: dict[str, Any], stream: bool, max_output: int) -> Call:
+    """Validate one parsed generation request sent to `path` (TEXT_PATH or MULTIMODAL_PATH)."""
+    model = body.get("model")
+    if model is None or model == "":
+        raise error_for_code("BadRequest.EmptyModel")
+    if not isinstance(model, str):
+        raise invalid()
+    if not model.lower().startswith(MODEL_PREFIXES):
+        raise error_for_code("ModelNotFound")
+    if path_for_model(model) != path:
+        raise invalid("url error, please check url!")
+    input_ = body.get("input")
+    if not isinstance(input_, dict) or not input_:
+        raise error_for_code("BadRequest.EmptyInput")
+    params = body.get("parameters")
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
+        raise invalid()
+    multimodal = path == MULTIMODAL_PATH
+    messages = input_.get("messages")
+    if messages is None:
+        prompt = input_.get("prompt")
+        if prompt is None:
+            raise invalid('Either "prompt" or "messages" must exist and cannot both be none')
+        if not isinstance(prompt, str) or not prompt:
+            raise invalid(BAD_ROLE)
+        messages = [{"role": "user", "content": prompt}]
+    messages = check_messages(messages, multimodal)
+    last_user = ""
+    for message in reversed(messages):
+        if message["role"] == "user":
+            last_user = text_of(message.get("content"))
+            break
+    call = Call(
+        model=model,
+        body=body,
+        messages=messages,
+        params=params,
+        multimodal=multimodal,
+        result_format=default_result_format(model.lower(), multimodal),
+        prompt=last_user,
+        stream=stream,
+    )
+    check_parameters(call, max_output)
+    return call

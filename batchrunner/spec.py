@@ -1,0 +1,282 @@
+"""The job spec: a TOML file read into frozen, validated models.
+
+`load(path)` reads and checks the whole file before anything else happens; every problem is
+reported at once, each naming the file, the `[section] key` and what is allowed. Paths in a
+spec are relative to the spec file's folder and are resolved here, so the rest of the
+package only sees absolute paths.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import protocol
+from .errors import SpecError
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobSection(_Section):
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    db: Path | None = None
+
+
+class InputSection(_Section):
+    path: Path
+    id_column: str | None = None
+    format: Literal["csv", "parquet", "jsonl"] | None = None
+    separator: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    encoding: Literal["utf8", "utf8-lossy"] = "utf8"
+
+    @property
+    def table_format(self) -> str:
+        return self.format or TABLE_SUFFIXES.get(self.path.suffix.lower(), "")
+
+
+class PromptSection(_Section):
+    system: str | None = None
+    template: str | None = None
+    messages_column: str | None = None
+    on_empty: Literal["error", "skip", "send"] = "error"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptSection:
+        if (self.template is None) == (self.messages_column is None):
+            msg = "give exactly one of `template` (a string with {column} placeholders) or `messages_column`"
+            raise ValueError(msg)
+        return self
+
+
+class ModelSection(_Section):
+    name: Annotated[str, Field(min_length=1)]
+    endpoint: Literal["auto", "text", "multimodal"] = "auto"
+
+    @property
+    def path(self) -> str:
+        if self.endpoint == "text":
+            return protocol.TEXT_PATH
+        if self.endpoint == "multimodal":
+            return protocol.MULTIMODAL_PATH
+        return protocol.path_for_model(self.name)
+
+
+class Parameters(_Section):
+    """DashScope generation parameters, with the service's documented ranges."""
+
+    temperature: Annotated[float, Field(ge=0, lt=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    stop: str | list[str] | list[int] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    result_format: Literal["message", "text"] = "message"
+    enable_thinking: bool | None = None
+    thinking_budget: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Parameters:
+        if self.enable_thinking and self.result_format != "message":
+            msg = 'enable_thinking = true needs result_format = "message"'
+            raise ValueError(msg)
+        return self
+
+    def wire(self) -> dict[str, Any]:
+        """The parameters object as sent: only keys the user set, plus result_format."""
+        return self.model_dump(exclude_none=True)
+
+
+class Limits(_Section):
+    requests_per_minute: Annotated[int, Field(gt=0)] = 600
+    tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
+    concurrency: Annotated[int, Field(ge=1, le=20_000)] = 32
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 6
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120
+    backoff_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    grace_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    commit_interval_ms: Annotated[int, Field(ge=1, le=10_000)] = 50
+
+
+class OutputSection(_Section):
+    path: Path
+    column_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]*$")] = ""
+
+    @property
+    def table_format(self) -> str:
+        return TABLE_SUFFIXES.get(self.path.suffix.lower(), "")
+
+
+class ApiSection(_Section):
+    base_url: str = protocol.INTL_BASE_URL
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "DASHSCOPE_API_KEY"
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            msg = "must be an http(s) URL such as https://dashscope-intl.aliyuncs.com/api/v1"
+            raise ValueError(msg)
+        return value.rstrip("/")
+
+
+class JobSpec(_Section):
+    """A whole job spec. `source_path` and `digest` are filled in by `load`."""
+
+    job: JobSection
+    input: InputSection
+    prompt: PromptSection
+    model: ModelSection
+    parameters: Parameters = Parameters()
+    limits: Limits = Limits()
+    output: OutputSection
+    api: ApiSection = ApiSection()
+    source_path: Path | None = Field(default=None, exclude=True)
+    digest: str = Field(default="", exclude=True)
+
+    @property
+    def db_path(self) -> Path:
+        if self.job.db is not None:
+            return self.job.db
+        return self.output.path.parent / f"{self.job.name}.sqlite"
+
+    @property
+    def base_url(self) -> str:
+        """The base URL in force: env DASHSCOPE_BASE_URL overrides the spec."""
+        return os.environ.get("DASHSCOPE_BASE_URL", "").rstrip("/") or self.api.base_url
+
+    def with_overrides(self, *, db: Path | None = None, output: Path | None = None) -> JobSpec:
+        """A copy with the store or output path replaced (CLI --db / --output).
+
+        Replacing the output does not move the store: it stays where the spec puts it.
+        """
+        spec = self
+        if db is None and output is not None:
+            db = self.db_path
+        if db is not None:
+            spec = spec.model_copy(update={"job": spec.job.model_copy(update={"db": db.resolve()})})
+        if output is not None:
+            out = spec.output.model_copy(update={"path": output.resolve()})
+            spec = spec.model_copy(update={"output": out})
+            _check_table_suffix(spec.output.path, "output", str(output))
+        return spec
+
+
+# --------------------------------------------------------------------------- loading
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "job": JobSection,
+    "input": InputSection,
+    "prompt": PromptSection,
+    "model": ModelSection,
+    "parameters": Parameters,
+    "limits": Limits,
+    "output": OutputSection,
+    "api": ApiSection,
+}
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if not parts:
+        return "(top level)"
+    if len(parts) == 1:
+        return f"[{parts[0]}]" if parts[0] in _SECTIONS else parts[0]
+    return f"[{parts[0]}] " + ".".join(parts[1:])
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    if len(loc) == 1:
+        return list(_SECTIONS)
+    section = _SECTIONS.get(str(loc[0]))
+    return list(section.model_fields) if section else []
+
+
+def _describe(err: Any) -> str:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        near = difflib.get_close_matches(key, _known_keys(loc), n=1, cutoff=0.6)
+        hint = f"; did you mean `{near[0]}`?" if near else ""
+        allowed = ", ".join(_known_keys(loc))
+        return f"{_where(loc)}: unknown key{hint} (known keys: {allowed})"
+    if kind == "missing":
+        return f"{_where(loc)}: required key is missing"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{_where(loc)}: {message}{shown}"
+
+
+def _check_table_suffix(path: Path, section: str, shown: str) -> None:
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        msg = f"[{section}] path: {shown!r} must end in .csv, .parquet or .jsonl"
+        raise SpecError(msg)
+
+
+def _resolve(base: Path, raw: dict[str, Any]) -> None:
+    """Make relative paths in the raw TOML absolute, relative to the spec file's folder."""
+    for section, key in (("input", "path"), ("output", "path"), ("job", "db")):
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str) and value:
+            raw[section][key] = str((base / Path(value).expanduser()).resolve())
+
+
+def load(path: str | os.PathLike[str]) -> JobSpec:
+    """Read and validate a job spec. Raises SpecError listing every problem found."""
+    spec_path = Path(path)
+    try:
+        data = spec_path.read_bytes()
+    except FileNotFoundError:
+        msg = f"{spec_path}: job spec not found"
+        raise SpecError(msg) from None
+    except OSError as exc:
+        msg = f"{spec_path}: cannot read the job spec: {exc.strerror}"
+        raise SpecError(msg) from None
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        msg = f"{spec_path}: the job spec is not UTF-8 text (byte {exc.start})"
+        raise SpecError(msg) from None
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{spec_path}: invalid TOML: {exc}"
+        raise SpecError(msg) from None
+    return from_dict(raw, base_dir=spec_path.resolve().parent, name=str(spec_path), digest_of=data)
+
+
+def from_dict(
+    raw: dict[str, Any], *, base_dir: Path, name: str = "<spec>", digest_of: bytes | None = None
+) -> JobSpec:
+    """Validate an already-parsed spec (the Python API's entry point)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    as_written = {s: str(raw[s].get("path")) for s in ("input", "output") if isinstance(raw.get(s), dict)}
+    _resolve(base_dir, raw)
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n  ".join(_describe(e) for e in exc.errors())
+        msg = f"{name}: {exc.error_count()} problem(s) in the job spec:\n  {problems}"
+        raise SpecError(msg) from None
+    try:
+        if spec.input.format is None:
+            _check_table_suffix(spec.input.path, "input", as_written["input"])
+        _check_table_suffix(spec.output.path, "output", as_written["output"])
+    except SpecError as exc:
+        raise SpecError(f"{name}: {exc}") from None
+    digest = hashlib.sha256(digest_of if digest_of is not None else repr(raw).encode()).hexdigest()
+    return spec.model_copy(update={"source_path": Path(name), "digest": digest})

@@ -1,0 +1,265 @@
+"""The checkpoint store: one plain SQLite file per job, and the only module that knows its schema.
+
+Tables (open them with sqlite3, sqlite-utils or datasette):
+
+    results   one row per distinct request (keyed by its hash): status ok | failed, the
+              answer, full usage (normalised columns plus the raw JSON), request_id,
+              attempts, latency, timestamps, model and parameters
+    attempts  every HTTP attempt, including retries that may have been billed
+    runs      one row per `batchrunner run`: start, end, counts, exit code, spec digest
+    _batchrunner_migrations   the schema steps applied to this file
+
+The file is created readable by its owner only and runs in WAL mode, so readers (status,
+export, datasette) never block the run that writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .errors import StoreError
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+migration = MIGRATIONS.append
+
+RESULT_USAGE_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_input_tokens",
+    "reasoning_tokens",
+    "image_tokens",
+    "video_tokens",
+    "audio_tokens",
+)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["results"].create(
+        {
+            "key": str,
+            "row_id": str,
+            "row_index": int,
+            "status": str,
+            "retryable": int,
+            "content": str,
+            "reasoning_content": str,
+            "finish_reason": str,
+            "tool_calls": str,
+            "error_code": str,
+            "error_message": str,
+            "http_status": int,
+            **{c: int for c in RESULT_USAGE_COLUMNS},
+            "usage": str,
+            "request_id": str,
+            "attempts": int,
+            "possibly_billed_attempts": int,
+            "latency_ms": int,
+            "started_at": str,
+            "finished_at": str,
+            "model": str,
+            "endpoint": str,
+            "parameters": str,
+            "run_id": int,
+        },
+        pk="key",
+    )
+    db["results"].create_index(["status"])
+    db["attempts"].create(
+        {
+            "id": int,
+            "key": str,
+            "run_id": int,
+            "attempt": int,
+            "started_at": str,
+            "latency_ms": int,
+            "http_status": int,
+            "outcome": str,
+            "error_code": str,
+            "error_message": str,
+            "possibly_billed": int,
+            "request_id": str,
+            "usage": str,
+        },
+        pk="id",
+    )
+    db["attempts"].create_index(["key"])
+    db["runs"].create(
+        {
+            "id": int,
+            "job": str,
+            "spec_digest": str,
+            "simulated": int,
+            "base_url": str,
+            "pid": int,
+            "host": str,
+            "started_at": str,
+            "ended_at": str,
+            "status": str,
+            "exit_code": int,
+            "rows_total": int,
+            "already_done": int,
+            "sent": int,
+            "ok": int,
+            "failed": int,
+            "skipped": int,
+            "attempts": int,
+            "retries": int,
+            "input_tokens": int,
+            "output_tokens": int,
+        },
+        pk="id",
+    )
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+class Store:
+    """A job's SQLite checkpoint. One writer connection; reads may use a second one."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly and not self.path.is_file():
+            msg = f"{self.path}: no store here yet; run the job first (or pass --db PATH)"
+            raise StoreError(msg)
+        if not readonly:
+            self._create_private()
+        try:
+            self.db = sqlite_utils.Database(_connect(self.path, readonly=readonly))
+            if not readonly:
+                self.db.enable_wal()
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+            elif "results" not in self.db.table_names():
+                msg = f"{self.path}: not a batchrunner store (no results table)"
+                raise StoreError(msg)
+        except sqlite3.DatabaseError as exc:
+            msg = f"{self.path}: cannot open the store: {exc}"
+            raise StoreError(msg) from None
+        # A second connection for lookups made while the writer thread commits.
+        self._reader = _connect(self.path, readonly=False) if not readonly else self.db.conn
+
+    def _create_private(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+
+    def _migrate(self) -> None:
+        table = self.db["_batchrunner_migrations"]
+        if not table.exists():
+            table.create({"name": str, "applied_at": str}, pk="name")
+        done = {row["name"] for row in table.rows}
+        for step in MIGRATIONS:
+            if step.__name__ not in done:
+                with self.db.atomic():
+                    step(self.db)
+                    table.insert({"name": step.__name__, "applied_at": now()})
+
+    def close(self) -> None:
+        if self._reader is not self.db.conn:
+            self._reader.close()
+        self.db.close()
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, *, job: str, spec_digest: str, simulated: bool, base_url: str) -> int:
+        with self.db.atomic():
+            row = self.db["runs"].insert(
+                {
+                    "job": job,
+                    "spec_digest": spec_digest,
+                    "simulated": int(simulated),
+                    "base_url": base_url,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started_at": now(),
+                    "status": "running",
+                }
+            )
+        assert row.last_pk is not None
+        return int(row.last_pk)
+
+    def finish_run(self, run_id: int, **fields: Any) -> None:
+        with self.db.atomic():
+            self.db["runs"].update(run_id, {"ended_at": now(), **fields})
+
+    def runs(self) -> list[dict[str, Any]]:
+        return list(self.db["runs"].rows_where(order_by="id"))
+
+    # ------------------------------------------------------------------ results
+
+    def lookup(self, keys: list[str]) -> dict[str, tuple[str, int]]:
+        """For the keys already stored: (status, retryable)."""
+        found: dict[str, tuple[str, int]] = {}
+        for chunk in _chunks(keys, 900):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT key, status, retryable FROM results WHERE key IN ({marks})"
+            for key, status, retryable in self._reader.execute(sql, chunk):
+                found[key] = (status, retryable or 0)
+        return found
+
+    def fetch(self, keys: list[str], columns: Iterable[str]) -> dict[str, tuple[Any, ...]]:
+        """The named result columns for the keys that are stored."""
+        cols = ", ".join(f"[{c}]" for c in columns)
+        found: dict[str, tuple[Any, ...]] = {}
+        for chunk in _chunks(keys, 900):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT key, {cols} FROM results WHERE key IN ({marks})"
+            for row in self._reader.execute(sql, chunk):
+                found[row[0]] = tuple(row[1:])
+        return found
+
+    def write(self, results: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> None:
+        """Commit a group of finished rows and attempts in one transaction."""
+        with self.db.atomic():
+            if attempts:
+                self.db["attempts"].insert_all(attempts, batch_size=500)
+            if results:
+                self.db["results"].upsert_all(results, pk="key", batch_size=500)
+
+    def counts(self) -> dict[str, int]:
+        sql = "SELECT status, count(*) FROM results GROUP BY status"
+        return {status: n for status, n in self.db.execute(sql).fetchall()}
+
+    def error_counts(self) -> list[tuple[str, int]]:
+        sql = (
+            "SELECT error_code, count(*) AS n FROM results WHERE status = 'failed' "
+            "GROUP BY error_code ORDER BY n DESC"
+        )
+        return [(code, n) for code, n in self.db.execute(sql).fetchall()]
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def dumps(value: Any) -> str | None:
+    """JSON for a TEXT column (None stays NULL)."""
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

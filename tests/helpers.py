@@ -1,0 +1,99 @@
+"""Builders for job folders used across the tests: a spec file plus its input table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+BASE_SPEC: dict[str, dict[str, Any]] = {
+    "job": {"name": "t"},
+    "input": {"path": "data.csv", "id_column": "id"},
+    "prompt": {"system": "Be brief.", "template": "Say something about {text}"},
+    "model": {"name": "qwen-plus"},
+    "parameters": {"temperature": 0.5, "max_tokens": 32, "seed": 1},
+    "limits": {
+        "requests_per_minute": 60_000,
+        "concurrency": 16,
+        "max_retries": 4,
+        "backoff_initial_s": 0.01,
+        "backoff_max_s": 0.05,
+        "timeout_s": 10,
+        "commit_interval_ms": 20,
+    },
+    "output": {"path": "out/result.csv"},
+}
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+def spec_text(sections: dict[str, dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for section, keys in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in keys.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def merged(overrides: dict[str, dict[str, Any] | None] | None) -> dict[str, dict[str, Any]]:
+    """BASE_SPEC with per-section overrides; a value of None in a section deletes the key."""
+    sections = {k: dict(v) for k, v in BASE_SPEC.items()}
+    for section, keys in (overrides or {}).items():
+        if keys is None:
+            sections.pop(section, None)
+            continue
+        target = sections.setdefault(section, {})
+        for key, value in keys.items():
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+    return sections
+
+
+def write_job(
+    folder: Path,
+    rows: list[dict[str, Any]] | pl.DataFrame | None = None,
+    overrides: dict[str, dict[str, Any] | None] | None = None,
+    *,
+    data_name: str = "data.csv",
+) -> Path:
+    """Write data + spec into `folder`; returns the spec path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if rows is None:
+        rows = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(20)]
+    frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
+    data = folder / data_name
+    if data_name.endswith(".csv"):
+        frame.write_csv(data)
+    elif data_name.endswith(".parquet"):
+        frame.write_parquet(data)
+    else:
+        frame.write_ndjson(data)
+    sections = merged({"input": {"path": data_name}, **(overrides or {})})
+    spec = folder / "job.toml"
+    spec.write_text(spec_text(sections), encoding="utf-8")
+    return spec
+
+
+def read_table(path: Path) -> pl.DataFrame:
+    if path.suffix == ".csv":
+        return pl.read_csv(path, infer_schema=False)
+    if path.suffix == ".parquet":
+        return pl.read_parquet(path)
+    return pl.read_ndjson(path)

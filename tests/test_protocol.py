@@ -1,0 +1,181 @@
+"""Narrow unit tests of the wire format and its classification (httpx.MockTransport, no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from batchrunner import protocol
+from batchrunner.client import CallFailed, DashScopeClient, TransportFailed
+from batchrunner.limits import FlightGate, backoff_delay
+from batchrunner.protocol import Outcome, Usage, classify, parse_completion, parse_error
+from batchrunner.source import Request
+
+
+def test_message_format_answer() -> None:
+    body = {
+        "output": {"choices": [{"finish_reason": "stop", "message": {
+            "role": "assistant", "content": "hi", "reasoning_content": "thought",
+            "tool_calls": [{"id": "c1", "type": "function"}]}}]},
+        "usage": {"input_tokens": 22, "output_tokens": 17, "total_tokens": 39,
+                  "prompt_tokens_details": {"cached_tokens": 8, "cache_creation_input_tokens": 4},
+                  "output_tokens_details": {"reasoning_tokens": 5}},
+        "request_id": "abc",
+    }
+    c = parse_completion(json.dumps(body).encode())
+    assert (c.content, c.reasoning_content, c.finish_reason, c.request_id) == ("hi", "thought", "stop", "abc")
+    assert c.tool_calls == [{"id": "c1", "type": "function"}]
+    u = c.usage
+    assert (u.input_tokens, u.output_tokens, u.total_tokens, u.cached_tokens) == (22, 17, 39, 8)
+    assert (u.cache_creation_input_tokens, u.reasoning_tokens) == (4, 5)
+    assert u.raw == body["usage"]
+
+
+def test_text_format_and_multimodal_shapes() -> None:
+    c = parse_completion({"output": {"text": "t", "finish_reason": "length"}, "usage": {"input_tokens": 1, "output_tokens": 2}})
+    assert (c.content, c.finish_reason, c.usage.total_tokens) == ("t", "length", 3)
+    vl = {"output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": [{"text": "a"}, {"text": "b"}]}}]},
+          "usage": {"input_tokens": 1292, "output_tokens": 87, "image_tokens": 1249, "cached_tokens": 1152, "total_tokens": 1379,
+                    "input_tokens_details": {"text_tokens": 43, "image_tokens": 1249}}}
+    c = parse_completion(vl)
+    assert c.content == "ab" and c.usage.cached_tokens == 1152 and c.usage.image_tokens == 1249
+
+
+@pytest.mark.parametrize("body", [b"not json", b"{}", b'{"output": {}}', b"[1]"])
+def test_malformed_answers(body: bytes) -> None:
+    with pytest.raises(protocol.MalformedResponse):
+        parse_completion(body)
+
+
+def test_openai_usage_names_map_to_the_same_fields() -> None:
+    u = Usage.from_wire({"prompt_tokens": 10, "completion_tokens": 3,
+                         "prompt_tokens_details": {"cached_tokens": 4},
+                         "completion_tokens_details": {"reasoning_tokens": 2}})
+    assert (u.input_tokens, u.output_tokens, u.total_tokens, u.cached_tokens, u.reasoning_tokens) == (10, 3, 13, 4, 2)
+
+
+def test_error_bodies() -> None:
+    e = parse_error(401, b'{"code":"InvalidApiKey","message":"Invalid API-key provided.","request_id":"r1"}')
+    assert (e.code, e.message, e.request_id, e.outcome) == ("InvalidApiKey", "Invalid API-key provided.", "r1", Outcome.ABORT)
+    sse = b'id:1\nevent:error\n:HTTP_STATUS/429\ndata:{"code":"Throttling.AllocationQuota","message":"Allocated quota exceeded","request_id":"r2"}\n\n'
+    e = parse_error(429, sse, {"Retry-After": "3"})
+    assert (e.code, e.outcome, e.retry_after) == ("Throttling.AllocationQuota", Outcome.RETRY, 3.0)
+    e = parse_error(400, b'{"error":{"message":"bad","type":"invalid_request_error","code":"invalid_value"}}')
+    assert (e.code, e.message, e.outcome) == ("invalid_value", "bad", Outcome.ROW_FAILED)
+    e = parse_error(502, b"", {"x-request-id": "r3", "retry-after-ms": "250"})
+    assert (e.code, e.request_id, e.retry_after, e.outcome) == ("HTTP502", "r3", 0.25, Outcome.RETRY)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "outcome"),
+    [
+        (400, "InvalidParameter", Outcome.ROW_FAILED),
+        (400, "DataInspectionFailed", Outcome.ROW_FAILED),
+        (400, "Arrearage", Outcome.ABORT),
+        (401, "InvalidApiKey", Outcome.ABORT),
+        (403, "AccessDenied.Unpurchased", Outcome.ABORT),
+        (404, "ModelNotFound", Outcome.ABORT),
+        (408, "RequestTimeOut", Outcome.RETRY),
+        (413, "BadRequest.TooLarge", Outcome.ROW_FAILED),
+        (429, "Throttling.RateQuota", Outcome.RETRY),
+        (429, "Throttling.AllocationQuota", Outcome.RETRY),  # token quota: throttling, not exhaustion
+        (429, "PrepaidBillOverdue", Outcome.ABORT),
+        (500, "InternalError", Outcome.RETRY),
+        (503, "ModelUnavailable", Outcome.RETRY),
+    ],
+)
+def test_classification(status: int, code: str, outcome: Outcome) -> None:
+    assert classify(status, code) is outcome
+
+
+def test_endpoint_routing() -> None:
+    assert protocol.path_for_model("qwen-plus") == protocol.TEXT_PATH
+    assert protocol.path_for_model("qwen3-max") == protocol.TEXT_PATH
+    for model in ("qwen3-vl-plus", "qwen-vl-max", "qwen3.6-plus", "QVQ-max"):
+        assert protocol.path_for_model(model) == protocol.MULTIMODAL_PATH
+
+
+REQUEST = Request("k", 0, "r0", protocol.TEXT_PATH,
+                  protocol.build_body("qwen-plus", [{"role": "user", "content": "hi"}], {"seed": 3}), 5)
+
+
+async def call(handler) -> protocol.Completion:  # type: ignore[no-untyped-def]
+    async with DashScopeClient("https://example.invalid/api/v1", "sk-secret", timeout_s=5,
+                               max_connections=4, transport=httpx.MockTransport(handler)) as client:
+        return await client.generate(REQUEST)
+
+
+async def test_client_sends_the_documented_request() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}]},
+                                         "usage": {"input_tokens": 3, "output_tokens": 1}, "request_id": "q"})
+
+    completion = await call(handler)
+    assert completion.content == "ok"
+    (req,) = seen
+    assert str(req.url) == "https://example.invalid/api/v1/services/aigc/text-generation/generation"
+    assert req.headers["authorization"] == "Bearer sk-secret"
+    assert json.loads(req.content) == {"model": "qwen-plus", "input": {"messages": [{"role": "user", "content": "hi"}]},
+                                       "parameters": {"result_format": "message", "seed": 3}}
+
+
+async def test_client_errors_are_classified() -> None:
+    with pytest.raises(CallFailed) as err:
+        await call(lambda r: httpx.Response(429, json={"code": "Throttling", "message": "slow down"}))
+    assert err.value.error.outcome is Outcome.RETRY
+    with pytest.raises(TransportFailed) as terr:
+        await call(lambda r: httpx.Response(200, content=b'{"output": '))
+    assert terr.value.code == "MalformedResponse" and terr.value.possibly_billed
+
+    def read_timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    with pytest.raises(TransportFailed) as terr:
+        await call(read_timeout)
+    assert terr.value.code == "ReadTimeout" and terr.value.possibly_billed
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(TransportFailed) as terr:
+        await call(refused)
+    assert terr.value.code == "ConnectError" and not terr.value.possibly_billed
+
+
+def test_backoff_is_full_jitter_and_honours_retry_after() -> None:
+    delays = [backoff_delay(4, initial=1.0, cap=60.0) for _ in range(2000)]
+    assert 0 <= min(delays) < 0.5 and 7.0 < max(delays) <= 8.0  # uniform over [0, 1 * 2**3]
+    assert all(backoff_delay(20, initial=1.0, cap=5.0) <= 5.0 for _ in range(200))
+    assert all(3.0 <= backoff_delay(1, initial=0.5, cap=60.0, retry_after=3.0) <= 3.5 for _ in range(200))
+
+
+async def test_flight_gate_halves_on_429_and_grows_back() -> None:
+    gate = FlightGate(16, cooldown_s=1000)
+    gate.on_throttled()
+    assert gate.limit == 8
+    gate.on_throttled()  # within the cooldown: one storm cuts once
+    assert gate.limit == 8
+    for _ in range(8):
+        await gate.on_success()
+    assert gate.limit == 9
+    for _ in range(200):
+        await gate.on_success()
+    assert gate.limit == 16
+
+
+async def test_flight_gate_blocks_beyond_its_limit() -> None:
+    gate = FlightGate(2)
+    await gate.acquire()
+    await gate.acquire()
+    waiter = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done() and gate.in_flight == 2
+    await gate.release()
+    await waiter
+    assert gate.in_flight == 2
