@@ -50,16 +50,29 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Output table (default: from the spec).")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Store file (default: from the spec).",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output table (default: from the spec).",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most N requests in this run.")
 @click.option("--simulate", is_flag=True, help="Use the built-in DashScope simulator (no key, no cost).")
 @click.option("--retry-failed", is_flag=True, help="Send again the rows that failed in earlier runs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @_reports_errors
 def run(
-    job: Path, db: Path | None, output: Path | None, limit: int | None, simulate: bool,
-    retry_failed: bool, quiet: bool,
+    job: Path,
+    db: Path | None,
+    output: Path | None,
+    limit: int | None,
+    simulate: bool,
+    retry_failed: bool,
+    quiet: bool,
 ) -> None:
     """Run JOB (a TOML spec): send every row not yet done, then write the output table.
 
@@ -73,7 +86,12 @@ def run(
 
     spec = load(job)
     summary = runner.run_job(
-        spec, db=db, output=output, limit=limit, simulate=simulate, retry_failed=retry_failed,
+        spec,
+        db=db,
+        output=output,
+        limit=limit,
+        simulate=simulate,
+        retry_failed=retry_failed,
         progress=for_terminal(spec.job.name, quiet=quiet),
     )
     c = summary.counts
@@ -95,7 +113,11 @@ def run(
 
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Store file (default: from the spec).",
+)
 @_reports_errors
 def status(job: Path, db: Path | None) -> None:
     """Show rows by status, error codes and the last run of JOB (reads the store only).
@@ -126,8 +148,16 @@ def status(job: Path, db: Path | None) -> None:
 
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write (.csv, .parquet, .jsonl).")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Store file (default: from the spec).",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write (.csv, .parquet, .jsonl).",
+)
 @_reports_errors
 def export(job: Path, db: Path | None, output: Path | None) -> None:
     """Write the output table of JOB from its store, without sending anything.
@@ -153,7 +183,13 @@ def export(job: Path, db: Path | None, output: Path | None) -> None:
 @click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute it allows (429 above).")
 @click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute it allows (429 above).")
 @click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--fail-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Share of requests answered 500.")
+@click.option(
+    "--fail-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of requests answered 500.",
+)
 def simulate(host: str, port: int, rpm: int | None, tpm: int | None, latency_ms: float, fail_rate: float) -> None:
     """Serve the DashScope simulator until Ctrl-C.
 
@@ -166,7 +202,9 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, latency_ms:
 
     config = SimulatorConfig(rpm=rpm, tpm=tpm, latency_ms=latency_ms, fail_rate=fail_rate, keep_log=False)
     run_simulator(
-        config, host=host, port=port,
+        config,
+        host=host,
+        port=port,
         on_ready=lambda url: click.echo(f"DashScope simulator at {url} (set DASHSCOPE_BASE_URL to it)"),
     )
 

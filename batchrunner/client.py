@@ -124,5 +124,9 @@ class DashScopeClient:
                 "request_id": e.request_id,
             }
         if isinstance(exc, TransportFailed):
-            return {"error_code": exc.code, "error_message": exc.message, "possibly_billed": int(exc.possibly_billed)}
+            return {
+                "error_code": exc.code,
+                "error_message": exc.message,
+                "possibly_billed": int(exc.possibly_billed),
+            }
         return {"error_code": type(exc).__name__, "error_message": str(exc)}

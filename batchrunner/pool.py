@@ -96,6 +96,9 @@ class Pool:
                         break
                     await queue.put(request)
             finally:
+                aclose = getattr(requests, "aclose", None)
+                if aclose is not None:
+                    await aclose()
                 for _ in range(workers):
                     await queue.put(None)
 
@@ -123,7 +126,7 @@ class Pool:
 
     async def _attempt(
         self, request: Request, estimate: int, attempt: int
-    ) -> tuple[protocol.Completion | Exception, str, float]:
+    ) -> tuple[protocol.Completion | CallFailed | TransportFailed, str, float]:
         """One paced call: (answer or classified failure, start time, monotonic start)."""
         await self.gate.acquire()
         try:
@@ -157,9 +160,17 @@ class Pool:
                 if self.tokens is not None:
                     self.tokens.settle(estimate, usage.input_tokens + usage.output_tokens)
                 self._log_attempt(
-                    request, attempt, a_started, a0,
-                    {"outcome": "ok", "http_status": 200, "request_id": outcome.request_id,
-                     "usage": store.dumps(usage.raw), "possibly_billed": 1},
+                    request,
+                    attempt,
+                    a_started,
+                    a0,
+                    {
+                        "outcome": "ok",
+                        "http_status": 200,
+                        "request_id": outcome.request_id,
+                        "usage": store.dumps(usage.raw),
+                        "possibly_billed": 1,
+                    },
                 )
                 await self.gate.on_success()
                 self._finish(request, started, t0, attempt, billed, completion=outcome)
@@ -186,9 +197,7 @@ class Pool:
                 self._finish(request, started, t0, attempt, billed, failure=fields, retryable=False)
                 return
             if attempt > self.spec.limits.max_retries:
-                fields["error_message"] = (
-                    f"gave up after {attempt} attempts; last: {fields.get('error_message', '')}"
-                )
+                fields["error_message"] = f"gave up after {attempt} attempts; last: {fields.get('error_message', '')}"
                 self._finish(request, started, t0, attempt, billed, failure=fields, retryable=True)
                 return
             if self.stopping:
@@ -196,13 +205,15 @@ class Pool:
             self.counts.retries += 1
             limits = self.spec.limits
             await asyncio.sleep(
-                backoff_delay(attempt, initial=limits.backoff_initial_s, cap=limits.backoff_max_s,
-                              retry_after=retry_after)
+                backoff_delay(
+                    attempt,
+                    initial=limits.backoff_initial_s,
+                    cap=limits.backoff_max_s,
+                    retry_after=retry_after,
+                )
             )
 
-    def _log_attempt(
-        self, request: Request, attempt: int, started: str, t0: float, fields: dict[str, Any]
-    ) -> None:
+    def _log_attempt(self, request: Request, attempt: int, started: str, t0: float, fields: dict[str, Any]) -> None:
         self.writer.add_attempt(
             {
                 "key": request.key,

@@ -46,7 +46,10 @@ class BarProgress(Progress):
             self._last = now
             c = self.counts
             self.bar.set_postfix(
-                ok=c.ok, failed=c.failed, tokens=c.input_tokens + c.output_tokens, retries=c.retries,
+                ok=c.ok,
+                failed=c.failed,
+                tokens=c.input_tokens + c.output_tokens,
+                retries=c.retries,
                 refresh=False,
             )
 

@@ -121,7 +121,10 @@ def parse_messages_cell(raw: Any, system: str | None) -> list[dict[str, Any]]:
 def request_key(model: str, path: str, messages: list[dict[str, Any]], parameters: dict[str, Any]) -> str:
     """A stable 128-bit hex digest of the exact request."""
     canonical = json.dumps(
-        [model, path, messages, parameters], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        [model, path, messages, parameters],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
 

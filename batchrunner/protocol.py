@@ -90,8 +90,7 @@ class Usage:
             total_tokens=_int(u.get("total_tokens")) or inp + outp,
             cached_tokens=_int(prompt.get("cached_tokens")) or _int(u.get("cached_tokens")),
             cache_creation_input_tokens=_int(prompt.get("cache_creation_input_tokens")),
-            reasoning_tokens=_int(out.get("reasoning_tokens"))
-            or _int(completion.get("reasoning_tokens")),
+            reasoning_tokens=_int(out.get("reasoning_tokens")) or _int(completion.get("reasoning_tokens")),
             image_tokens=_int(u.get("image_tokens")) or _int(in_details.get("image_tokens")),
             video_tokens=_int(u.get("video_tokens")) or _int(in_details.get("video_tokens")),
             audio_tokens=_int(u.get("audio_tokens")) or _int(in_details.get("audio_tokens")),

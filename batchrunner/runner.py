@@ -95,8 +95,14 @@ def run_job(
     job = spec if isinstance(spec, JobSpec) else load(spec)
     job = job.with_overrides(db=db, output=output)
     return asyncio.run(
-        _run(job, limit=limit, simulate=simulate, retry_failed=retry_failed,
-             progress=progress or Progress(), handle_signals=handle_signals)
+        _run(
+            job,
+            limit=limit,
+            simulate=simulate,
+            retry_failed=retry_failed,
+            progress=progress or Progress(),
+            handle_signals=handle_signals,
+        )
     )
 
 
@@ -116,13 +122,19 @@ async def _pending(
     source: Source,
     store: Store,
     claimed: set[str],
+    recent: set[str],
     *,
     retry_failed: bool,
     limit: int | None,
     progress: Progress,
     tally: dict[str, int],
 ) -> AsyncIterator[Request]:
-    """Requests still to send, in input order, read a slice at a time off the event loop."""
+    """Requests still to send, in input order, read a slice at a time off the event loop.
+
+    `claimed` holds the keys sent in this run and not yet committed; `recent` the keys
+    committed since the current slice was looked up in the store. Together they keep an
+    identical request from being sent twice in one run.
+    """
 
     def prepare(offset: int) -> tuple[list[Request | Skipped], dict[str, tuple[str, int]]]:
         items = list(source.requests(source.batch_at(offset, BATCH_ROWS)))
@@ -130,6 +142,7 @@ async def _pending(
 
     sent = 0
     for offset in range(0, source.n_rows, BATCH_ROWS):
+        recent.clear()
         items, stored = await asyncio.to_thread(prepare, offset)
         settled = 0
         for item in items:
@@ -142,7 +155,7 @@ async def _pending(
                 tally["already_done"] += 1
                 settled += 1
                 continue
-            if item.key in claimed:  # the same request twice in one table: send it once
+            if item.key in claimed or item.key in recent:  # the same request twice: send it once
                 settled += 1
                 continue
             if limit is not None and sent >= limit:
@@ -154,8 +167,13 @@ async def _pending(
 
 
 async def _run(
-    spec: JobSpec, *, limit: int | None, simulate: bool, retry_failed: bool,
-    progress: Progress, handle_signals: bool,
+    spec: JobSpec,
+    *,
+    limit: int | None,
+    simulate: bool,
+    retry_failed: bool,
+    progress: Progress,
+    handle_signals: bool,
 ) -> RunSummary:
     t0 = time.monotonic()
     source = Source(spec)
@@ -165,23 +183,45 @@ async def _run(
         store = Store(spec.db_path)
         try:
             return await _run_with_store(
-                spec, source, store, base_url, api_key, limit=limit, simulate=simulate,
-                retry_failed=retry_failed, progress=progress, handle_signals=handle_signals, t0=t0,
+                spec,
+                source,
+                store,
+                base_url,
+                api_key,
+                limit=limit,
+                simulate=simulate,
+                retry_failed=retry_failed,
+                progress=progress,
+                handle_signals=handle_signals,
+                t0=t0,
             )
         finally:
             store.close()
 
 
 async def _run_with_store(
-    spec: JobSpec, source: Source, store: Store, base_url: str, api_key: str, *,
-    limit: int | None, simulate: bool, retry_failed: bool, progress: Progress,
-    handle_signals: bool, t0: float,
+    spec: JobSpec,
+    source: Source,
+    store: Store,
+    base_url: str,
+    api_key: str,
+    *,
+    limit: int | None,
+    simulate: bool,
+    retry_failed: bool,
+    progress: Progress,
+    handle_signals: bool,
+    t0: float,
 ) -> RunSummary:
     run_id = store.start_run(job=spec.job.name, spec_digest=spec.digest, simulated=simulate, base_url=base_url)
     claimed: set[str] = set()
-    writer = CheckpointWriter(
-        store, interval_s=spec.limits.commit_interval_ms / 1000, on_commit=claimed.difference_update
-    )
+    recent: set[str] = set()
+
+    def committed(keys: list[str]) -> None:
+        claimed.difference_update(keys)
+        recent.update(keys)
+
+    writer = CheckpointWriter(store, interval_s=spec.limits.commit_interval_ms / 1000, on_commit=committed)
     tally = {"already_done": 0, "skipped": 0}
     status, message, exit_code = "finished", "", EXIT_OK
     writer_task = asyncio.create_task(writer.run())
@@ -190,8 +230,16 @@ async def _run_with_store(
     ) as client:
         pool = Pool(spec, client, writer, run_id=run_id, on_result=progress.row_finished)
         progress.start(source.n_rows, pool.counts)
-        requests = _pending(source, store, claimed, retry_failed=retry_failed, limit=limit,
-                            progress=progress, tally=tally)
+        requests = _pending(
+            source,
+            store,
+            claimed,
+            recent,
+            retry_failed=retry_failed,
+            limit=limit,
+            progress=progress,
+            tally=tally,
+        )
         pool_task = asyncio.create_task(pool.run(requests))
         with _signals(pool, pool_task, spec.limits.grace_s, enabled=handle_signals) as interrupted:
             try:
@@ -220,21 +268,39 @@ async def _run_with_store(
         exit_code = EXIT_FAILED_ROWS if table.get("failed") else EXIT_OK
     c = pool.counts
     store.finish_run(
-        run_id, status=status, exit_code=exit_code, rows_total=source.n_rows,
-        already_done=tally["already_done"], sent=c.sent, ok=c.ok, failed=c.failed,
-        skipped=tally["skipped"], attempts=c.attempts, retries=c.retries,
-        input_tokens=c.input_tokens, output_tokens=c.output_tokens,
+        run_id,
+        status=status,
+        exit_code=exit_code,
+        rows_total=source.n_rows,
+        already_done=tally["already_done"],
+        sent=c.sent,
+        ok=c.ok,
+        failed=c.failed,
+        skipped=tally["skipped"],
+        attempts=c.attempts,
+        retries=c.retries,
+        input_tokens=c.input_tokens,
+        output_tokens=c.output_tokens,
     )
     return RunSummary(
-        run_id, exit_code, status, spec.db_path, output_path, source.n_rows, tally["already_done"],
-        tally["skipped"], c, table, simulate, time.monotonic() - t0, message,
+        run_id,
+        exit_code,
+        status,
+        spec.db_path,
+        output_path,
+        source.n_rows,
+        tally["already_done"],
+        tally["skipped"],
+        c,
+        table,
+        simulate,
+        time.monotonic() - t0,
+        message,
     )
 
 
 @contextlib.contextmanager
-def _signals(
-    pool: Pool, task: asyncio.Task[None], grace_s: float, *, enabled: bool
-) -> Iterator[Callable[[], bool]]:
+def _signals(pool: Pool, task: asyncio.Task[None], grace_s: float, *, enabled: bool) -> Iterator[Callable[[], bool]]:
     """First SIGINT/SIGTERM: stop dispatching, cancel after grace_s. Second: cancel now."""
     loop = asyncio.get_running_loop()
     state = {"hits": 0}
@@ -247,7 +313,7 @@ def _signals(
         else:
             task.cancel()
 
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     if enabled:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -258,4 +324,3 @@ def _signals(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-

@@ -55,12 +55,20 @@ def check_writable(path: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
             pass
     except OSError as exc:
-        msg = f"{path}: cannot write the output table there ({exc.strerror}); fix [output] path or the folder's permissions"
+        msg = (
+            f"{path}: cannot write the output table there ({exc.strerror}); "
+            "fix [output] path or the folder's permissions"
+        )
         raise OutputError(msg) from None
 
 
 def export(
-    spec: JobSpec, store: Store, source: Source, path: Path | None = None, *, batch_rows: int = 20_000
+    spec: JobSpec,
+    store: Store,
+    source: Source,
+    path: Path | None = None,
+    *,
+    batch_rows: int = 20_000,
 ) -> tuple[Path, dict[str, int]]:
     """Write the output table for the job; returns its path and its rows by status."""
     out = path or spec.output.path

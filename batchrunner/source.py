@@ -47,9 +47,7 @@ def _scan(spec: JobSpec) -> pl.LazyFrame:
     src = spec.input
     fmt = src.table_format
     if fmt == "csv":
-        return pl.scan_csv(
-            src.path, separator=src.separator, infer_schema=False, encoding=src.encoding
-        )
+        return pl.scan_csv(src.path, separator=src.separator, infer_schema=False, encoding=src.encoding)
     if fmt == "parquet":
         return pl.scan_parquet(src.path)
     return pl.scan_ndjson(src.path, infer_schema_length=None)
@@ -61,7 +59,7 @@ def _explain(spec: JobSpec, exc: Exception) -> InputError:
     if "utf-8" in text.lower() or "utf8" in text.lower():
         msg = (
             f"{where}: the file is not valid UTF-8 ({text}). Convert it, e.g. "
-            f"`iconv -f cp1252 -t utf-8 in.csv > out.csv`, or set [input] encoding = \"utf8-lossy\" "
+            f'`iconv -f cp1252 -t utf-8 in.csv > out.csv`, or set [input] encoding = "utf8-lossy" '
             f"to replace the bad bytes."
         )
         return InputError(msg)
@@ -73,9 +71,7 @@ class Source:
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
-        self.template = (
-            prompts.parse_template(spec.prompt.template) if spec.prompt.template is not None else None
-        )
+        self.template = prompts.parse_template(spec.prompt.template) if spec.prompt.template is not None else None
         self.columns: list[str] = []
         self.n_rows = 0
         self.path = spec.model.path

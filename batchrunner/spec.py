@@ -259,9 +259,7 @@ def load(path: str | os.PathLike[str]) -> JobSpec:
     return from_dict(raw, base_dir=spec_path.resolve().parent, name=str(spec_path), digest_of=data)
 
 
-def from_dict(
-    raw: dict[str, Any], *, base_dir: Path, name: str = "<spec>", digest_of: bytes | None = None
-) -> JobSpec:
+def from_dict(raw: dict[str, Any], *, base_dir: Path, name: str = "<spec>", digest_of: bytes | None = None) -> JobSpec:
     """Validate an already-parsed spec (the Python API's entry point)."""
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     as_written = {s: str(raw[s].get("path")) for s in ("input", "output") if isinstance(raw.get(s), dict)}

@@ -50,7 +50,7 @@ def now() -> str:
 
 @migration
 def m001_initial(db: sqlite_utils.Database) -> None:
-    db["results"].create(
+    db.table("results").create(
         {
             "key": str,
             "row_id": str,
@@ -79,8 +79,8 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="key",
     )
-    db["results"].create_index(["status"])
-    db["attempts"].create(
+    db.table("results").create_index(["status"])
+    db.table("attempts").create(
         {
             "id": int,
             "key": str,
@@ -98,8 +98,8 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["attempts"].create_index(["key"])
-    db["runs"].create(
+    db.table("attempts").create_index(["key"])
+    db.table("runs").create(
         {
             "id": int,
             "job": str,
@@ -169,7 +169,7 @@ class Store:
             os.close(fd)
 
     def _migrate(self) -> None:
-        table = self.db["_batchrunner_migrations"]
+        table = self.db.table("_batchrunner_migrations")
         if not table.exists():
             table.create({"name": str, "applied_at": str}, pk="name")
         done = {row["name"] for row in table.rows}
@@ -188,7 +188,7 @@ class Store:
 
     def start_run(self, *, job: str, spec_digest: str, simulated: bool, base_url: str) -> int:
         with self.db.atomic():
-            row = self.db["runs"].insert(
+            row = self.db.table("runs").insert(
                 {
                     "job": job,
                     "spec_digest": spec_digest,
@@ -205,10 +205,10 @@ class Store:
 
     def finish_run(self, run_id: int, **fields: Any) -> None:
         with self.db.atomic():
-            self.db["runs"].update(run_id, {"ended_at": now(), **fields})
+            self.db.table("runs").update(run_id, {"ended_at": now(), **fields})
 
     def runs(self) -> list[dict[str, Any]]:
-        return list(self.db["runs"].rows_where(order_by="id"))
+        return list(self.db.table("runs").rows_where(order_by="id"))
 
     # ------------------------------------------------------------------ results
 
@@ -237,9 +237,9 @@ class Store:
         """Commit a group of finished rows and attempts in one transaction."""
         with self.db.atomic():
             if attempts:
-                self.db["attempts"].insert_all(attempts, batch_size=500)
+                self.db.table("attempts").insert_all(attempts, batch_size=500)
             if results:
-                self.db["results"].upsert_all(results, pk="key", batch_size=500)
+                self.db.table("results").upsert_all(results, pk="key", batch_size=500)
 
     def counts(self) -> dict[str, int]:
         sql = "SELECT status, count(*) FROM results GROUP BY status"
@@ -247,8 +247,7 @@ class Store:
 
     def error_counts(self) -> list[tuple[str, int]]:
         sql = (
-            "SELECT error_code, count(*) AS n FROM results WHERE status = 'failed' "
-            "GROUP BY error_code ORDER BY n DESC"
+            "SELECT error_code, count(*) AS n FROM results WHERE status = 'failed' GROUP BY error_code ORDER BY n DESC"
         )
         return [(code, n) for code, n in self.db.execute(sql).fetchall()]
 

@@ -51,7 +51,15 @@ def test_run_exit_1_with_failed_rows_then_status_and_export(tmp_path: Path, sim:
 
 def test_run_writes_where_told(tmp_path: Path, sim: ThreadHandle) -> None:
     spec = write_job(tmp_path, ROWS[:3])
-    result = invoke("run", str(spec), "-q", "--db", str(tmp_path / "s.sqlite"), "--output", str(tmp_path / "o.jsonl"))
+    result = invoke(
+        "run",
+        str(spec),
+        "-q",
+        "--db",
+        str(tmp_path / "s.sqlite"),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s.sqlite").is_file() and read_table(tmp_path / "o.jsonl").height == 3
 
@@ -101,11 +109,27 @@ def test_quickstart_runs_from_the_command_line(tmp_path: Path) -> None:
     """The README's quickstart: the installed entry point, the simulator, no key."""
     out = tmp_path / "quickstart.csv"
     proc = subprocess.run(
-        [sys.executable, "-m", "batchrunner", "run", str(REPO / "examples" / "quickstart.toml"),
-         "--simulate", "--output", str(out), "--db", str(tmp_path / "q.sqlite")],
-        capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"},
+        [
+            sys.executable,
+            "-m",
+            "batchrunner",
+            "run",
+            str(REPO / "examples" / "quickstart.toml"),
+            "--simulate",
+            "--output",
+            str(out),
+            "--db",
+            str(tmp_path / "q.sqlite"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stderr
     assert f"output table: {out} (ok 12)" in proc.stdout
+    # not a terminal: plain progress lines instead of a bar
+    assert "quickstart: 12/12 rows done; this run ok 12, failed 0" in proc.stderr
+    assert "\r" not in proc.stderr
     table = read_table(out)
     assert table.height == 12 and table["status"].to_list() == ["ok"] * 12

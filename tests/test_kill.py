@@ -68,7 +68,10 @@ def finish_and_check(spec: Path, handle: ThreadHandle, done_before: list[str]) -
     out = read_table(summary.output_path)
     assert out["status"].to_list() == ["ok"] * N
     with sqlite3.connect(summary.db_path) as conn:
-        assert conn.execute("SELECT count(*), count(DISTINCT row_id) FROM results").fetchone() == (N, N)
+        assert conn.execute("SELECT count(*), count(DISTINCT row_id) FROM results").fetchone() == (
+            N,
+            N,
+        )
     return set(resent)
 
 

@@ -17,16 +17,35 @@ from batchrunner.source import Request
 
 def test_message_format_answer() -> None:
     body = {
-        "output": {"choices": [{"finish_reason": "stop", "message": {
-            "role": "assistant", "content": "hi", "reasoning_content": "thought",
-            "tool_calls": [{"id": "c1", "type": "function"}]}}]},
-        "usage": {"input_tokens": 22, "output_tokens": 17, "total_tokens": 39,
-                  "prompt_tokens_details": {"cached_tokens": 8, "cache_creation_input_tokens": 4},
-                  "output_tokens_details": {"reasoning_tokens": 5}},
+        "output": {
+            "choices": [
+                {
+                    "finish_reason": "stop",
+                    "message": {
+                        "role": "assistant",
+                        "content": "hi",
+                        "reasoning_content": "thought",
+                        "tool_calls": [{"id": "c1", "type": "function"}],
+                    },
+                }
+            ]
+        },
+        "usage": {
+            "input_tokens": 22,
+            "output_tokens": 17,
+            "total_tokens": 39,
+            "prompt_tokens_details": {"cached_tokens": 8, "cache_creation_input_tokens": 4},
+            "output_tokens_details": {"reasoning_tokens": 5},
+        },
         "request_id": "abc",
     }
     c = parse_completion(json.dumps(body).encode())
-    assert (c.content, c.reasoning_content, c.finish_reason, c.request_id) == ("hi", "thought", "stop", "abc")
+    assert (c.content, c.reasoning_content, c.finish_reason, c.request_id) == (
+        "hi",
+        "thought",
+        "stop",
+        "abc",
+    )
     assert c.tool_calls == [{"id": "c1", "type": "function"}]
     u = c.usage
     assert (u.input_tokens, u.output_tokens, u.total_tokens, u.cached_tokens) == (22, 17, 39, 8)
@@ -35,11 +54,31 @@ def test_message_format_answer() -> None:
 
 
 def test_text_format_and_multimodal_shapes() -> None:
-    c = parse_completion({"output": {"text": "t", "finish_reason": "length"}, "usage": {"input_tokens": 1, "output_tokens": 2}})
+    c = parse_completion(
+        {
+            "output": {"text": "t", "finish_reason": "length"},
+            "usage": {"input_tokens": 1, "output_tokens": 2},
+        }
+    )
     assert (c.content, c.finish_reason, c.usage.total_tokens) == ("t", "length", 3)
-    vl = {"output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": [{"text": "a"}, {"text": "b"}]}}]},
-          "usage": {"input_tokens": 1292, "output_tokens": 87, "image_tokens": 1249, "cached_tokens": 1152, "total_tokens": 1379,
-                    "input_tokens_details": {"text_tokens": 43, "image_tokens": 1249}}}
+    vl = {
+        "output": {
+            "choices": [
+                {
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": [{"text": "a"}, {"text": "b"}]},
+                }
+            ]
+        },
+        "usage": {
+            "input_tokens": 1292,
+            "output_tokens": 87,
+            "image_tokens": 1249,
+            "cached_tokens": 1152,
+            "total_tokens": 1379,
+            "input_tokens_details": {"text_tokens": 43, "image_tokens": 1249},
+        },
+    }
     c = parse_completion(vl)
     assert c.content == "ab" and c.usage.cached_tokens == 1152 and c.usage.image_tokens == 1249
 
@@ -51,22 +90,46 @@ def test_malformed_answers(body: bytes) -> None:
 
 
 def test_openai_usage_names_map_to_the_same_fields() -> None:
-    u = Usage.from_wire({"prompt_tokens": 10, "completion_tokens": 3,
-                         "prompt_tokens_details": {"cached_tokens": 4},
-                         "completion_tokens_details": {"reasoning_tokens": 2}})
-    assert (u.input_tokens, u.output_tokens, u.total_tokens, u.cached_tokens, u.reasoning_tokens) == (10, 3, 13, 4, 2)
+    u = Usage.from_wire(
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 3,
+            "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 2},
+        }
+    )
+    assert (
+        u.input_tokens,
+        u.output_tokens,
+        u.total_tokens,
+        u.cached_tokens,
+        u.reasoning_tokens,
+    ) == (10, 3, 13, 4, 2)
 
 
 def test_error_bodies() -> None:
     e = parse_error(401, b'{"code":"InvalidApiKey","message":"Invalid API-key provided.","request_id":"r1"}')
-    assert (e.code, e.message, e.request_id, e.outcome) == ("InvalidApiKey", "Invalid API-key provided.", "r1", Outcome.ABORT)
-    sse = b'id:1\nevent:error\n:HTTP_STATUS/429\ndata:{"code":"Throttling.AllocationQuota","message":"Allocated quota exceeded","request_id":"r2"}\n\n'
+    assert (e.code, e.message, e.request_id, e.outcome) == (
+        "InvalidApiKey",
+        "Invalid API-key provided.",
+        "r1",
+        Outcome.ABORT,
+    )
+    sse = (
+        b"id:1\nevent:error\n:HTTP_STATUS/429\n"
+        b'data:{"code":"Throttling.AllocationQuota","message":"Allocated quota exceeded","request_id":"r2"}\n\n'
+    )
     e = parse_error(429, sse, {"Retry-After": "3"})
     assert (e.code, e.outcome, e.retry_after) == ("Throttling.AllocationQuota", Outcome.RETRY, 3.0)
     e = parse_error(400, b'{"error":{"message":"bad","type":"invalid_request_error","code":"invalid_value"}}')
     assert (e.code, e.message, e.outcome) == ("invalid_value", "bad", Outcome.ROW_FAILED)
     e = parse_error(502, b"", {"x-request-id": "r3", "retry-after-ms": "250"})
-    assert (e.code, e.request_id, e.retry_after, e.outcome) == ("HTTP502", "r3", 0.25, Outcome.RETRY)
+    assert (e.code, e.request_id, e.retry_after, e.outcome) == (
+        "HTTP502",
+        "r3",
+        0.25,
+        Outcome.RETRY,
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,7 +144,11 @@ def test_error_bodies() -> None:
         (408, "RequestTimeOut", Outcome.RETRY),
         (413, "BadRequest.TooLarge", Outcome.ROW_FAILED),
         (429, "Throttling.RateQuota", Outcome.RETRY),
-        (429, "Throttling.AllocationQuota", Outcome.RETRY),  # token quota: throttling, not exhaustion
+        (
+            429,
+            "Throttling.AllocationQuota",
+            Outcome.RETRY,
+        ),  # token quota: throttling, not exhaustion
         (429, "PrepaidBillOverdue", Outcome.ABORT),
         (500, "InternalError", Outcome.RETRY),
         (503, "ModelUnavailable", Outcome.RETRY),
@@ -98,13 +165,24 @@ def test_endpoint_routing() -> None:
         assert protocol.path_for_model(model) == protocol.MULTIMODAL_PATH
 
 
-REQUEST = Request("k", 0, "r0", protocol.TEXT_PATH,
-                  protocol.build_body("qwen-plus", [{"role": "user", "content": "hi"}], {"seed": 3}), 5)
+REQUEST = Request(
+    "k",
+    0,
+    "r0",
+    protocol.TEXT_PATH,
+    protocol.build_body("qwen-plus", [{"role": "user", "content": "hi"}], {"seed": 3}),
+    5,
+)
 
 
 async def call(handler) -> protocol.Completion:  # type: ignore[no-untyped-def]
-    async with DashScopeClient("https://example.invalid/api/v1", "sk-secret", timeout_s=5,
-                               max_connections=4, transport=httpx.MockTransport(handler)) as client:
+    async with DashScopeClient(
+        "https://example.invalid/api/v1",
+        "sk-secret",
+        timeout_s=5,
+        max_connections=4,
+        transport=httpx.MockTransport(handler),
+    ) as client:
         return await client.generate(REQUEST)
 
 
@@ -113,16 +191,25 @@ async def test_client_sends_the_documented_request() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json={"output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}]},
-                                         "usage": {"input_tokens": 3, "output_tokens": 1}, "request_id": "q"})
+        return httpx.Response(
+            200,
+            json={
+                "output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}]},
+                "usage": {"input_tokens": 3, "output_tokens": 1},
+                "request_id": "q",
+            },
+        )
 
     completion = await call(handler)
     assert completion.content == "ok"
     (req,) = seen
     assert str(req.url) == "https://example.invalid/api/v1/services/aigc/text-generation/generation"
     assert req.headers["authorization"] == "Bearer sk-secret"
-    assert json.loads(req.content) == {"model": "qwen-plus", "input": {"messages": [{"role": "user", "content": "hi"}]},
-                                       "parameters": {"result_format": "message", "seed": 3}}
+    assert json.loads(req.content) == {
+        "model": "qwen-plus",
+        "input": {"messages": [{"role": "user", "content": "hi"}]},
+        "parameters": {"result_format": "message", "seed": 3},
+    }
 
 
 async def test_client_errors_are_classified() -> None:

@@ -10,7 +10,13 @@ import pytest
 from helpers import read_table, write_job
 
 from batchrunner import load_spec, run_job
-from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle, answer_for, serve_in_thread
+from batchrunner.simulator import (
+    FaultRule,
+    SimulatorConfig,
+    ThreadHandle,
+    answer_for,
+    serve_in_thread,
+)
 
 API_KEY = "sk-test-0123456789abcdef"
 ROWS = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(30)]
@@ -55,9 +61,21 @@ def test_end_to_end_row_by_row(tmp_path: Path, sim: ThreadHandle) -> None:
     assert summary.table == {"ok": 30}
     out = read_table(summary.output_path)
     assert out.columns == [
-        "id", "text", "content", "reasoning_content", "finish_reason", "status", "error_code",
-        "error_message", "input_tokens", "output_tokens", "total_tokens", "cached_tokens",
-        "request_id", "attempts", "latency_ms",
+        "id",
+        "text",
+        "content",
+        "reasoning_content",
+        "finish_reason",
+        "status",
+        "error_code",
+        "error_message",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "request_id",
+        "attempts",
+        "latency_ms",
     ]
     assert out["id"].to_list() == [r["id"] for r in ROWS]  # input order
     for row in out.iter_rows(named=True):
@@ -75,8 +93,7 @@ def test_end_to_end_row_by_row(tmp_path: Path, sim: ThreadHandle) -> None:
     # the store holds the same, with the raw usage beside the columns
     stored = db_rows(summary.db_path, "SELECT status, usage, model, parameters FROM results")
     assert len(stored) == 30
-    assert all(s == "ok" and '"input_tokens"' in u and m == "qwen-plus" and '"seed":1' in p
-               for s, u, m, p in stored)
+    assert all(s == "ok" and '"input_tokens"' in u and m == "qwen-plus" and '"seed":1' in p for s, u, m, p in stored)
     assert db_rows(summary.db_path, "SELECT count(*) FROM attempts") == [(30,)]
     (run,) = db_rows(summary.db_path, "SELECT status, exit_code, sent, ok, spec_digest, simulated FROM runs")
     assert run == ("finished", 0, 30, 30, load_spec(spec_path).digest, 0)
@@ -100,17 +117,20 @@ def test_changed_rows_and_template_resend_only_what_changed(tmp_path: Path, sim:
     write_job(tmp_path, edited)
     sim.sim.reset()
     summary = run_job(spec_path, handle_signals=False)
-    assert sorted(prompts_sent(sim)) == sorted(
-        f"Say something about item number {i} (edited)" for i in (3, 7, 11)
-    )
+    assert sorted(prompts_sent(sim)) == sorted(f"Say something about item number {i} (edited)" for i in (3, 7, 11))
     assert summary.counts.sent == 3 and summary.already_done == 27
     # a changed template: only the rows whose rendered request differs are sent
     noted = [dict(r, note=" (urgent)" if i < 2 else None) for i, r in enumerate(ROWS)]
-    write_job(tmp_path, noted, {"prompt": {"template": "Say something about {text}{note}", "on_empty": "send"}})
+    write_job(
+        tmp_path,
+        noted,
+        {"prompt": {"template": "Say something about {text}{note}", "on_empty": "send"}},
+    )
     sim.sim.reset()
     summary = run_job(spec_path, handle_signals=False)
     assert sorted(prompts_sent(sim)) == [
-        "Say something about item number 0 (urgent)", "Say something about item number 1 (urgent)",
+        "Say something about item number 0 (urgent)",
+        "Say something about item number 1 (urgent)",
     ]
     assert summary.already_done == 28
     # a changed parameter changes every request
@@ -303,8 +323,13 @@ def test_pacing_at_the_service_tpm_draws_no_429(tmp_path: Path, sim: ThreadHandl
 @pytest.mark.parametrize("sim", [SimulatorConfig(rpm=600)], indirect=True)
 def test_a_job_configured_above_the_service_limit_backs_off_and_finishes(tmp_path: Path, sim: ThreadHandle) -> None:
     rows = [{"id": f"r{i}", "text": f"over {i}"} for i in range(30)]
-    limits = {"requests_per_minute": 6000, "concurrency": 30, "max_retries": 10,
-              "backoff_initial_s": 0.2, "backoff_max_s": 1.0}
+    limits = {
+        "requests_per_minute": 6000,
+        "concurrency": 30,
+        "max_retries": 10,
+        "backoff_initial_s": 0.2,
+        "backoff_max_s": 1.0,
+    }
     spec_path = write_job(tmp_path, rows, {"limits": limits})
     summary = run_job(spec_path, handle_signals=False)
     assert summary.table == {"ok": 30}

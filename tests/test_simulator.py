@@ -27,9 +27,7 @@ HELLO = [
 ]
 
 
-def body(
-    messages: list[dict[str, Any]] | None = None, model: str = "qwen-plus", **params: Any
-) -> dict[str, Any]:
+def body(messages: list[dict[str, Any]] | None = None, model: str = "qwen-plus", **params: Any) -> dict[str, Any]:
     msgs = HELLO if messages is None else messages
     return {"model": model, "input": {"messages": msgs}, "parameters": params}
 
@@ -186,10 +184,7 @@ async def test_api_key_checks() -> None:
 
 
 USER_ONLY = [{"role": "user", "content": "hi"}]
-JSON_WORD = (
-    "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
-    "'json_object'."
-)
+JSON_WORD = "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
 BAD = "InvalidParameter"
 # (body, status, code, message); the code is InvalidParameter unless named
 VALIDATION_CASES: list[tuple[Any, int, str, str]] = [
@@ -257,9 +252,7 @@ VALIDATION_CASES: list[tuple[Any, int, str, str]] = [
 
 
 @pytest.mark.parametrize(("payload", "status", "code", "message"), VALIDATION_CASES)
-async def test_validation_errors(
-    sim_server: Any, payload: Any, status: int, code: str, message: str
-) -> None:
+async def test_validation_errors(sim_server: Any, payload: Any, status: int, code: str, message: str) -> None:
     r = await post(sim_server.base_url, payload)
     assert (r.status_code, r.json()["code"], r.json()["message"]) == (status, code, message)
     assert r.json()["request_id"] == r.headers["x-request-id"]
@@ -305,9 +298,7 @@ async def test_rpm_throttles_the_excess_exactly() -> None:
     sim = Simulator(SimulatorConfig(rpm=600))  # 10 requests in any 1 s window
     async with sim.serve() as base_url:
         async with httpx.AsyncClient(base_url=base_url, headers=KEY, timeout=10) as client:
-            replies = await asyncio.gather(
-                *(client.post(TEXT_PATH, json=body(USER_ONLY, seed=i)) for i in range(15))
-            )
+            replies = await asyncio.gather(*(client.post(TEXT_PATH, json=body(USER_ONLY, seed=i)) for i in range(15)))
     statuses = sorted(r.status_code for r in replies)
     assert statuses == [200] * 10 + [429] * 5
     throttled = [r.json() for r in replies if r.status_code == 429]
@@ -356,8 +347,11 @@ async def test_fault_rule_sequences() -> None:
         other = await post(base_url, body([{"role": "user", "content": "another flaky one"}]))
         assert other.status_code == 500
         # only the last user message is matched
-        earlier = [{"role": "user", "content": "unsafe"}, {"role": "assistant", "content": "ok"},
-                   {"role": "user", "content": "fine now"}]
+        earlier = [
+            {"role": "user", "content": "unsafe"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "fine now"},
+        ]
         assert (await post(base_url, body(earlier))).status_code == 200
         for _ in range(3):
             r = await post(base_url, body([{"role": "user", "content": "unsafe text"}]))
@@ -390,8 +384,7 @@ async def test_random_faults_are_reproducible() -> None:
     for _ in range(2):
         sim = Simulator(cfg)
         async with sim.serve() as base_url, httpx.AsyncClient(base_url=base_url) as client:
-            replies = [await client.post(TEXT_PATH, json=body(USER_ONLY, seed=i), headers=KEY)
-                       for i in range(30)]
+            replies = [await client.post(TEXT_PATH, json=body(USER_ONLY, seed=i), headers=KEY) for i in range(30)]
             runs.append([r.status_code for r in replies])
         assert sim.stats()["faults_injected"]["slow"] > 0
     assert runs[0] == runs[1]
@@ -442,9 +435,7 @@ def test_log_can_be_turned_off() -> None:
 def test_official_sdk_round_trip(sim_thread: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     dashscope = pytest.importorskip("dashscope")
     monkeypatch.setattr(dashscope, "base_http_api_url", sim_thread.base_url)
-    r = dashscope.Generation.call(
-        api_key="sk-test", model="qwen-plus", messages=HELLO, result_format="message", seed=7
-    )
+    r = dashscope.Generation.call(api_key="sk-test", model="qwen-plus", messages=HELLO, result_format="message", seed=7)
     assert r.status_code == 200
     assert r.output.choices[0].message.content == answer_for("qwen-plus", HELLO, 7, None)[0]
     assert r.usage.input_tokens == expected_input_tokens(HELLO)

@@ -40,10 +40,12 @@ def test_formats_read_awkward_cells_exactly(tmp_path: Path, data_name: str) -> N
     assert isinstance(first, Request)
     assert first.body == {
         "model": "qwen-plus",
-        "input": {"messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": 'Say something about has "quotes", and commas'},
-        ]},
+        "input": {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": 'Say something about has "quotes", and commas'},
+            ]
+        },
         "parameters": {"result_format": "message", "temperature": 0.5, "max_tokens": 32, "seed": 1},
     }
 
@@ -116,8 +118,11 @@ def test_output_columns_colliding_with_input(tmp_path: Path) -> None:
 
 
 def test_messages_column(tmp_path: Path) -> None:
-    convo = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-             {"role": "user", "content": "and now?"}]
+    convo = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and now?"},
+    ]
     rows = [{"id": "a", "messages": json.dumps(convo)}]
     overrides = {"prompt": {"template": None, "messages_column": "messages"}}
     source = checked(write_job(tmp_path, rows, overrides))

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import merged, spec_text, write_job
 
-from batchrunner import SpecError, load_spec
-from batchrunner import protocol
+from batchrunner import SpecError, load_spec, protocol
 
 
 def write_spec(tmp_path: Path, overrides: dict | None = None) -> Path:
@@ -23,7 +22,12 @@ def test_valid_spec_resolves_paths_relative_to_the_spec_file(tmp_path: Path) -> 
     assert spec.output.path == (tmp_path / "jobs" / "out" / "result.csv").resolve()
     # default store: <output folder>/<name>.sqlite
     assert spec.db_path == (tmp_path / "jobs" / "out" / "t.sqlite").resolve()
-    assert spec.parameters.wire() == {"temperature": 0.5, "max_tokens": 32, "seed": 1, "result_format": "message"}
+    assert spec.parameters.wire() == {
+        "temperature": 0.5,
+        "max_tokens": 32,
+        "seed": 1,
+        "result_format": "message",
+    }
     assert spec.model.path == protocol.TEXT_PATH
     assert len(spec.digest) == 64
 
@@ -68,8 +72,18 @@ def test_unknown_section_suggests_the_nearest(tmp_path: Path) -> None:
         ("parameters", "seed", -1, "[parameters] seed: Input should be greater than or equal to 0"),
         ("parameters", "max_tokens", 0, "[parameters] max_tokens"),
         ("parameters", "presence_penalty", 3, "[parameters] presence_penalty"),
-        ("limits", "concurrency", 0, "[limits] concurrency: Input should be greater than or equal to 1"),
-        ("limits", "requests_per_minute", "fast", "[limits] requests_per_minute: Input should be a valid integer"),
+        (
+            "limits",
+            "concurrency",
+            0,
+            "[limits] concurrency: Input should be greater than or equal to 1",
+        ),
+        (
+            "limits",
+            "requests_per_minute",
+            "fast",
+            "[limits] requests_per_minute: Input should be a valid integer",
+        ),
         ("job", "name", "has space", "[job] name: String should match pattern"),
     ],
 )

@@ -150,9 +150,7 @@ class Simulator:
         scheme, _, key = (header or "").partition(" ")
         key = key.strip()
         valid = self.config.valid_keys
-        if scheme.lower() != "bearer" or not (
-            key in valid if valid is not None else key.startswith("sk-")
-        ):
+        if scheme.lower() != "bearer" or not (key in valid if valid is not None else key.startswith("sk-")):
             raise error_for_code("InvalidApiKey")
 
     def _admit(self, tokens: int) -> None:
@@ -190,9 +188,7 @@ class Simulator:
         if err.status == 429 and self.config.retry_after_s is not None:
             headers["Retry-After"] = f"{self.config.retry_after_s:g}"
         payload = {"code": err.code, "message": err.message, "request_id": request_id}
-        return web.Response(
-            body=_dumps(payload), status=err.status, headers=headers, content_type=_JSON
-        )
+        return web.Response(body=_dumps(payload), status=err.status, headers=headers, content_type=_JSON)
 
     def _record(
         self,
@@ -286,16 +282,12 @@ class Simulator:
         details = self._cache.details(call.model, call.messages, answer.counts, answer.input_tokens)
         response: web.StreamResponse
         if call.stream:
-            response = await stream.send(
-                request, call, answer, details, request_id, malformed=kind == MALFORMED
-            )
+            response = await stream.send(request, call, answer, details, request_id, malformed=kind == MALFORMED)
         else:
             payload = _dumps(reply.body(call, answer, details, request_id))
             if kind == MALFORMED:
                 payload = payload[: len(payload) // 2]
-            response = web.Response(
-                body=payload, headers={"x-request-id": request_id}, content_type=_JSON
-            )
+            response = web.Response(body=payload, headers={"x-request-id": request_id}, content_type=_JSON)
         valid = answer if kind != MALFORMED else None
         self._record(200, request_id, body, key, call, label, arrived, valid)
         return response

@@ -71,8 +71,7 @@ CODES: dict[str, tuple[int, str]] = {
     "ModelServiceFailed": (500, "Failed to request model service."),
     "ServiceUnavailable": (
         503,
-        "Too many requests. Your requests are being throttled due to system capacity "
-        "limits. Please try again later.",
+        "Too many requests. Your requests are being throttled due to system capacity limits. Please try again later.",
     ),
     "ModelUnavailable": (503, "Model is unavailable, please try again later."),
     # No body is documented for 504; this text is the simulator's own.

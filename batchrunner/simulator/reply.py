@@ -58,9 +58,7 @@ def compose(call: Call) -> Answer:
     return Answer(choices, reasoning, reasoning_tokens, counts, sum(counts) + 4 * len(counts) + 3)
 
 
-def usage(
-    call: Call, answer: Answer, details: dict[str, Any], output_tokens: int
-) -> dict[str, Any]:
+def usage(call: Call, answer: Answer, details: dict[str, Any], output_tokens: int) -> dict[str, Any]:
     """The `usage` object; `output_tokens` may be a partial count while streaming."""
     body: dict[str, Any] = {
         "input_tokens": answer.input_tokens,

@@ -106,9 +106,7 @@ def check_messages(messages: Any, multimodal: bool) -> list[dict[str, Any]]:
         elif message["role"] == "user" and not content:
             raise invalid(BAD_ROLE)
     last = messages[-1]
-    if last["role"] not in ("user", "tool") and not (
-        last["role"] == "assistant" and last.get("partial") is True
-    ):
+    if last["role"] not in ("user", "tool") and not (last["role"] == "assistant" and last.get("partial") is True):
         raise SimError(500, "InternalError.Algo", "list index out of range")
     return messages
 
@@ -153,10 +151,7 @@ def check_parameters(call: Call, max_output: int) -> None:
     value = p.get("thinking_budget")
     if value is not None:
         if not (_integer(value) and 0 < value <= max_output):
-            raise invalid(
-                "The thinking_budget parameter must be a positive integer and not greater "
-                f"than {max_output}"
-            )
+            raise invalid(f"The thinking_budget parameter must be a positive integer and not greater than {max_output}")
         call.thinking_budget = value
     value = p.get("result_format")
     if value is not None and value not in ("message", "text"):
@@ -167,9 +162,7 @@ def check_parameters(call: Call, max_output: int) -> None:
         raise invalid('The result_format parameter must be "message" when enable_thinking is true')
     call.incremental = p.get("incremental_output") is True
     if call.stream and call.thinking and not call.incremental:
-        raise invalid(
-            'The incremental_output parameter must be "true" when enable_thinking is true'
-        )
+        raise invalid('The incremental_output parameter must be "true" when enable_thinking is true')
     fmt = p.get("response_format")
     if fmt is not None:
         kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -178,12 +171,9 @@ def check_parameters(call: Call, max_output: int) -> None:
         call.json_mode = kind != "text"
         if call.json_mode and call.thinking:
             raise invalid("Json mode response is not supported when enable_thinking is true")
-        if kind == "json_object" and not any(
-            "json" in text_of(m.get("content")).lower() for m in call.messages
-        ):
+        if kind == "json_object" and not any("json" in text_of(m.get("content")).lower() for m in call.messages):
             raise invalid(
-                "'messages' must contain the word 'json' in some form, to use "
-                "'response_format' of type 'json_object'."
+                "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
             )
     stop = p.get("stop")
     if isinstance(stop, str):
