@@ -23,6 +23,8 @@ from httpx_aiohttp import AiohttpTransport
 
 from . import protocol
 from .source import Request
+from .sse import SSEParser, StreamError
+from .wire import NativeWire, Wire
 
 
 class CallFailed(Exception):
@@ -75,8 +77,13 @@ class DashScopeClient:
         timeout_s: float,
         max_connections: int,
         transport: httpx.AsyncBaseTransport | None = None,
+        wire: Wire | None = None,
+        stream: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.wire = wire or NativeWire()
+        self.stream = stream
+        self._stream_headers = self.wire.headers(True)
         headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json; charset=utf-8",
@@ -100,6 +107,8 @@ class DashScopeClient:
 
     async def generate(self, request: Request) -> protocol.Completion:
         content = json.dumps(request.body, ensure_ascii=False, separators=(",", ":")).encode()
+        if self.stream:
+            return await self._generate_streamed(request, content)
         try:
             response = await self._http.post(self.base_url + request.path, content=content)
         except httpx.TransportError as exc:
@@ -108,9 +117,39 @@ class DashScopeClient:
             error = protocol.parse_error(response.status_code, response.content, dict(response.headers))
             raise CallFailed(error)
         try:
-            return protocol.parse_completion(response.content)
+            return self.wire.parse(response.content)
         except protocol.MalformedResponse as exc:
             raise TransportFailed("MalformedResponse", str(exc), possibly_billed=True) from None
+
+    async def _generate_streamed(self, request: Request, content: bytes) -> protocol.Completion:
+        """Read an SSE answer to its end; an error event or a cut stream raises like any failure."""
+        assembler = self.wire.assembler(request.body)
+        parser = SSEParser()
+        url = self.base_url + request.path
+        opened = False
+        try:
+            async with self._http.stream("POST", url, content=content, headers=self._stream_headers) as response:
+                opened = True
+                if response.status_code != 200:
+                    body = await response.aread()
+                    raise CallFailed(protocol.parse_error(response.status_code, body, dict(response.headers)))
+                async for line in response.aiter_lines():
+                    event = parser.line(line)
+                    if event is not None:
+                        assembler.feed(event)
+                event = parser.line("")  # a last event not followed by a blank line
+                if event is not None:
+                    assembler.feed(event)
+            return assembler.result()
+        except httpx.TransportError as exc:
+            failure = _transport_failure(exc)
+            if not opened:
+                raise failure from None
+            raise TransportFailed(failure.code, f"mid-stream: {failure.message}", possibly_billed=True) from None
+        except StreamError as exc:
+            raise CallFailed(exc.error) from None
+        except protocol.MalformedResponse as exc:
+            raise TransportFailed("StreamCut", str(exc), possibly_billed=True) from None
 
     @staticmethod
     def describe(exc: BaseException) -> dict[str, Any]:

@@ -16,6 +16,8 @@ Every attempt, including the ones that may have been billed, goes to the attempt
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -79,7 +81,6 @@ class Pool:
         self.tokens = TokenBudget(limits.tokens_per_minute) if limits.tokens_per_minute else None
         self.output_charge = spec.parameters.max_tokens or DEFAULT_OUTPUT_CHARGE
         self.stopping = False
-        self._params = store.dumps(spec.parameters.wire())
 
     def stop(self) -> None:
         """Stop taking new requests; requests already being worked on run to their end."""
@@ -152,6 +153,7 @@ class Pool:
         t0 = time.monotonic()
         estimate = request.est_input_tokens + self.output_charge
         billed = 0
+        json_tries = 0
         self.counts.sent += 1
         for attempt in range(1, self.spec.limits.max_retries + 2):
             outcome, a_started, a0 = await self._attempt(request, estimate, attempt)
@@ -173,8 +175,22 @@ class Pool:
                     },
                 )
                 await self.gate.on_success()
-                self._finish(request, started, t0, attempt, billed, completion=outcome)
-                return
+                if not self.spec.output.parse_json:
+                    self._finish(request, started, t0, attempt, billed, completion=outcome)
+                    return
+                parsed, problem = parse_json_answer(outcome.content)
+                if problem is None:
+                    self._finish(request, started, t0, attempt, billed, completion=outcome, parsed=parsed)
+                    return
+                failure = {"error_code": "InvalidJSON", "error_message": problem}
+                self._log_attempt(request, attempt, a_started, a0, {"outcome": "invalid_json", **failure})
+                json_tries += 1
+                if json_tries > self.spec.output.json_retries or attempt > self.spec.limits.max_retries:
+                    # Paid for: keep the answer and its usage, marked failed.
+                    self._finish(request, started, t0, attempt, billed, completion=outcome, failure=failure)
+                    return
+                self.counts.retries += 1
+                continue
             if self.tokens is not None:
                 self.tokens.settle(estimate, 0)
             fields = DashScopeClient.describe(outcome)
@@ -237,6 +253,7 @@ class Pool:
         completion: protocol.Completion | None = None,
         failure: dict[str, Any] | None = None,
         retryable: bool = False,
+        parsed: str | None = None,
     ) -> None:
         row: dict[str, Any] = {
             "key": request.key,
@@ -249,29 +266,37 @@ class Pool:
             "finished_at": store.now(),
             "model": request.body["model"],
             "endpoint": request.path,
-            "parameters": self._params,
+            "parameters": store.dumps(_sent_parameters(request.body)),
             "run_id": self.run_id,
+            "sample": request.sample,
+            "seed": request.seed,
         }
         if completion is not None:
             usage = completion.usage
             row.update(
-                status="ok",
+                status="ok" if failure is None else "failed",
                 retryable=0,
                 content=completion.content,
                 reasoning_content=completion.reasoning_content,
                 finish_reason=completion.finish_reason,
                 tool_calls=store.dumps(completion.tool_calls),
+                logprobs=store.dumps(completion.first.logprobs),
+                choices=store.dumps([c.to_json() for c in completion.choices]) if len(completion.choices) > 1 else None,
+                parsed=parsed,
                 request_id=completion.request_id,
                 http_status=200,
                 usage=store.dumps(usage.raw),
-                error_code=None,
-                error_message=None,
+                error_code=(failure or {}).get("error_code"),
+                error_message=(failure or {}).get("error_message"),
                 **{c: getattr(usage, c) for c in store.RESULT_USAGE_COLUMNS},
             )
-            self.counts.ok += 1
             self.counts.input_tokens += usage.input_tokens
             self.counts.output_tokens += usage.output_tokens
             self.counts.cached_tokens += usage.cached_tokens
+            if failure is None:
+                self.counts.ok += 1
+            else:
+                self.counts.failed += 1
         else:
             assert failure is not None
             row.update(
@@ -286,3 +311,26 @@ class Pool:
         self.writer.add_result(row)
         if self.on_result is not None:
             self.on_result(row)
+
+
+def _sent_parameters(body: dict[str, Any]) -> dict[str, Any]:
+    """The generation parameters of a request as sent (either wire format)."""
+    if "parameters" in body:
+        return dict(body["parameters"])
+    return {k: v for k, v in body.items() if k not in ("model", "messages", "input")}
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n?```\s*$", re.S)
+
+
+def parse_json_answer(content: str | None) -> tuple[str | None, str | None]:
+    """(the answer as canonical JSON, None) or (None, what is wrong). Code fences are allowed."""
+    text = content or ""
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return None, f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")), None

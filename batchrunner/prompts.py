@@ -4,14 +4,11 @@ A template holds literal text and `{column}` placeholders, nothing else: no attr
 index access, no conversions or format specs (so a cell can never reach Python objects).
 `{{` and `}}` stand for literal braces.
 
-The request key is a hash of the exact request (model, endpoint, messages, parameters). The
-store is keyed on it, so a rerun skips requests that already finished and a changed
-template or parameter re-sends only the rows whose request changed.
+Rows become full requests (media, seeds, samples, request key) in `render`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import string
 from dataclasses import dataclass
@@ -83,15 +80,7 @@ def parse_template(template: str, *, where: str = "[prompt] template") -> Templa
     return Template(tuple(parts))
 
 
-def messages_from_template(system: str | None, user_text: str) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": user_text})
-    return messages
-
-
-def parse_messages_cell(raw: Any, system: str | None) -> list[dict[str, Any]]:
+def parse_messages_cell(raw: Any, system: str | None = None) -> list[dict[str, Any]]:
     """A messages cell: a JSON list of {role, content}. Raises ValueError saying what is wrong."""
     if isinstance(raw, str):
         try:
@@ -118,17 +107,6 @@ def parse_messages_cell(raw: Any, system: str | None) -> list[dict[str, Any]]:
     return messages
 
 
-def request_key(model: str, path: str, messages: list[dict[str, Any]], parameters: dict[str, Any]) -> str:
-    """A stable 128-bit hex digest of the exact request."""
-    canonical = json.dumps(
-        [model, path, messages, parameters],
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
-
-
 def estimate_tokens(messages: list[dict[str, Any]]) -> int:
     """A cheap upper-leaning estimate of input tokens, for the tokens-per-minute limiter.
 
@@ -138,6 +116,18 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
     size = 0
     for message in messages:
         content = message.get("content")
-        text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
-        size += len(text.encode("utf-8")) // 3 + 4
+        items = [{"text": content}] if isinstance(content, str) else content or []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if "image" in item:
+                size += MEDIA_ESTIMATE
+            elif "video" in item:
+                size += 2 * MEDIA_ESTIMATE
+            else:
+                size += len(str(item.get("text", "")).encode("utf-8")) // 3
+        size += 4
     return size + 3
+
+
+MEDIA_ESTIMATE = 1024  # tokens assumed per image (twice that per video) for the TPM limiter

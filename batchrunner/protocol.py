@@ -20,6 +20,17 @@ SSE_HEADER = "X-DashScope-SSE"
 
 INTL_BASE_URL = "https://dashscope-intl.aliyuncs.com/api/v1"
 CN_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
+OPENAI_CHAT_PATH = "/chat/completions"
+COMPATIBLE_SUFFIX = "/compatible-mode/v1"
+
+
+def base_url_for(region: str, protocol: str = "dashscope") -> str:
+    """The default base URL of a region (intl = Singapore, cn = Beijing) for a protocol."""
+    native = CN_BASE_URL if region == "cn" else INTL_BASE_URL
+    if protocol == "openai":
+        return native.removesuffix("/api/v1") + COMPATIBLE_SUFFIX
+    return native
+
 
 # Models served by the multimodal-generation endpoint (vision models and the natively
 # multimodal Qwen3.5+ plus/flash families). Matched by prefix; everything else is text.
@@ -102,22 +113,53 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
-class Completion:
-    """One successful answer."""
+class Choice:
+    """One generated choice (there are n of them when `n` > 1)."""
 
     content: str | None
-    reasoning_content: str | None
-    finish_reason: str | None
+    reasoning_content: str | None = None
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One successful answer: its choices (the first is the answer), usage and request id."""
+
+    choices: tuple[Choice, ...]
     request_id: str | None
     usage: Usage
-    tool_calls: list[dict[str, Any]] | None = None
+
+    @property
+    def first(self) -> Choice:
+        return self.choices[0] if self.choices else Choice(None)
+
+    @property
+    def content(self) -> str | None:
+        return self.first.content
+
+    @property
+    def reasoning_content(self) -> str | None:
+        return self.first.reasoning_content
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.first.finish_reason
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]] | None:
+        return self.first.tool_calls
 
 
 class MalformedResponse(ValueError):
     """A 200 answer whose body is not the documented shape."""
 
 
-def _text_of(content: Any) -> str | None:
+def text_of(content: Any) -> str | None:
     """Message content is a string on the text endpoint, a list of {"text": ...} on multimodal."""
     if content is None or isinstance(content, str):
         return content
@@ -127,39 +169,44 @@ def _text_of(content: Any) -> str | None:
     raise MalformedResponse(msg)
 
 
-def parse_completion(body: bytes | str | dict[str, Any]) -> Completion:
-    """Read a 200 body (result_format message or text). Raises MalformedResponse."""
+def load_json(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
+    """A JSON object from a body, or MalformedResponse."""
     try:
         data = json.loads(body) if isinstance(body, bytes | str) else body
     except (ValueError, UnicodeDecodeError) as exc:
         msg = f"answer is not JSON: {exc}"
         raise MalformedResponse(msg) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("output"), dict):
+    if not isinstance(data, dict):
+        msg = "answer is not a JSON object"
+        raise MalformedResponse(msg)
+    return data
+
+
+def _choice(raw: dict[str, Any]) -> Choice:
+    message = raw.get("message") or {}
+    return Choice(
+        content=text_of(message.get("content")),
+        reasoning_content=message.get("reasoning_content") or None,
+        finish_reason=raw.get("finish_reason"),
+        tool_calls=message.get("tool_calls") or None,
+        logprobs=raw.get("logprobs") or None,
+    )
+
+
+def parse_completion(body: bytes | str | dict[str, Any]) -> Completion:
+    """Read a native 200 body (result_format message or text). Raises MalformedResponse."""
+    data = load_json(body)
+    output = data.get("output")
+    if not isinstance(output, dict):
         msg = "answer has no 'output' object"
         raise MalformedResponse(msg)
-    output = data["output"]
     usage = Usage.from_wire(data.get("usage"))
     request_id = data.get("request_id")
     choices = output.get("choices")
     if choices:
-        first = choices[0]
-        message = first.get("message") or {}
-        return Completion(
-            content=_text_of(message.get("content")),
-            reasoning_content=message.get("reasoning_content") or None,
-            finish_reason=first.get("finish_reason"),
-            request_id=request_id,
-            usage=usage,
-            tool_calls=message.get("tool_calls") or None,
-        )
+        return Completion(tuple(_choice(c) for c in choices), request_id, usage)
     if "text" in output:
-        return Completion(
-            content=output.get("text"),
-            reasoning_content=None,
-            finish_reason=output.get("finish_reason"),
-            request_id=request_id,
-            usage=usage,
-        )
+        return Completion((Choice(output.get("text"), None, output.get("finish_reason")),), request_id, usage)
     msg = "answer has neither output.choices nor output.text"
     raise MalformedResponse(msg)
 

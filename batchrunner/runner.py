@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import sink
+from . import protocol, sink
 from .client import DashScopeClient
 from .errors import SpecError
 from .pool import Abort, Pool, PoolCounts
@@ -115,6 +115,8 @@ async def _service(spec: JobSpec, simulate: bool) -> AsyncIterator[tuple[str, st
     from .simulator import Simulator, SimulatorConfig
 
     async with Simulator(SimulatorConfig()).serve(host="127.0.0.1", port=0) as base_url:
+        if spec.api.protocol == "openai":
+            base_url = base_url.removesuffix("/api/v1") + protocol.COMPATIBLE_SUFFIX
         yield base_url, SIMULATED_KEY
 
 
@@ -226,7 +228,12 @@ async def _run_with_store(
     status, message, exit_code = "finished", "", EXIT_OK
     writer_task = asyncio.create_task(writer.run())
     async with DashScopeClient(
-        base_url, api_key, timeout_s=spec.limits.timeout_s, max_connections=spec.limits.concurrency
+        base_url,
+        api_key,
+        timeout_s=spec.limits.timeout_s,
+        max_connections=spec.limits.concurrency,
+        wire=source.renderer.wire,
+        stream=spec.parameters.stream,
     ) as client:
         pool = Pool(spec, client, writer, run_id=run_id, on_result=progress.row_finished)
         progress.start(source.n_rows, pool.counts)

@@ -20,29 +20,56 @@ from .source import ROW_INDEX, Request, Source
 from .spec import JobSpec
 from .store import Store
 
-# (output column, store column, dtype); the order here is the order in the output table.
-RESULT_COLUMNS: tuple[tuple[str, str, type[pl.DataType]], ...] = (
-    ("content", "content", pl.String),
-    ("reasoning_content", "reasoning_content", pl.String),
-    ("finish_reason", "finish_reason", pl.String),
-    ("status", "status", pl.String),
-    ("error_code", "error_code", pl.String),
-    ("error_message", "error_message", pl.String),
-    ("input_tokens", "input_tokens", pl.Int64),
-    ("output_tokens", "output_tokens", pl.Int64),
-    ("total_tokens", "total_tokens", pl.Int64),
-    ("cached_tokens", "cached_tokens", pl.Int64),
-    ("request_id", "request_id", pl.String),
-    ("attempts", "attempts", pl.Int64),
-    ("latency_ms", "latency_ms", pl.Int64),
+# (output column, dtype); the order here is the order in the output table. Output columns
+# are named as the store's columns.
+RESULT_COLUMNS: tuple[tuple[str, type[pl.DataType]], ...] = (
+    ("content", pl.String),
+    ("reasoning_content", pl.String),
+    ("finish_reason", pl.String),
+    ("status", pl.String),
+    ("error_code", pl.String),
+    ("error_message", pl.String),
+    ("input_tokens", pl.Int64),
+    ("output_tokens", pl.Int64),
+    ("total_tokens", pl.Int64),
+    ("cached_tokens", pl.Int64),
+    ("reasoning_tokens", pl.Int64),
+    ("tool_calls", pl.String),
+    ("request_id", pl.String),
+    ("attempts", pl.Int64),
+    ("latency_ms", pl.Int64),
 )
-_STATUS = [name for name, _, _ in RESULT_COLUMNS].index("status")
-_MESSAGE = [name for name, _, _ in RESULT_COLUMNS].index("error_message")
+# Columns that appear only when the job uses the feature they describe.
+OPTIONAL_COLUMNS: tuple[tuple[str, type[pl.DataType]], ...] = (
+    ("cache_creation_input_tokens", pl.Int64),
+    ("image_tokens", pl.Int64),
+    ("video_tokens", pl.Int64),
+    ("parsed", pl.String),
+    ("choices", pl.String),
+    ("logprobs", pl.String),
+)
 
 
-def result_columns(prefix: str = "") -> list[str]:
-    """The names of the columns the sink appends to the input columns."""
-    return [prefix + name for name, _, _ in RESULT_COLUMNS]
+def columns_for(spec: JobSpec) -> list[tuple[str, type[pl.DataType]]]:
+    """The result columns of this job's output table, in order."""
+    p = spec.parameters
+    wanted = {
+        "cache_creation_input_tokens": spec.prompt.cache != "none",
+        "image_tokens": bool(spec.prompt.images),
+        "video_tokens": bool(spec.prompt.videos),
+        "parsed": spec.output.parse_json,
+        "choices": (p.n or 1) > 1,
+        "logprobs": bool(p.logprobs),
+    }
+    return [*RESULT_COLUMNS, *((name, dtype) for name, dtype in OPTIONAL_COLUMNS if wanted[name])]
+
+
+def result_columns(spec: JobSpec) -> list[str]:
+    """The names of the columns the sink appends to the input columns (with `sample` first
+    when the job repeats rows)."""
+    prefix = spec.output.column_prefix
+    names = [prefix + name for name, _ in columns_for(spec)]
+    return [prefix + "sample", *names] if spec.job.repeat > 1 else names
 
 
 def check_writable(path: Path) -> None:
@@ -63,40 +90,43 @@ def check_writable(path: Path) -> None:
 
 
 def export(
-    spec: JobSpec,
-    store: Store,
-    source: Source,
-    path: Path | None = None,
-    *,
-    batch_rows: int = 20_000,
+    spec: JobSpec, store: Store, source: Source, path: Path | None = None, *, batch_rows: int = 20_000
 ) -> tuple[Path, dict[str, int]]:
     """Write the output table for the job; returns its path and its rows by status."""
     out = path or spec.output.path
     check_writable(out)
     fmt = out.suffix.lower()
     prefix = spec.output.column_prefix
-    store_cols = [col for _, col, _ in RESULT_COLUMNS]
+    columns = columns_for(spec)
+    names = [name for name, _ in columns]
+    status_at, message_at = names.index("status"), names.index("error_message")
     tally: dict[str, int] = {}
     parts = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-", dir=out.parent))
     try:
         for number, batch in enumerate(source.batches(batch_rows)):
             items = list(source.requests(batch))
-            found = store.fetch([i.key for i in items if isinstance(i, Request)], store_cols)
-            columns: list[list[object]] = [[] for _ in RESULT_COLUMNS]
+            found = store.fetch([i.key for i in items if isinstance(i, Request)], names)
+            values: list[list[object]] = [[] for _ in columns]
+            first_index = int(batch[ROW_INDEX][0])
+            positions = [item.row_index - first_index for item in items]
             for item in items:
-                if isinstance(item, Request):
-                    values: tuple[object, ...] = found.get(item.key) or (None,) * len(RESULT_COLUMNS)
-                    if values[_STATUS] is None:
-                        values = _placeholder("pending", None)
+                row: list[object] = [None] * len(columns)
+                stored = found.get(item.key) if isinstance(item, Request) else None
+                if stored is not None:
+                    row = list(stored)
+                elif isinstance(item, Request):
+                    row[status_at] = "pending"
                 else:
-                    values = _placeholder("skipped", item.reason)
-                status = str(values[_STATUS])
-                tally[status] = tally.get(status, 0) + 1
-                for column, value in zip(columns, values, strict=True):
+                    row[status_at], row[message_at] = "skipped", item.reason
+                tally[str(row[status_at])] = tally.get(str(row[status_at]), 0) + 1
+                for column, value in zip(values, row, strict=True):
                     column.append(value)
-            frame = batch.drop(ROW_INDEX).with_columns(
-                pl.Series(prefix + name, values, dtype=dtype)
-                for (name, _, dtype), values in zip(RESULT_COLUMNS, columns, strict=True)
+            frame = batch[positions].drop(ROW_INDEX)
+            if spec.job.repeat > 1:
+                frame = frame.with_columns(pl.Series(prefix + "sample", [i.sample for i in items], dtype=pl.Int64))
+            frame = frame.with_columns(
+                pl.Series(prefix + name, column, dtype=dtype)
+                for (name, dtype), column in zip(columns, values, strict=True)
             )
             frame.write_parquet(parts / f"{number:09d}.parquet")
         tmp = out.with_name(f".{out.name}.tmp")
@@ -111,10 +141,3 @@ def export(
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     return out, tally
-
-
-def _placeholder(status: str, message: str | None) -> tuple[object, ...]:
-    values: list[object] = [None] * len(RESULT_COLUMNS)
-    values[_STATUS] = status
-    values[_MESSAGE] = message
-    return tuple(values)

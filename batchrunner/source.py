@@ -10,37 +10,19 @@ requests. CSV cells are read as text (no type guessing that could fail halfway t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from . import prompts, protocol
+from . import prompts
 from .errors import InputError
+from .parameters import SEED_MAX, SeedColumn
+from .render import URL_PREFIXES, Renderer, Request, Skipped
 from .spec import JobSpec
 
+__all__ = ["ROW_INDEX", "Request", "Skipped", "Source"]
+
 ROW_INDEX = "__batchrunner_row__"
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One unit of work: a rendered request and the input row it came from."""
-
-    key: str
-    row_index: int
-    row_id: str
-    path: str
-    body: dict[str, Any]
-    est_input_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    """An input row that is not sent (empty prompt cell with `on_empty = "skip"`)."""
-
-    row_index: int
-    row_id: str
-    reason: str
 
 
 def _scan(spec: JobSpec) -> pl.LazyFrame:
@@ -74,8 +56,7 @@ class Source:
         self.template = prompts.parse_template(spec.prompt.template) if spec.prompt.template is not None else None
         self.columns: list[str] = []
         self.n_rows = 0
-        self.path = spec.model.path
-        self.parameters = spec.parameters.wire()
+        self.renderer = Renderer(spec, self.template)
         self._lazy: pl.LazyFrame | None = None
 
     # ------------------------------------------------------------------ checks
@@ -119,9 +100,16 @@ class Source:
                     raise self._missing(column, f"[prompt] template placeholder {{{column}}}")
         if spec.prompt.messages_column and spec.prompt.messages_column not in self.columns:
             raise self._missing(spec.prompt.messages_column, "[prompt] messages_column")
+        for key, names in (("images", spec.prompt.images), ("videos", spec.prompt.videos)):
+            for column in names:
+                if column not in self.columns:
+                    raise self._missing(column, f"[prompt] {key}")
+        seed = spec.parameters.seed
+        if isinstance(seed, SeedColumn) and seed.column not in self.columns:
+            raise self._missing(seed.column, "[parameters] seed column")
         from .sink import result_columns  # the sink owns the output column names
 
-        clash = [c for c in result_columns(spec.output.column_prefix) if c in self.columns]
+        clash = [c for c in result_columns(spec) if c in self.columns]
         if clash:
             msg = (
                 f"{spec.input.path}: input column(s) {clash} would collide with output columns; "
@@ -180,16 +168,71 @@ class Source:
                 raise InputError(msg)
         column = self.spec.prompt.messages_column
         if column:
-            assert self._lazy is not None
+            self._check_messages(column)
+        self._check_seed_column()
+        self._check_media()
+
+    def _check_messages(self, column: str) -> None:
+        assert self._lazy is not None
+        where = self.spec.input.path
+        json_mode = self.spec.parameters.response_format is not None and (
+            self.spec.parameters.response_format.type == "json_object"
+        )
+        system_says_json = "json" in (self.spec.prompt.system or "").lower()
+        cells = self._lazy.select(ROW_INDEX, column).collect()
+        for index, cell in cells.iter_rows():
+            if cell is None or (isinstance(cell, str) and not cell.strip()):
+                continue
+            try:
+                messages = prompts.parse_messages_cell(cell, None)
+            except ValueError as exc:
+                msg = f"{where}: row {index + 1}, column {column!r}: {exc}"
+                raise InputError(msg) from None
+            if json_mode and not system_says_json and "json" not in str(messages).lower():
+                msg = (
+                    f"{where}: row {index + 1}: response_format json_object needs the word JSON in the "
+                    f"messages; add it to [prompt] system"
+                )
+                raise InputError(msg)
+
+    def _check_seed_column(self) -> None:
+        seed = self.spec.parameters.seed
+        if not isinstance(seed, SeedColumn):
+            return
+        where = self.spec.input.path
+        value = pl.col(seed.column).cast(pl.Int64, strict=False)
+        bad = self._rows_where(value.is_null() | (value < 0) | (value > SEED_MAX))
+        if bad:
+            msg = f"{where}: seed column {seed.column!r} must hold integers 0..{SEED_MAX}; row(s) {_rows(bad)} do not"
+            raise InputError(msg)
+
+    def _check_media(self) -> None:
+        """Local media files must exist and fit inline, before anything is sent."""
+        prompt = self.spec.prompt
+        columns = [*prompt.images, *prompt.videos]
+        if not columns:
+            return
+        assert self._lazy is not None
+        base = self.spec.input.path.parent
+        for column in columns:
             cells = self._lazy.select(ROW_INDEX, column).collect()
             for index, cell in cells.iter_rows():
-                if cell is None or (isinstance(cell, str) and not cell.strip()):
-                    continue
-                try:
-                    prompts.parse_messages_cell(cell, None)
-                except ValueError as exc:
-                    msg = f"{where}: row {index + 1}, column {column!r}: {exc}"
-                    raise InputError(msg) from None
+                for value in cell if isinstance(cell, list) else [cell]:
+                    if not value or str(value).startswith(URL_PREFIXES):
+                        continue
+                    path = (base / str(value)).expanduser()
+                    if not path.is_file():
+                        msg = (
+                            f"{self.spec.input.path}: row {index + 1}, column {column!r}: media file {str(value)!r} "
+                            f"not found (local paths are relative to the input file's folder; URLs pass as they are)"
+                        )
+                        raise InputError(msg)
+                    if path.stat().st_size * 4 / 3 > 10 * 1024 * 1024:
+                        msg = (
+                            f"{self.spec.input.path}: row {index + 1}, column {column!r}: {path} is too large to "
+                            f"send inline (over 10 MB as base64); host it and put its URL in the cell"
+                        )
+                        raise InputError(msg)
 
     # ------------------------------------------------------------------ reading
 
@@ -208,29 +251,17 @@ class Source:
         return str(row[id_column]) if id_column else str(int(row[ROW_INDEX]) + 1)
 
     def requests(self, batch: pl.DataFrame) -> Iterator[Request | Skipped]:
-        """Render every row of a batch into a Request (or a Skipped)."""
-        spec = self.spec
+        """Render every row of a batch into its Requests (one per sample), or Skipped ones."""
         empty = self._empty_condition()
         flags = batch.select(empty.alias("e"))["e"].to_list() if empty is not None else None
         for i, row in enumerate(batch.iter_rows(named=True)):
             index = int(row[ROW_INDEX])
+            row_id = self.row_id(row)
             if flags is not None and flags[i]:
-                yield Skipped(index, self.row_id(row), "empty prompt cell")
+                for sample in range(self.spec.job.repeat):
+                    yield Skipped(index, row_id, "empty prompt cell", sample)
                 continue
-            if self.template is not None:
-                messages = prompts.messages_from_template(spec.prompt.system, self.template.render(row))
-            else:
-                cell = row[spec.prompt.messages_column or ""]
-                messages = prompts.parse_messages_cell(cell, spec.prompt.system)
-            body = protocol.build_body(spec.model.name, messages, self.parameters)
-            yield Request(
-                key=prompts.request_key(spec.model.name, self.path, messages, body["parameters"]),
-                row_index=index,
-                row_id=self.row_id(row),
-                path=self.path,
-                body=body,
-                est_input_tokens=prompts.estimate_tokens(messages),
-            )
+            yield from self.renderer.requests(row, index, row_id)
 
 
 def _rows(indexes: list[int]) -> str:

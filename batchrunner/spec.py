@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import protocol
 from .errors import SpecError
+from .parameters import Parameters
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -32,6 +33,7 @@ class _Section(BaseModel):
 class JobSection(_Section):
     name: Annotated[str, Field(pattern=NAME_RE)]
     db: Path | None = None
+    repeat: Annotated[int, Field(ge=1, le=100)] = 1
 
 
 class InputSection(_Section):
@@ -51,13 +53,37 @@ class PromptSection(_Section):
     template: str | None = None
     messages_column: str | None = None
     on_empty: Literal["error", "skip", "send"] = "error"
+    images: list[str] = Field(default_factory=list)
+    videos: list[str] = Field(default_factory=list)
+    cache: Literal["none", "system", "context"] = "none"
+    context: str | None = None
+    context_file: Path | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptSection:
         if (self.template is None) == (self.messages_column is None):
             msg = "give exactly one of `template` (a string with {column} placeholders) or `messages_column`"
             raise ValueError(msg)
+        if self.context is not None and self.context_file is not None:
+            msg = "give `context` or `context_file`, not both"
+            raise ValueError(msg)
+        if self.cache == "system" and not self.system:
+            msg = 'cache = "system" marks the system prompt for the explicit cache: set `system`'
+            raise ValueError(msg)
+        if self.cache == "context" and self.context is None and self.context_file is None:
+            msg = 'cache = "context" marks a shared context: set `context` or `context_file`'
+            raise ValueError(msg)
         return self
+
+    def context_text(self) -> str | None:
+        """The shared context sent before each prompt (read from context_file if given)."""
+        if self.context_file is not None:
+            try:
+                return self.context_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                msg = f"[prompt] context_file: cannot read {self.context_file}: {exc}"
+                raise SpecError(msg) from None
+        return self.context
 
 
 class ModelSection(_Section):
@@ -71,33 +97,6 @@ class ModelSection(_Section):
         if self.endpoint == "multimodal":
             return protocol.MULTIMODAL_PATH
         return protocol.path_for_model(self.name)
-
-
-class Parameters(_Section):
-    """DashScope generation parameters, with the service's documented ranges."""
-
-    temperature: Annotated[float, Field(ge=0, lt=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
-    stop: str | list[str] | list[int] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    result_format: Literal["message", "text"] = "message"
-    enable_thinking: bool | None = None
-    thinking_budget: Annotated[int, Field(gt=0)] | None = None
-
-    @model_validator(mode="after")
-    def _combinations(self) -> Parameters:
-        if self.enable_thinking and self.result_format != "message":
-            msg = 'enable_thinking = true needs result_format = "message"'
-            raise ValueError(msg)
-        return self
-
-    def wire(self) -> dict[str, Any]:
-        """The parameters object as sent: only keys the user set, plus result_format."""
-        return self.model_dump(exclude_none=True)
 
 
 class Limits(_Section):
@@ -115,6 +114,8 @@ class Limits(_Section):
 class OutputSection(_Section):
     path: Path
     column_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]*$")] = ""
+    parse_json: bool = False
+    json_retries: Annotated[int, Field(ge=0, le=10)] = 0
 
     @property
     def table_format(self) -> str:
@@ -122,12 +123,20 @@ class OutputSection(_Section):
 
 
 class ApiSection(_Section):
-    base_url: str = protocol.INTL_BASE_URL
+    protocol: Literal["dashscope", "openai"] = "dashscope"
+    region: Literal["intl", "cn"] = "intl"
+    base_url: str | None = None
     api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "DASHSCOPE_API_KEY"
+
+    @property
+    def default_base_url(self) -> str:
+        return protocol.base_url_for(self.region, self.protocol)
 
     @field_validator("base_url")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.match(r"^https?://[^/\s]+", value):
             msg = "must be an http(s) URL such as https://dashscope-intl.aliyuncs.com/api/v1"
             raise ValueError(msg)
@@ -148,6 +157,38 @@ class JobSpec(_Section):
     source_path: Path | None = Field(default=None, exclude=True)
     digest: str = Field(default="", exclude=True)
 
+    @model_validator(mode="after")
+    def _across_sections(self) -> JobSpec:
+        problems = []
+        multimodal = self.path == protocol.MULTIMODAL_PATH or self.api.protocol == "openai"
+        if (self.prompt.images or self.prompt.videos) and not multimodal:
+            problems.append(
+                f"[prompt] images / videos need a multimodal model; {self.model.name!r} uses the text "
+                'endpoint (set [model] endpoint = "multimodal" if it is a vision model)'
+            )
+        p = self.parameters
+        if (p.vl_high_resolution_images or p.vl_enable_image_hw_output) and not multimodal:
+            problems.append("[parameters] vl_* options apply to vision models on the multimodal endpoint")
+        if p.response_format is not None and p.response_format.type == "json_object" and self.prompt.template:
+            fixed = (self.prompt.system or "") + self.prompt.template + (self.prompt.context or "")
+            if "json" not in fixed.lower():
+                problems.append(
+                    "[parameters] response_format json_object needs the word JSON in the prompt: "
+                    'add it to [prompt] system or template (e.g. "Reply in JSON.")'
+                )
+        if self.output.json_retries and not self.output.parse_json:
+            problems.append("[output] json_retries needs parse_json = true")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def path(self) -> str:
+        """The endpoint path for this job's model and protocol."""
+        if self.api.protocol == "openai":
+            return protocol.OPENAI_CHAT_PATH
+        return self.model.path
+
     @property
     def db_path(self) -> Path:
         if self.job.db is not None:
@@ -157,7 +198,8 @@ class JobSpec(_Section):
     @property
     def base_url(self) -> str:
         """The base URL in force: env DASHSCOPE_BASE_URL overrides the spec."""
-        return os.environ.get("DASHSCOPE_BASE_URL", "").rstrip("/") or self.api.base_url
+        env = os.environ.get("DASHSCOPE_BASE_URL", "").rstrip("/")
+        return env or self.api.base_url or self.api.default_base_url
 
     def with_overrides(self, *, db: Path | None = None, output: Path | None = None) -> JobSpec:
         """A copy with the store or output path replaced (CLI --db / --output).
@@ -231,7 +273,7 @@ def _check_table_suffix(path: Path, section: str, shown: str) -> None:
 
 def _resolve(base: Path, raw: dict[str, Any]) -> None:
     """Make relative paths in the raw TOML absolute, relative to the spec file's folder."""
-    for section, key in (("input", "path"), ("output", "path"), ("job", "db")):
+    for section, key in (("input", "path"), ("output", "path"), ("job", "db"), ("prompt", "context_file")):
         value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
         if isinstance(value, str) and value:
             raw[section][key] = str((base / Path(value).expanduser()).resolve())

@@ -73,6 +73,8 @@ def test_end_to_end_row_by_row(tmp_path: Path, sim: ThreadHandle) -> None:
         "output_tokens",
         "total_tokens",
         "cached_tokens",
+        "reasoning_tokens",
+        "tool_calls",
         "request_id",
         "attempts",
         "latency_ms",

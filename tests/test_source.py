@@ -10,7 +10,8 @@ import pytest
 from helpers import write_job
 
 from batchrunner import InputError, SpecError, load_spec
-from batchrunner.prompts import parse_template, request_key
+from batchrunner.prompts import parse_template
+from batchrunner.render import request_key
 from batchrunner.source import Request, Skipped, Source
 
 AWKWARD = [
@@ -161,12 +162,16 @@ def test_template_literal_braces_and_repeats() -> None:
 
 
 def test_request_key_tracks_every_part_of_the_request() -> None:
-    msgs = [{"role": "user", "content": "x"}]
-    base = request_key("qwen-plus", "/p", msgs, {"seed": 1})
-    assert base == request_key("qwen-plus", "/p", [{"content": "x", "role": "user"}], {"seed": 1})
-    assert base != request_key("qwen-max", "/p", msgs, {"seed": 1})
-    assert base != request_key("qwen-plus", "/p", msgs, {"seed": 2})
-    assert base != request_key("qwen-plus", "/p", [{"role": "user", "content": "y"}], {"seed": 1})
+    def body(model: str = "qwen-plus", text: str = "x", seed: int = 1) -> dict:
+        return {"model": model, "input": {"messages": [{"role": "user", "content": text}]}, "parameters": {"seed": seed}}
+
+    base = request_key("/p", body())
+    reordered = {"parameters": {"seed": 1}, "input": {"messages": [{"content": "x", "role": "user"}]}, "model": "qwen-plus"}
+    assert base == request_key("/p", reordered)
+    assert base != request_key("/q", body())
+    assert base != request_key("/p", body(model="qwen-max"))
+    assert base != request_key("/p", body(seed=2))
+    assert base != request_key("/p", body(text="y"))
 
 
 def test_large_table_is_read_in_slices(tmp_path: Path) -> None:

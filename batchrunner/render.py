@@ -1,0 +1,162 @@
+"""One input row -> its requests: messages (text, media, cache markers), seeds, samples, body, key.
+
+    row -> neutral messages -> for each sample: seed -> wire body -> request key
+
+Media cells: a URL (http, https, oss, file) or a data: URI is sent as it is; anything else is
+a local file path, relative to the input file's folder, sent inline as a base64 data URI.
+Seeds: a fixed seed s gives sample k the seed s + k; "per-row" derives a stable seed from the
+row id and the sample number (so reruns and resumes send the same request); a seed column
+gives its value + k. With `[job] repeat` > 1 and no seed, "per-row" seeds are used so the
+samples differ.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import mimetypes
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import prompts, protocol
+from .parameters import SEED_MAX, SeedColumn
+from .spec import JobSpec
+from .wire import Wire, for_protocol
+
+URL_PREFIXES = ("http://", "https://", "oss://", "file://", "data:")
+MAX_INLINE_BYTES = 10 * 1024 * 1024  # the service's limit on one base64 item
+CACHE_MARK = {"type": "ephemeral"}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One unit of work: a rendered request and the input row (and sample) it came from."""
+
+    key: str
+    row_index: int
+    row_id: str
+    path: str
+    body: dict[str, Any]
+    est_input_tokens: int
+    sample: int = 0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An input row that is not sent (empty prompt cell with `on_empty = "skip"`)."""
+
+    row_index: int
+    row_id: str
+    reason: str
+    sample: int = 0
+
+
+def derived_seed(row_id: str, sample: int) -> int:
+    digest = hashlib.blake2b(f"{row_id}\x00{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & SEED_MAX
+
+
+def media_uri(value: str, base: Path) -> str:
+    """A media cell as sent: URLs and data URIs as they are, local files inline."""
+    if value.startswith(URL_PREFIXES):
+        return value
+    path = (base / value).expanduser()
+    data = path.read_bytes()
+    if len(data) * 4 / 3 > MAX_INLINE_BYTES:
+        msg = f"{path} is {len(data) / 1e6:.1f} MB; inline files must stay under 7.5 MB (10 MB as base64)"
+        raise ValueError(msg)
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+class Renderer:
+    """Turns rows into requests for one job spec."""
+
+    def __init__(self, spec: JobSpec, template: prompts.Template | None) -> None:
+        self.spec = spec
+        self.template = template
+        self.wire: Wire = for_protocol(spec.api.protocol)
+        self.path = spec.path
+        self.multimodal = spec.model.path == protocol.MULTIMODAL_PATH
+        self.parameters = spec.parameters.wire()
+        self.media_base = spec.input.path.parent
+        self.context = spec.prompt.context_text()
+        seed = spec.parameters.seed
+        self.seed = "per-row" if seed is None and spec.job.repeat > 1 else seed
+
+    def system_message(self) -> dict[str, Any] | None:
+        system = self.spec.prompt.system
+        if not system:
+            return None
+        if self.spec.prompt.cache == "system":
+            return {"role": "system", "content": [{"text": system, "cache_control": CACHE_MARK}]}
+        return {"role": "system", "content": system}
+
+    def media_items(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        for column in self.spec.prompt.images:
+            for value in _values(row.get(column)):
+                items.append({"image": media_uri(value, self.media_base)})
+        for column in self.spec.prompt.videos:
+            cell = row.get(column)
+            if isinstance(cell, list):
+                items.append({"video": [media_uri(v, self.media_base) for v in _values(cell)]})
+            elif cell:
+                items.append({"video": media_uri(str(cell), self.media_base)})
+        return items
+
+    def messages(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        system = self.system_message()
+        if self.template is None:
+            cell = row[self.spec.prompt.messages_column or ""]
+            messages = prompts.parse_messages_cell(cell, None)
+            if system is not None and messages[0]["role"] != "system":
+                messages.insert(0, system)
+            return messages
+        text = self.template.render(row)
+        items: list[dict[str, Any]] = []
+        if self.context:
+            marker = {"cache_control": CACHE_MARK} if self.spec.prompt.cache == "context" else {}
+            items.append({"text": self.context, **marker})
+        items.extend(self.media_items(row))
+        content: Any = [*items, {"text": text}] if items else text
+        return [m for m in (system, {"role": "user", "content": content}) if m is not None]
+
+    def seed_for(self, row: dict[str, Any], row_id: str, sample: int) -> int | None:
+        seed = self.seed
+        if seed is None:
+            return None
+        if seed == "per-row":
+            return derived_seed(row_id, sample)
+        if isinstance(seed, SeedColumn):
+            return (int(row[seed.column]) + sample) % (SEED_MAX + 1)
+        return (int(seed) + sample) % (SEED_MAX + 1)
+
+    def requests(self, row: dict[str, Any], row_index: int, row_id: str) -> Iterator[Request]:
+        messages = self.messages(row)
+        estimate = prompts.estimate_tokens(messages)
+        for sample in range(self.spec.job.repeat):
+            seed = self.seed_for(row, row_id, sample)
+            params = self.parameters if seed is None else {**self.parameters, "seed": seed}
+            body = self.wire.body(
+                self.spec.model.name, messages, params, multimodal=self.multimodal, stream=self.spec.parameters.stream
+            )
+            yield Request(request_key(self.path, body), row_index, row_id, self.path, body, estimate, sample, seed)
+
+
+def request_key(path: str, body: dict[str, Any]) -> str:
+    """A stable 128-bit hex digest of the exact request (endpoint path and body)."""
+    canonical = json.dumps([path, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _values(cell: Any) -> list[str]:
+    if cell is None:
+        return []
+    if isinstance(cell, list | tuple):
+        return [str(v) for v in cell if v]
+    return [str(cell)] if str(cell).strip() else []
