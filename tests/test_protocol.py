@@ -266,3 +266,160 @@ async def test_flight_gate_blocks_beyond_its_limit() -> None:
     await gate.release()
     await waiter
     assert gate.in_flight == 2
+
+
+# ----------------------------------------------------------------- streaming (SSE) parsing
+
+from batchrunner.wire import NativeWire, OpenAIWire  # noqa: E402
+
+
+def native_frames(*chunks: dict, error: tuple[int, dict] | None = None) -> bytes:
+    out = []
+    for i, chunk in enumerate(chunks, start=1):
+        out.append(f"id:{i}\nevent:result\n:HTTP_STATUS/200\ndata:{json.dumps(chunk)}\n\n")
+    if error is not None:
+        out.append(f"id:{len(chunks) + 1}\nevent:error\n:HTTP_STATUS/{error[0]}\ndata:{json.dumps(error[1])}\n\n")
+    return "".join(out).encode()
+
+
+def chunk(content: str, finish: str = "null", calls: list | None = None, out_tokens: int = 1) -> dict:
+    message: dict = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "output": {"choices": [{"message": message, "finish_reason": finish}]},
+        "usage": {"input_tokens": 5, "output_tokens": out_tokens, "total_tokens": 5 + out_tokens},
+        "request_id": "rid",
+    }
+
+
+async def call_streamed(body: bytes, wire=None, status: int = 200) -> protocol.Completion:  # type: ignore[no-untyped-def]
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, content=body, headers={"content-type": "text/event-stream"})
+
+    wire = wire or NativeWire()
+    request = Request(
+        "k",
+        0,
+        "r0",
+        protocol.TEXT_PATH,
+        wire.body("qwen-plus", [{"role": "user", "content": "hi"}], {}, multimodal=False, stream=True),
+        5,
+    )
+    async with DashScopeClient(
+        "https://example.invalid/api/v1",
+        "sk-secret",
+        timeout_s=5,
+        max_connections=2,
+        transport=httpx.MockTransport(handler),
+        wire=wire,
+        stream=True,
+    ) as client:
+        try:
+            return await client.generate(request)
+        finally:
+            if isinstance(wire, NativeWire):
+                assert seen[0].headers["X-DashScope-SSE"] == "enable"
+                assert json.loads(seen[0].content)["parameters"]["incremental_output"] is True
+
+
+async def test_native_stream_is_assembled() -> None:
+    calls_a = [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":'}}]
+    calls_b = [{"index": 0, "function": {"arguments": " 1}"}}]
+    body = native_frames(
+        chunk("Hel"),
+        chunk("lo", calls=calls_a, out_tokens=2),
+        chunk("", finish="tool_calls", calls=calls_b, out_tokens=3),
+    )
+    c = await call_streamed(body)
+    assert (c.content, c.finish_reason, c.request_id, c.usage.output_tokens) == ("Hello", "tool_calls", "rid", 3)
+    assert c.tool_calls == [
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    ]
+
+
+async def test_native_stream_error_event_is_a_classified_failure() -> None:
+    err = {"code": "Throttling.AllocationQuota", "message": "quota", "request_id": "x"}
+    with pytest.raises(CallFailed) as failed:
+        await call_streamed(native_frames(chunk("Hel"), error=(429, err)))
+    assert (failed.value.error.status, failed.value.error.outcome) == (429, Outcome.RETRY)
+    with pytest.raises(CallFailed) as failed:  # no status comment: inferred from the code
+        await call_streamed(b'event:error\ndata:{"code":"InvalidParameter","message":"bad"}\n\n')
+    assert (failed.value.error.status, failed.value.error.outcome) == (400, Outcome.ROW_FAILED)
+
+
+async def test_a_stream_without_its_last_chunk_is_a_cut() -> None:
+    with pytest.raises(TransportFailed) as failed:
+        await call_streamed(native_frames(chunk("Hel"), chunk("lo")))
+    assert failed.value.code == "StreamCut" and failed.value.possibly_billed
+
+
+async def test_an_error_status_before_streaming_with_an_sse_body() -> None:
+    body = (
+        b'id:1\nevent:error\n:HTTP_STATUS/401\ndata:{"code":"InvalidApiKey","message":"Invalid API-key provided."}\n\n'
+    )
+    with pytest.raises(CallFailed) as failed:
+        await call_streamed(body, status=401)
+    assert failed.value.error.code == "InvalidApiKey" and failed.value.error.outcome is Outcome.ABORT
+
+
+def openai_stream(*chunks: dict, done: bool = True) -> bytes:
+    lines = [f"data: {json.dumps(c)}\n\n" for c in chunks]
+    return ("".join(lines) + ("data: [DONE]\n\n" if done else "")).encode()
+
+
+async def test_openai_stream_is_assembled_with_usage_from_the_last_chunk() -> None:
+    wire = OpenAIWire()
+    body = openai_stream(
+        {"id": "c1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]},
+        {
+            "id": "c1",
+            "choices": [{"index": 0, "delta": {"content": " there", "reasoning_content": ""}, "finish_reason": "stop"}],
+        },
+        {
+            "id": "c1",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": 2,
+                "total_tokens": 9,
+                "prompt_tokens_details": {"cached_tokens": 3},
+            },
+        },
+    )
+    c = await call_streamed(body, wire)
+    assert (c.content, c.finish_reason, c.usage.input_tokens, c.usage.cached_tokens) == ("Hi there", "stop", 7, 3)
+    with pytest.raises(TransportFailed):
+        await call_streamed(
+            openai_stream({"id": "c", "choices": [{"index": 0, "delta": {"content": "x"}}]}, done=False), wire
+        )
+    error = {"error": {"message": "slow down", "type": "limit_requests", "code": "limit_requests"}}
+    with pytest.raises(CallFailed) as failed:
+        await call_streamed(openai_stream(error), wire)
+    assert failed.value.error.status == 429
+
+
+def test_openai_body_carries_extras_and_parts() -> None:
+    messages = [{"role": "user", "content": [{"image": "https://x/a.png"}, {"text": "what is it?"}]}]
+    body = OpenAIWire().body(
+        "qwen3-vl-plus", messages, {"result_format": "message", "top_k": 5, "seed": 2}, multimodal=True, stream=True
+    )
+    assert body == {
+        "model": "qwen3-vl-plus",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": "https://x/a.png"}},
+                    {"type": "text", "text": "what is it?"},
+                ],
+            }
+        ],
+        "top_k": 5,
+        "seed": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }

@@ -260,11 +260,11 @@ async def test_validation_errors(sim_server: Any, payload: Any, status: int, cod
 
 async def test_explicit_cache_blocks_are_accepted_on_text_endpoint(sim_server: Any) -> None:
     long_text = "context " * 1100
-    system = {
+    system: dict[str, Any] = {
         "role": "system",
         "content": [{"type": "text", "text": long_text, "cache_control": {"type": "ephemeral"}}],
     }
-    messages = [system, {"role": "user", "content": "Summarise."}]
+    messages: list[dict[str, Any]] = [system, {"role": "user", "content": "Summarise."}]
     first = (await post(sim_server.base_url, body(messages, result_format="message"))).json()
     second = (await post(sim_server.base_url, body(messages, result_format="message"))).json()
     created = first["usage"]["prompt_tokens_details"]["cache_creation_input_tokens"]
@@ -445,3 +445,327 @@ def test_official_sdk_round_trip(sim_thread: Any, monkeypatch: pytest.MonkeyPatc
     assert bad.status_code == 400
     assert bad.code == "InvalidParameter"
     assert bad.message == "Range of top_p should be (0.0, 1.0]"
+
+
+# --------------------------------------------------------------------------- tool calls
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer"},
+                "scale": {"type": "number"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "hourly": {"type": "boolean"},
+                "tags": {"type": "array"},
+                "extra": {"type": "object"},
+                "note": {"type": "string"},
+            },
+            "required": ["city", "days", "scale", "unit", "hourly", "tags", "extra"],
+        },
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {"name": "get-time_2", "parameters": {"properties": {"zone": {"type": "string"}}}},
+}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def tool_body(messages: list[dict[str, Any]] | None = None, **params: Any) -> dict[str, Any]:
+    params.setdefault("tools", [WEATHER, CLOCK])
+    return body(ASK if messages is None else messages, result_format="message", **params)
+
+
+def only_choice(data: dict[str, Any]) -> dict[str, Any]:
+    (choice,) = data["output"]["choices"]
+    return choice
+
+
+async def test_tool_call_auto_calls_the_first_tool(sim_server: Any) -> None:
+    data = (await post(sim_server.base_url, tool_body(seed=4, n=3))).json()  # n is fixed at 1
+    choice = only_choice(data)
+    assert choice["finish_reason"] == "tool_calls"
+    message = choice["message"]
+    assert message["role"] == "assistant" and message["content"] == ""
+    (call,) = message["tool_calls"]
+    assert call["index"] == 0 and call["type"] == "function"
+    assert call["id"].startswith("call_") and len(call["id"]) == 21
+    int(call["id"][5:], 16)
+    assert call["function"]["name"] == "get_weather"
+    args = json.loads(call["function"]["arguments"])
+    assert list(args) == ["city", "days", "scale", "unit", "hourly", "tags", "extra"]  # only required ones
+    answer_words = answer_for("qwen-plus", ASK, 4, None)[0].replace(".", "").split()
+    assert args["city"] in answer_words
+    assert isinstance(args["days"], int) and 0 <= args["days"] <= 100
+    assert isinstance(args["scale"], float) and round(args["scale"], 2) == args["scale"]
+    assert (args["unit"], args["hourly"], args["tags"], args["extra"]) == ("celsius", True, [], {})
+    assert data["usage"]["output_tokens"] == count_tokens(call["function"]["arguments"])
+    again = (await post(sim_server.base_url, tool_body(seed=4))).json()
+    assert only_choice(again)["message"]["tool_calls"] == [call]
+    other = (await post(sim_server.base_url, tool_body(seed=5))).json()
+    assert only_choice(other)["message"]["tool_calls"][0]["id"] != call["id"]
+
+
+async def test_tool_call_forced_parallel_and_none(sim_server: Any) -> None:
+    forced = {"type": "function", "function": {"name": "get-time_2"}}
+    data = (await post(sim_server.base_url, tool_body(tool_choice=forced))).json()
+    (call,) = only_choice(data)["message"]["tool_calls"]
+    assert call["function"]["name"] == "get-time_2"
+    assert list(json.loads(call["function"]["arguments"])) == ["zone"]  # no `required`: all
+    data = (await post(sim_server.base_url, tool_body(parallel_tool_calls=True, tool_choice="auto"))).json()
+    calls = only_choice(data)["message"]["tool_calls"]
+    assert [(c["index"], c["function"]["name"]) for c in calls] == [(0, "get_weather"), (1, "get-time_2")]
+    assert len({c["id"] for c in calls}) == 2
+    total = sum(count_tokens(c["function"]["arguments"]) for c in calls)
+    assert data["usage"]["output_tokens"] == total
+    one = (await post(sim_server.base_url, tool_body(parallel_tool_calls=True, tools=[WEATHER]))).json()
+    assert len(only_choice(one)["message"]["tool_calls"]) == 1
+    none = (await post(sim_server.base_url, tool_body(tool_choice="none", seed=2))).json()
+    choice = only_choice(none)
+    assert choice["finish_reason"] == "stop" and "tool_calls" not in choice["message"]
+    assert choice["message"]["content"] == answer_for("qwen-plus", ASK, 2, None)[0]
+
+
+async def test_tool_result_gets_a_text_answer(sim_server: Any) -> None:
+    data = (await post(sim_server.base_url, tool_body(seed=1))).json()
+    call = only_choice(data)["message"]["tool_calls"][0]
+    history: list[dict[str, Any]] = [
+        *ASK,
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": '{"temp": 21}', "tool_call_id": call["id"]},
+    ]
+    reply = (await post(sim_server.base_url, tool_body(history, seed=1))).json()
+    choice = only_choice(reply)
+    assert choice["finish_reason"] == "stop" and "tool_calls" not in choice["message"]
+    assert choice["message"]["content"] == answer_for("qwen-plus", history, 1, None)[0]
+
+
+BAD_TOOL = {"type": "function", "function": {"name": "has space"}}
+TOOL_CASES: list[tuple[dict[str, Any], str]] = [
+    (tool_body(tools=[{"type": "retrieval", "function": {"name": "x"}}]), 'tools[0].type must be "function"'),
+    (tool_body(tools=[WEATHER, BAD_TOOL]), "tools[1].function.name 'has space' is invalid"),
+    (tool_body(tools=[{"type": "function", "function": {"name": "n" * 65}}]), "is invalid"),
+    (tool_body(tools=[{"type": "function"}]), "tools[0].function must be an object"),
+    (tool_body(tools={"name": "x"}), "tools must be a list"),
+    (body(ASK, tools=[WEATHER]), 'The result_format parameter must be "message" when tools are used'),
+    (tool_body(tool_choice={"type": "function", "function": {"name": "nope"}}), "'nope', which is not in tools"),
+    (tool_body(tool_choice="required"), "tool_choice must be"),
+    (tool_body(parallel_tool_calls="yes"), "parallel_tool_calls must be a boolean"),
+]
+
+
+@pytest.mark.parametrize(("payload", "message"), TOOL_CASES)
+async def test_tool_validation(sim_server: Any, payload: dict[str, Any], message: str) -> None:
+    r = await post(sim_server.base_url, payload)
+    assert (r.status_code, r.json()["code"]) == (400, "InvalidParameter")
+    assert message in r.json()["message"]
+
+
+async def test_vision_models_reject_tools(sim_server: Any) -> None:
+    messages = [{"role": "user", "content": [{"text": "hi"}]}]
+    for model in ("qwen-vl-max", "qvq-plus"):
+        r = await post(sim_server.base_url, body(messages, model=model, tools=[WEATHER]), MULTIMODAL_PATH)
+        assert (r.status_code, r.json()["message"]) == (400, f"The model {model} does not support tools.")
+    ok = await post(sim_server.base_url, body(messages, model="qwen3-vl-plus", tools=[WEATHER]), MULTIMODAL_PATH)
+    assert only_choice(ok.json())["message"]["content"] == []  # empty content beside the calls
+    assert only_choice(ok.json())["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+def sse_events(text: str) -> list[dict[str, Any]]:
+    return [json.loads(f.split("\ndata:", 1)[1]) for f in text.split("\n\n") if f]
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+async def test_tool_calls_stream_in_the_last_frame(sim_server: Any, incremental: bool) -> None:
+    plain = (await post(sim_server.base_url, tool_body(seed=3, parallel_tool_calls=True))).json()
+    headers = {**KEY, "X-DashScope-SSE": "enable"}
+    payload = tool_body(seed=3, parallel_tool_calls=True, enable_thinking=True, incremental_output=True)
+    if not incremental:
+        payload = tool_body(seed=3, parallel_tool_calls=True, incremental_output=False)
+    events = sse_events((await post(sim_server.base_url, payload, headers=headers)).text)
+    choices = [e["output"]["choices"][0] for e in events]
+    assert [c["finish_reason"] for c in choices[:-1]] == ["null"] * (len(choices) - 1)
+    assert choices[-1]["finish_reason"] == "tool_calls"
+    assert all("tool_calls" not in c["message"] for c in choices[:-1])
+    assert choices[-1]["message"]["tool_calls"] == only_choice(plain)["message"]["tool_calls"]
+    usage = [e["usage"]["output_tokens"] for e in events]
+    assert usage == sorted(usage)
+    reasoning = events[-1]["usage"].get("output_tokens_details", {}).get("reasoning_tokens", 0)
+    assert usage[-1] - reasoning == plain["usage"]["output_tokens"]
+    if incremental:
+        assert len(events) > 1 and "".join(c["message"]["reasoning_content"] for c in choices)
+
+
+# --------------------------------------------------------------------------- logprobs
+
+
+async def test_logprobs_shape(sim_server: Any) -> None:
+    data = (
+        await post(sim_server.base_url, body(result_format="message", seed=6, logprobs=True, top_logprobs=3))
+    ).json()
+    choice = only_choice(data)
+    content = choice["message"]["content"]
+    assert content == answer_for("qwen-plus", HELLO, 6, None)[0]
+    entries = choice["logprobs"]["content"]
+    assert "".join(e["token"] for e in entries) == content
+    assert len(entries) == data["usage"]["output_tokens"] == count_tokens(content)
+    for entry in entries:
+        assert set(entry) == {"token", "bytes", "logprob", "top_logprobs"}
+        assert entry["bytes"] == list(entry["token"].encode())
+        assert entry["logprob"] < 0 and round(entry["logprob"], 4) == entry["logprob"]
+        tops = entry["top_logprobs"]
+        assert len(tops) == 3 and tops[0] == {k: entry[k] for k in ("token", "bytes", "logprob")}
+        assert [t["logprob"] for t in tops] == sorted((t["logprob"] for t in tops), reverse=True)
+        assert len({t["token"] for t in tops}) == 3
+        assert all(t["bytes"] == list(t["token"].encode()) for t in tops)
+    again = (
+        await post(sim_server.base_url, body(result_format="message", seed=6, logprobs=True, top_logprobs=3))
+    ).json()
+    assert only_choice(again)["logprobs"] == choice["logprobs"]
+    plain = (await post(sim_server.base_url, body(result_format="message", seed=6, logprobs=False))).json()
+    assert "logprobs" not in only_choice(plain)
+    several = (await post(sim_server.base_url, body(result_format="message", logprobs=True, n=2))).json()
+    for c in several["output"]["choices"]:
+        assert "".join(e["token"] for e in c["logprobs"]["content"]) == c["message"]["content"]
+        assert all(e["top_logprobs"] == [] for e in c["logprobs"]["content"])
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"logprobs": True, "top_logprobs": 6}, 400),
+        ({"logprobs": True, "top_logprobs": -1}, 400),
+        ({"logprobs": True, "top_logprobs": 2.5}, 400),
+        ({"logprobs": True, "top_logprobs": 5}, 200),
+        ({"logprobs": True, "top_logprobs": 0}, 200),
+        ({"top_logprobs": 9}, 200),  # ignored without logprobs
+        ({"logprobs": "yes"}, 400),
+        ({"enable_thinking": True, "n": 2}, 400),
+        ({"vl_high_resolution_images": "on"}, 400),
+    ],
+)
+async def test_logprobs_and_n_validation(sim_server: Any, params: dict[str, Any], status: int) -> None:
+    r = await post(sim_server.base_url, body(result_format="message", **params))
+    assert r.status_code == status
+    if status == 400:
+        assert r.json()["code"] == "InvalidParameter"
+    if "top_logprobs" in params and status == 400:
+        assert r.json()["message"] == "top_logprobs must be an integer in [0, 5]"
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+async def test_logprobs_stream(sim_server: Any, incremental: bool) -> None:
+    headers = {**KEY, "X-DashScope-SSE": "enable"}
+    payload = body(result_format="message", seed=8, logprobs=True, top_logprobs=1, incremental_output=incremental)
+    events = sse_events((await post(sim_server.base_url, payload, headers=headers)).text)
+    choices = [e["output"]["choices"][0] for e in events]
+    content = answer_for("qwen-plus", HELLO, 8, None)[0]
+    if incremental:
+        tokens = [e["token"] for c in choices for e in c["logprobs"]["content"]]
+        assert "".join(c["message"]["content"] for c in choices) == content
+    else:
+        tokens = [e["token"] for e in choices[-1]["logprobs"]["content"]]
+        for c in choices:  # every frame holds everything so far
+            assert "".join(e["token"] for e in c["logprobs"]["content"]) == c["message"]["content"]
+    assert "".join(tokens) == content
+
+
+# --------------------------------------------------------------------------- images and video
+
+PNG_DATA = "data:image/png;base64," + "iVBORw0KGgo" + "A" * 97 + "="
+
+
+def vl_body(content: list[dict[str, Any]], model: str = "qwen3-vl-plus", **params: Any) -> dict[str, Any]:
+    return body([{"role": "user", "content": content}], model=model, **params)
+
+
+async def test_image_and_video_tokens(sim_server: Any) -> None:
+    text = {"text": "Compare these."}
+    base = count_tokens("Compare these.") + 4 + 3
+    cases: list[tuple[list[dict[str, Any]], dict[str, Any], int, int]] = [
+        ([{"image": "https://x/a.png"}, text], {}, 256, 0),
+        ([{"image": "https://x/a.png"}, {"image": PNG_DATA}, text], {}, 512, 0),
+        ([{"image": "file:///tmp/a.png"}, text], {"vl_high_resolution_images": True}, 1024, 0),
+        ([{"video": ["https://x/1.jpg", "https://x/2.jpg", PNG_DATA]}, text], {}, 0, 3 * 64),
+        ([{"video": "https://x/clip.mp4"}, {"image": "http://x/b.jpg"}, text], {}, 256, 512),
+    ]
+    for content, params, image, video in cases:
+        r = await post(sim_server.base_url, vl_body(content, **params), MULTIMODAL_PATH)
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        assert (usage["image_tokens"], usage["video_tokens"]) == (image, video)
+        assert usage["input_tokens"] == base + image + video
+        assert usage["input_tokens_details"] == {"text_tokens": base, "image_tokens": image, "video_tokens": video}
+        assert Usage.from_wire(usage).image_tokens == image
+        assert "image_hw" not in r.json()["output"]
+
+
+async def test_image_hw_output(sim_server: Any) -> None:
+    content = [{"image": "https://x/a.png"}, {"image": "https://x/b.png"}, {"text": "hi"}]
+    payload = vl_body(content, vl_enable_image_hw_output=True)
+    first = (await post(sim_server.base_url, payload, MULTIMODAL_PATH)).json()
+    sizes = first["output"]["image_hw"]
+    assert len(sizes) == 2 and all(h % 28 == 0 and w % 28 == 0 and h > 0 and w > 0 for h, w in sizes)
+    assert (await post(sim_server.base_url, payload, MULTIMODAL_PATH)).json()["output"]["image_hw"] == sizes
+    events = sse_events(
+        (await post(sim_server.base_url, payload, MULTIMODAL_PATH, {**KEY, "X-DashScope-SSE": "enable"})).text
+    )
+    assert events[-1]["output"]["image_hw"] == sizes
+    assert all("image_hw" not in e["output"] for e in events[:-1])
+
+
+MODAL = "The item of content should be a message of a certain modal"
+BIG_PAYLOAD = "A" * (10 * 1024 * 1024 * 4 // 3 + 8)  # decodes to just over 10 MB
+MEDIA_CASES: list[tuple[list[dict[str, Any]], str]] = [
+    ([{"image": "ftp://x/a.png"}], MODAL),
+    ([{"image": "x/a.png"}], MODAL),
+    ([{"image": 7}], MODAL),
+    ([{"image": "data:text/plain;base64,aGk="}], MODAL),
+    ([{"image": "data:image/png,rawbytes"}], MODAL),
+    ([{"video": []}], MODAL),
+    ([{"video": ["https://x/1.jpg", "gopher://x"]}], MODAL),
+    ([{"shape": "circle"}], MODAL),
+    ([{"image": "data:image/png;base64," + BIG_PAYLOAD}], "10 MB"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), MEDIA_CASES)
+async def test_media_validation(sim_server: Any, content: list[dict[str, Any]], message: str) -> None:
+    r = await post(sim_server.base_url, vl_body([*content, {"text": "what?"}]), MULTIMODAL_PATH)
+    assert (r.status_code, r.json()["code"]) == (400, "InvalidParameter")
+    assert message in r.json()["message"]
+
+
+# --------------------------------------------------------------------------- official SDK, more
+
+
+def test_official_sdk_stream_and_multimodal(sim_thread: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    dashscope = pytest.importorskip("dashscope")
+    monkeypatch.setattr(dashscope, "base_http_api_url", sim_thread.base_url)
+    responses = list(
+        dashscope.Generation.call(
+            api_key="sk-test",
+            model="qwen-plus",
+            messages=HELLO,
+            result_format="message",
+            seed=7,
+            stream=True,
+            incremental_output=True,
+        )
+    )
+    assert len(responses) > 1 and all(r.status_code == 200 for r in responses)
+    content, tokens, _ = answer_for("qwen-plus", HELLO, 7, None)
+    assert "".join(r.output.choices[0].message.content for r in responses) == content
+    assert responses[-1].usage.output_tokens == tokens
+    messages = [{"role": "user", "content": [{"image": "https://example.com/cat.png"}, {"text": "What is it?"}]}]
+    r = dashscope.MultiModalConversation.call(api_key="sk-test", model="qwen3-vl-plus", messages=messages)
+    assert r.status_code == 200
+    assert r.usage["image_tokens"] == 256
+    assert r.usage.input_tokens == 256 + count_tokens("What is it?") + 4 + 3
+    assert r.output.choices[0].message.content == [{"text": answer_for("qwen3-vl-plus", messages, None, None)[0]}]

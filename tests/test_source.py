@@ -163,10 +163,18 @@ def test_template_literal_braces_and_repeats() -> None:
 
 def test_request_key_tracks_every_part_of_the_request() -> None:
     def body(model: str = "qwen-plus", text: str = "x", seed: int = 1) -> dict:
-        return {"model": model, "input": {"messages": [{"role": "user", "content": text}]}, "parameters": {"seed": seed}}
+        return {
+            "model": model,
+            "input": {"messages": [{"role": "user", "content": text}]},
+            "parameters": {"seed": seed},
+        }
 
     base = request_key("/p", body())
-    reordered = {"parameters": {"seed": 1}, "input": {"messages": [{"content": "x", "role": "user"}]}, "model": "qwen-plus"}
+    reordered = {
+        "parameters": {"seed": 1},
+        "input": {"messages": [{"content": "x", "role": "user"}]},
+        "model": "qwen-plus",
+    }
     assert base == request_key("/p", reordered)
     assert base != request_key("/q", body())
     assert base != request_key("/p", body(model="qwen-max"))

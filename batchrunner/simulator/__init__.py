@@ -14,8 +14,9 @@ under /api/v1/_simulator/).
 from __future__ import annotations
 
 from .answers import answer_for, count_tokens, request_key
-from .app import RequestRecord, Simulator
+from .app import Simulator
 from .config import FaultRule, SimulatorConfig
+from .record import RequestRecord
 from .server import ThreadHandle, run_simulator, serve_in_thread
 
 __all__ = [

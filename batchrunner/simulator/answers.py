@@ -142,6 +142,24 @@ def answer_for(
     return generate(answer_material(model, messages, seed), max_tokens)
 
 
+def token_pieces(text: str) -> list[str]:
+    """The tokens of `text` as `count_tokens` counts them, each carrying the whitespace before
+    it (trailing whitespace joins the last one), so that "".join(result) == text. A text with
+    no tokens gives [] when empty, else a single whitespace piece."""
+    out: list[str] = []
+    start = 0
+    for match in _TOKEN.finditer(text):
+        end = match.end()
+        out.append(text[start:end])
+        start = end
+    if start < len(text):
+        if out:
+            out[-1] += text[start:]
+        else:
+            out.append(text[start:])
+    return out
+
+
 def pieces(text: str, size: int) -> list[tuple[str, int]]:
     """`text` split after every `size` tokens: (piece, tokens in it); pieces join to `text`."""
     out: list[tuple[str, int]] = []

@@ -1,9 +1,11 @@
-"""The simulator itself: aiohttp handlers for the two generation endpoints, plus counters.
+"""The simulator itself: aiohttp handlers for the generation endpoints, plus counters.
 
-Per request, in this order: API key (401), body and parameter validation (400/404/500),
-rate limits on admitted requests (429), scripted then random faults, `latency_ms`, answer.
-Everything runs on the serving loop; `stats`, `wait_for_requests` and `reset` may be called
-from other threads.
+Native endpoints: text and multimodal generation under /api/v1. OpenAI-compatible endpoint:
+/compatible-mode/v1/chat/completions, translated to the native call it stands for (see
+compat.py) and answered by the same path. Per request, in this order: API key (401), body and
+parameter validation (400/404/500), rate limits on admitted requests (429), scripted then
+random faults, `latency_ms`, answer. Everything runs on the serving loop; `stats`,
+`wait_for_requests` and `reset` may be called from other threads.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from aiohttp import web
 
 from batchrunner.protocol import MULTIMODAL_PATH, SSE_HEADER, TEXT_PATH
 
-from . import reply, stream
+from . import compat, reply, stream
 from .answers import request_key
 from .cache import PrefixCache
 from .catalogue import SimError, error_for_code
 from .config import DROP, MALFORMED, SLOW, Fault, SimulatorConfig
+from .ledger import Ledger
 from .limits import SlidingWindow
 from .record import RequestRecord
 from .site import serve_app
@@ -53,9 +56,9 @@ class Simulator:
     def __init__(self, config: SimulatorConfig | None = None) -> None:
         self.config = config or SimulatorConfig()
         self._fault_table = self.config.random_faults()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # guards the rate windows against reset()
         self._cache = PrefixCache()
-        self._log: list[RequestRecord] = []
+        self._ledger = Ledger(self.config.keep_log)
         self._rpm = SlidingWindow.per_minute(self.config.rpm) if self.config.rpm else None
         self._tpm = SlidingWindow(self.config.tpm / 60.0) if self.config.tpm else None
         self._need_key = self.config.keep_log or bool(self.config.faults)
@@ -68,43 +71,26 @@ class Simulator:
         re-seed the random faults. The config stays."""
         with self._cond:
             self._rng = random.Random(self.config.rng_seed)
-            self._log.clear()
             self._cache.clear()
             self._arrivals: dict[str, int] = {}
-            self._requests = 0
-            self._answered = 0
-            self._throttled = 0
-            self._input_tokens = 0
-            self._output_tokens = 0
-            self._by_status: dict[str, int] = {}
-            self._faults: dict[str, int] = {}
             for window in (self._rpm, self._tpm):
                 if window is not None:
                     window.clear()
+            self._ledger.clear()
 
     @property
     def log(self) -> list[RequestRecord]:
         """The request log itself (empty when `keep_log` is off); do not mutate it."""
-        return self._log
+        return self._ledger.log
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, by_status ("0" = dropped), throttled, faults_injected, plus
         answered (valid 200 answers) and the input/output tokens of those answers."""
-        with self._cond:
-            return {
-                "requests": self._requests,
-                "by_status": dict(self._by_status),
-                "throttled": self._throttled,
-                "faults_injected": dict(self._faults),
-                "answered": self._answered,
-                "input_tokens": self._input_tokens,
-                "output_tokens": self._output_tokens,
-            }
+        return self._ledger.stats()
 
     def wait_for_requests(self, n: int, timeout: float) -> bool:
         """Block until at least `n` requests got a valid 200 answer; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._answered >= n, timeout)
+        return self._ledger.wait_for(n, timeout)
 
     # ------------------------------------------------------------------ serving
 
@@ -113,6 +99,7 @@ class Simulator:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post(API_PREFIX + TEXT_PATH, self._text)
         app.router.add_post(API_PREFIX + MULTIMODAL_PATH, self._multimodal)
+        app.router.add_post(compat.COMPAT_PATH, self._compat)
         for prefix in (CONTROL_PREFIX, API_PREFIX + CONTROL_PREFIX):
             app.router.add_get(prefix + "/stats", self._stats_endpoint)
             app.router.add_get(prefix + "/log", self._log_endpoint)
@@ -121,7 +108,8 @@ class Simulator:
 
     @asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-        """Serve on the running loop; yields the base URL, e.g. http://127.0.0.1:5432/api/v1."""
+        """Serve on the running loop; yields the base URL, e.g. http://127.0.0.1:5432/api/v1
+        (the OpenAI-compatible base is the same host + /compatible-mode/v1)."""
         async with serve_app(self.app(), host, port, API_PREFIX) as base_url:
             yield base_url
 
@@ -131,7 +119,7 @@ class Simulator:
         return web.json_response(self.stats(), headers={"x-request-id": str(uuid.uuid4())})
 
     async def _log_endpoint(self, request: web.Request) -> web.Response:
-        records = [r.to_dict() for r in list(self._log)]
+        records = [r.to_dict() for r in list(self._ledger.log)]
         return web.json_response(records, headers={"x-request-id": str(uuid.uuid4())})
 
     async def _reset_endpoint(self, request: web.Request) -> web.Response:
@@ -145,6 +133,9 @@ class Simulator:
 
     async def _multimodal(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, MULTIMODAL_PATH)
+
+    async def _compat(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, None)
 
     def _authorize(self, header: str | None) -> None:
         scheme, _, key = (header or "").partition(" ")
@@ -183,56 +174,24 @@ class Simulator:
                 return fault
         return None
 
-    def _error(self, err: SimError, request_id: str) -> web.Response:
+    def _error(self, err: SimError, request_id: str, openai: bool) -> web.Response:
         headers = {"x-request-id": request_id}
         if err.status == 429 and self.config.retry_after_s is not None:
             headers["Retry-After"] = f"{self.config.retry_after_s:g}"
-        payload = {"code": err.code, "message": err.message, "request_id": request_id}
+        if openai:
+            payload = compat.error(err, request_id)
+        else:
+            payload = {"code": err.code, "message": err.message, "request_id": request_id}
         return web.Response(body=_dumps(payload), status=err.status, headers=headers, content_type=_JSON)
 
-    def _record(
-        self,
-        status: int,
-        request_id: str,
-        body: dict[str, Any] | None,
-        key: str,
-        call: Call | None,
-        fault: str | None,
-        arrived: float,
-        answer: reply.Answer | None = None,
-    ) -> None:
-        with self._cond:
-            if answer is not None:  # a valid 200 answer
-                self._answered += 1
-                self._input_tokens += answer.input_tokens
-                self._output_tokens += answer.output_tokens
-                self._cond.notify_all()
-            self._requests += 1
-            label = str(status)
-            self._by_status[label] = self._by_status.get(label, 0) + 1
-            if status == 429 and fault is None:
-                self._throttled += 1
-            if fault is not None:
-                self._faults[fault] = self._faults.get(fault, 0) + 1
-            if self.config.keep_log:
-                model = body.get("model") if body is not None else None
-                self._log.append(
-                    RequestRecord(
-                        arrived,
-                        model if isinstance(model, str) else None,
-                        call.prompt if call is not None else "",
-                        status,
-                        request_id,
-                        key,
-                        fault,
-                    )
-                )
-
-    async def _handle(self, request: web.Request, path: str) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, path: str | None) -> web.StreamResponse:
+        """Serve one generation request; `path` None means the OpenAI-compatible endpoint."""
         arrived = time.time()
         request_id = str(uuid.uuid4())
+        openai = path is None
         body: dict[str, Any] | None = None
         call: Call | None = None
+        options: compat.Options | None = None
         key = ""
         try:
             self._authorize(request.headers.get("Authorization"))
@@ -241,16 +200,20 @@ class Simulator:
             except web.HTTPRequestEntityTooLarge:
                 raise error_for_code("BadRequest.TooLarge") from None
             body = parse_body(raw)
+            if openai:
+                body, path, sse, options = compat.to_native(body, int(arrived))
+            else:
+                sse = request.headers.get(SSE_HEADER, "").lower() == "enable"
             if self._need_key:
                 key = _body_key(body)
-            sse = request.headers.get(SSE_HEADER, "").lower() == "enable"
+            assert path is not None
             call = checked = check_request(path, body, sse, self.config.max_output_tokens)
             answer = reply.compose(checked)
             self._admit(answer.input_tokens + answer.output_tokens)
         except SimError as err:
-            self._record(err.status, request_id, body, key, call, None, arrived)
-            return self._error(err, request_id)
-        return await self._respond(request, checked, answer, body, key, request_id, arrived)
+            self._ledger.record(err.status, request_id, body, key, call, None, arrived)
+            return self._error(err, request_id, openai)
+        return await self._respond(request, checked, answer, body, key, request_id, arrived, options)
 
     async def _respond(
         self,
@@ -261,6 +224,7 @@ class Simulator:
         key: str,
         request_id: str,
         arrived: float,
+        options: compat.Options | None,
     ) -> web.StreamResponse:
         """Answer an admitted call, or inject the fault the config picks for it."""
         config = self.config
@@ -270,24 +234,31 @@ class Simulator:
         if config.latency_ms > 0:
             await asyncio.sleep(config.latency_ms / 1000.0)
         if fault is not None and fault.error is not None:
-            self._record(fault.error.status, request_id, body, key, call, label, arrived)
-            return self._error(fault.error, request_id)
+            self._ledger.record(fault.error.status, request_id, body, key, call, label, arrived)
+            return self._error(fault.error, request_id, options is not None)
         if kind == DROP:
             if request.transport is not None:
                 request.transport.close()
-            self._record(0, request_id, body, key, call, label, arrived)
+            self._ledger.record(0, request_id, body, key, call, label, arrived)
             return web.Response(status=200)
         if kind == SLOW:
             await asyncio.sleep(config.slow_s)
         details = self._cache.details(call.model, call.messages, answer.counts, answer.input_tokens)
+        malformed = kind == MALFORMED
         response: web.StreamResponse
         if call.stream:
-            response = await stream.send(request, call, answer, details, request_id, malformed=kind == MALFORMED)
+            if options is not None:
+                chunks = compat.chunks(call, answer, details, request_id, options)
+            else:
+                chunks = stream.frames(call, answer, details, request_id)
+            response = await stream.write(request, chunks, request_id, malformed)
         else:
-            payload = _dumps(reply.body(call, answer, details, request_id))
-            if kind == MALFORMED:
+            if options is not None:
+                payload = _dumps(compat.body(call, answer, details, request_id, options))
+            else:
+                payload = _dumps(reply.body(call, answer, details, request_id))
+            if malformed:
                 payload = payload[: len(payload) // 2]
             response = web.Response(body=payload, headers={"x-request-id": request_id}, content_type=_JSON)
-        valid = answer if kind != MALFORMED else None
-        self._record(200, request_id, body, key, call, label, arrived, valid)
+        self._ledger.record(200, request_id, body, key, call, label, arrived, answer if not malformed else None)
         return response

@@ -3,12 +3,16 @@
 Each frame is `id:N`, `event:result`, the comment `:HTTP_STATUS/200` and one `data:` line,
 with no space after the colons and no closing sentinel. Thinking text streams first. With
 incremental_output each frame carries only new text, else the text so far; `finish_reason`
-is the string "null" until the last frame; usage is cumulative in every frame.
+is the string "null" until the last frame; usage is cumulative in every frame. Tool calls,
+when the answer makes them, are in the last frame's message (whole, in both modes), and
+`image_hw` in the last frame's output. With logprobs, each frame's choice carries the token
+entries of its own text (incremental) or of all the content so far.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -19,30 +23,76 @@ from .reply import Answer
 from .validate import Call
 
 TOKENS_PER_FRAME = 4
+REASONING = "reasoning"
+CONTENT = "content"
+
+
+@dataclass(slots=True)
+class Step:
+    """One streamed piece of the first choice: which field grows (REASONING or CONTENT), the
+    new text, its token count, and the logprob entries of its tokens (None without logprobs)."""
+
+    field: str
+    text: str
+    tokens: int
+    logprobs: list[dict[str, Any]] | None
+
+
+def plan(answer: Answer) -> list[Step]:
+    """The steps of choice 0: reasoning pieces, then content pieces (at least one step)."""
+    content = answer.choices[0][0]
+    steps: list[Step] = []
+    if answer.reasoning is not None:
+        steps += [Step(REASONING, p, n, None) for p, n in pieces(answer.reasoning, TOKENS_PER_FRAME)]
+    entries = answer.logprobs[0] if answer.logprobs is not None else None
+    used = 0
+    for text, tokens in pieces(content, TOKENS_PER_FRAME):
+        lps = entries[used : used + tokens] if entries is not None else None
+        used += tokens
+        steps.append(Step(CONTENT, text, tokens, lps))
+    if answer.tool_calls is not None:  # the arguments' tokens arrive with the calls
+        steps[-1].tokens = answer.choices[0][1]
+    if entries is not None:
+        for step in steps:
+            if step.logprobs is None:
+                step.logprobs = []
+    return steps
 
 
 def frames(call: Call, answer: Answer, details: dict[str, Any], request_id: str) -> list[bytes]:
     """Every SSE frame of one streamed answer (first choice only), encoded."""
-    content, _, finish = answer.choices[0]
-    steps: list[tuple[str, str, int]] = []  # (field, new text, new tokens)
-    if answer.reasoning is not None:
-        steps += [("reasoning", p, n) for p, n in pieces(answer.reasoning, TOKENS_PER_FRAME)]
-    steps += [("content", p, n) for p, n in pieces(content, TOKENS_PER_FRAME)]
-    sent = {"reasoning": "", "content": ""}
+    finish = answer.choices[0][2]
+    steps = plan(answer)
+    sent = {REASONING: "", CONTENT: ""}
+    sent_lps: list[dict[str, Any]] = []
     produced = 0
     out: list[bytes] = []
-    for index, (where, new, tokens) in enumerate(steps, start=1):
-        produced += tokens
-        sent[where] += new
+    for index, step in enumerate(steps, start=1):
+        produced += step.tokens
+        sent[step.field] += step.text
         last = index == len(steps)
-        shown = {k: (new if k == where else "") for k in sent} if call.incremental else sent
+        if call.incremental:
+            shown = {k: (step.text if k == step.field else "") for k in sent}
+            lps = step.logprobs
+        else:
+            shown = sent
+            if step.logprobs:
+                sent_lps = sent_lps + step.logprobs
+            lps = sent_lps if step.logprobs is not None else None
         reason = finish if last else "null"
         if call.result_format == "text":
-            output: dict[str, Any] = {"finish_reason": reason, "text": shown["content"]}
+            output: dict[str, Any] = {"finish_reason": reason, "text": shown[CONTENT]}
+            if lps is not None:
+                output["logprobs"] = reply.logprobs_of(lps)
         else:
-            thinking = shown["reasoning"] if answer.reasoning is not None else None
-            msg = reply.message(call, shown["content"], thinking)
-            output = {"choices": [{"finish_reason": reason, "message": msg}]}
+            thinking = shown[REASONING] if answer.reasoning is not None else None
+            calls = answer.tool_calls if last else None
+            choice = {"finish_reason": reason, "message": reply.message(call, shown[CONTENT], thinking, calls)}
+            if lps is not None:
+                choice["logprobs"] = reply.logprobs_of(lps)
+            output = {"choices": [choice]}
+        if last and answer.image_hw is not None:
+            output["image_hw"] = answer.image_hw
         payload = {
             "output": output,
             "usage": reply.usage(call, answer, details, produced),
@@ -53,21 +103,15 @@ def frames(call: Call, answer: Answer, details: dict[str, Any], request_id: str)
     return out
 
 
-async def send(
-    request: web.Request,
-    call: Call,
-    answer: Answer,
-    details: dict[str, Any],
-    request_id: str,
-    malformed: bool = False,
+async def write(
+    request: web.Request, chunks: list[bytes], request_id: str, malformed: bool = False
 ) -> web.StreamResponse:
-    """Write the streamed answer; `malformed` cuts the last frame's JSON short."""
+    """Send `chunks` as a text/event-stream answer; `malformed` cuts the last one's JSON short."""
     response = web.StreamResponse(
         status=200,
         headers={"Content-Type": "text/event-stream;charset=UTF-8", "x-request-id": request_id},
     )
     await response.prepare(request)
-    chunks = frames(call, answer, details, request_id)
     if malformed:
         chunks[-1] = chunks[-1][: len(chunks[-1]) // 2]
     for chunk in chunks:

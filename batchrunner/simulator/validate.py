@@ -15,6 +15,9 @@ from batchrunner.protocol import MULTIMODAL_PATH, path_for_model
 
 from .answers import text_of
 from .catalogue import GENERIC_INVALID, SimError, error_for_code
+from .logprobs import TOP_MAX, TOP_RANGE
+from .media import BAD_MODAL, Media, add_part
+from .tools import check_tools
 
 MODEL_PREFIXES = ("qwen", "qwq", "qvq", "deepseek")
 SEED_MAX = 9223372036854775807
@@ -26,12 +29,18 @@ _QWEN3_OPEN = re.compile(r"qwen3-(\d+(\.\d+)?b|next-80b-a3b-thinking)")
 BAD_BODY = "Required body invalid, please check the request body format."
 BAD_ROLE = "Role must be user or assistant and Content length must be greater than 0"
 NOT_STRING = "input content must be a string."
-BAD_MODAL = "The item of content should be a message of a certain modal"
+THINKING_N = "The n parameter must be 1 when enable_thinking is true"
+VL_FLAGS = ("vl_high_resolution_images", "vl_enable_image_hw_output")
 
 
 @dataclass(slots=True)
 class Call:
-    """A request that passed validation: what to answer and how to shape the answer."""
+    """A request that passed validation: what to answer and how to shape the answer.
+
+    call_tools: the tool `function` objects to call (None: no tools; []: tools given, but
+    answer with text). media: images and video found (multimodal endpoint only).
+    high_res / image_hw: vl_high_resolution_images / vl_enable_image_hw_output.
+    """
 
     model: str
     body: dict[str, Any]
@@ -49,6 +58,12 @@ class Call:
     stream: bool = False
     incremental: bool = False
     stop: list[str] = field(default_factory=list)
+    call_tools: list[dict[str, Any]] | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    media: Media | None = None
+    high_res: bool = False
+    image_hw: bool = False
 
 
 def invalid(message: str = GENERIC_INVALID) -> SimError:
@@ -82,8 +97,9 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_messages(messages: Any, multimodal: bool) -> list[dict[str, Any]]:
-    """The message list if every message is well formed for the endpoint."""
+def check_messages(messages: Any, multimodal: bool, media: Media | None = None) -> list[dict[str, Any]]:
+    """The message list if every message is well formed for the endpoint; images and video
+    of multimodal messages are checked and tallied into `media`."""
     if not isinstance(messages, list):
         raise invalid()
     if not messages:
@@ -99,6 +115,8 @@ def check_messages(messages: Any, multimodal: bool) -> list[dict[str, Any]]:
                 if multimodal:
                     if not MEDIA_KEYS.intersection(part):
                         raise invalid(BAD_MODAL)
+                    if media is not None and ("image" in part or "video" in part):
+                        add_part(part, media)
                 elif part.get("type") != "text" or not isinstance(part.get("text"), str):
                     raise invalid(NOT_STRING)
         elif content is not None and not isinstance(content, str):
@@ -180,6 +198,34 @@ def check_parameters(call: Call, max_output: int) -> None:
         call.stop = [stop] if stop else []
     elif isinstance(stop, list):
         call.stop = [s for s in stop if isinstance(s, str) and s]
+    _check_extras(call)
+
+
+def _check_extras(call: Call) -> None:
+    """logprobs, the vision flags, tools, and the n rules that depend on them."""
+    p = call.params
+    value = p.get("logprobs")
+    if value is not None:
+        if not isinstance(value, bool):
+            raise invalid("logprobs must be a boolean")
+        call.logprobs = value
+        value = p.get("top_logprobs")
+        if value is not None and call.logprobs:
+            if not (_integer(value) and 0 <= value <= TOP_MAX):
+                raise invalid(TOP_RANGE)
+            call.top_logprobs = value
+    for name in VL_FLAGS:
+        value = p.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise invalid(f"{name} must be a boolean")
+    call.high_res = p.get("vl_high_resolution_images") is True
+    call.image_hw = p.get("vl_enable_image_hw_output") is True
+    if "tools" in p:
+        call.call_tools = check_tools(p, call.model, call.result_format, call.messages[-1]["role"])
+        if call.call_tools is not None:
+            call.n = 1  # the service fixes n at 1 when tools are given
+    if call.thinking and call.n != 1:
+        raise invalid(THINKING_N)
 
 
 def check_request(path: str, body: dict[str, Any], stream: bool, max_output: int) -> Call:
@@ -210,7 +256,8 @@ def check_request(path: str, body: dict[str, Any], stream: bool, max_output: int
         if not isinstance(prompt, str) or not prompt:
             raise invalid(BAD_ROLE)
         messages = [{"role": "user", "content": prompt}]
-    messages = check_messages(messages, multimodal)
+    media = Media() if multimodal else None
+    messages = check_messages(messages, multimodal, media)
     last_user = ""
     for message in reversed(messages):
         if message["role"] == "user":
@@ -225,6 +272,7 @@ def check_request(path: str, body: dict[str, Any], stream: bool, max_output: int
         result_format=default_result_format(model.lower(), multimodal),
         prompt=last_user,
         stream=stream,
+        media=media,
     )
     check_parameters(call, max_output)
     return call
