@@ -1,12 +1,14 @@
 """The `batchrunner` command: a thin layer over the library (each command calls one function).
 
 Exit codes: 0 all rows ok; 1 finished with failed rows; 2 bad spec or input (nothing sent);
-3 aborted by an authentication or permission error; 130 interrupted (resumable).
+3 aborted by an authentication or permission error; 4 stopped by a budget limit (resumable);
+130 interrupted (resumable).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +65,14 @@ def cli() -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most N requests in this run.")
 @click.option("--simulate", is_flag=True, help="Use the built-in DashScope simulator (no key, no cost).")
 @click.option("--retry-failed", is_flag=True, help="Send again the rows that failed in earlier runs.")
+@click.option(
+    "--prices",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A TOML price file that overrides or adds models.",
+)
+@click.option(
+    "--max-cost", type=click.FloatRange(min=0, min_open=True), help="Stop before this run could spend more (USD)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @_reports_errors
 def run(
@@ -72,6 +82,8 @@ def run(
     limit: int | None,
     simulate: bool,
     retry_failed: bool,
+    prices: Path | None,
+    max_cost: float | None,
     quiet: bool,
 ) -> None:
     """Run JOB (a TOML spec): send every row not yet done, then write the output table.
@@ -93,13 +105,15 @@ def run(
         simulate=simulate,
         retry_failed=retry_failed,
         progress=for_terminal(spec.job.name, quiet=quiet),
+        prices=prices,
+        max_cost_usd=max_cost,
     )
     c = summary.counts
     click.echo(
         f"{spec.job.name}: {summary.status}{' (simulated)' if summary.simulated else ''}: "
         f"sent {c.sent}, ok {c.ok}, failed {c.failed}, already done {summary.already_done}, "
         f"skipped {summary.skipped}; {c.input_tokens} input + {c.output_tokens} output tokens "
-        f"({c.cached_tokens} cached), {c.retries} retries, {summary.elapsed_s:.1f}s",
+        f"({c.cached_tokens} cached), {c.retries} retries, cost {c.cost_usd:.6f} USD, {summary.elapsed_s:.1f}s",
         err=True,
     )
     if summary.message:
@@ -175,6 +189,59 @@ def export(job: Path, db: Path | None, output: Path | None) -> None:
     finally:
         store.close()
     click.echo(f"output table: {path} (" + ", ".join(f"{k} {v}" for k, v in sorted(table.items())) + ")")
+
+
+@cli.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
+@click.option(
+    "--prices",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A TOML price file that overrides or adds models.",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_reports_errors
+def estimate(job: Path, db: Path | None, prices: Path | None, fmt: str) -> None:
+    """Project the cost and duration of what JOB has left to send. Sends nothing, needs no key.
+
+    \b
+    Example:
+        batchrunner estimate jobs/reviews-summary.toml
+    """
+    from . import estimate as estimating
+
+    spec = load(job).with_overrides(db=db)
+    result = estimating.estimate(spec, runner.load_prices(spec, prices))
+    click.echo(json.dumps(result.to_dict(), indent=2) if fmt == "json" else estimating.render(result))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--by", "by", default="model", show_default=True, help="Group by model, job, day and/or status (comma-separated)."
+)
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC) to include.")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day (UTC) to include.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table", show_default=True
+)
+@_reports_errors
+def report(paths: tuple[Path, ...], by: str, since: Any, until: Any, fmt: str) -> None:
+    """Usage and cost of one or more jobs: specs, store files or folders of stores.
+
+    \b
+    Example:
+        batchrunner report jobs/ --by model,day --since 2026-11-01 --format csv
+    """
+    from . import report as reporting
+
+    groups = [g.strip() for g in by.split(",") if g.strip()]
+    unknown = sorted(set(groups) - {"model", "job", "day", "status"})
+    if unknown:
+        raise click.BadParameter(f"unknown group(s) {unknown}; use model, job, day, status", param_hint="--by")
+    stores = reporting.collect(list(paths))
+    built = reporting.build(stores, groups, since.date() if since else None, until.date() if until else None)
+    click.echo(reporting.render(built, fmt))
 
 
 @cli.command()

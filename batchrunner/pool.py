@@ -21,11 +21,14 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from . import protocol, store
+from .budget import Budget, Reservation
 from .client import CallFailed, DashScopeClient, TransportFailed
 from .limits import FlightGate, RequestPacer, TokenBudget, backoff_delay
+from .pricing import Cost, PriceTable
 from .source import Request
 from .spec import JobSpec
 from .writer import CheckpointWriter
@@ -55,6 +58,11 @@ class PoolCounts:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    cost_pusd: int = 0  # exact, in pico-USD (1e-12 USD)
+
+    @property
+    def cost_usd(self) -> float:
+        return self.cost_pusd / 1e12
 
 
 class Pool:
@@ -68,8 +76,10 @@ class Pool:
         *,
         run_id: int,
         on_result: Callable[[dict[str, Any]], None] | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         limits = spec.limits
+        p = spec.parameters
         self.spec = spec
         self.client = client
         self.writer = writer
@@ -79,8 +89,19 @@ class Pool:
         self.gate = FlightGate(limits.concurrency)
         self.pacer = RequestPacer(limits.requests_per_minute)
         self.tokens = TokenBudget(limits.tokens_per_minute) if limits.tokens_per_minute else None
-        self.output_charge = spec.parameters.max_tokens or DEFAULT_OUTPUT_CHARGE
+        self.output_charge = p.max_tokens or DEFAULT_OUTPUT_CHARGE
         self.stopping = False
+        self.prices = prices
+        self.thinking = bool(p.enable_thinking)
+        self.explicit_cache = spec.prompt.cache != "none"
+        # The most output one attempt can be billed for: every choice, plus the thinking chain.
+        self.max_output = self.output_charge * (p.n or 1) + ((p.thinking_budget or 0) if self.thinking else 0)
+        max_cost = limits.max_cost_usd
+        self.budget = Budget(
+            max_cost_pusd=None if max_cost is None else int(Fraction(str(max_cost)) * 10**12),
+            max_requests=limits.max_requests,
+            max_tokens=limits.max_tokens_total,
+        )
 
     def stop(self) -> None:
         """Stop taking new requests; requests already being worked on run to their end."""
@@ -125,26 +146,64 @@ class Pool:
 
     # ------------------------------------------------------------------ one request
 
+    def _reserve(self, request: Request) -> Reservation | None:
+        """Book the attempt's worst case with the budget guard; None stops the run."""
+        if not self.budget.active:
+            return Reservation(0, 0)
+        worst_tokens = request.est_input_tokens + self.max_output
+        worst_cost = 0
+        if self.prices is not None and self.budget.max_cost_pusd is not None:
+            worst_cost = (
+                self.prices.worst_case(
+                    request.body["model"], request.est_input_tokens, self.max_output, thinking=self.thinking
+                )
+                or 0
+            )
+        reservation = self.budget.reserve(worst_cost, worst_tokens)
+        if reservation is None:
+            self.stop()
+        return reservation
+
+    def cost_of(self, request: Request, usage: protocol.Usage) -> Cost | None:
+        if self.prices is None:
+            return None
+        return self.prices.cost(
+            request.body["model"], usage, thinking=self.thinking, explicit_cache=self.explicit_cache
+        )
+
     async def _attempt(
         self, request: Request, estimate: int, attempt: int
-    ) -> tuple[protocol.Completion | CallFailed | TransportFailed, str, float]:
-        """One paced call: (answer or classified failure, start time, monotonic start)."""
+    ) -> tuple[protocol.Completion | CallFailed | TransportFailed | None, str, float]:
+        """One paced call: (answer or classified failure, start time, monotonic start).
+
+        The answer is None when the budget guard refused to send it.
+        """
         await self.gate.acquire()
         try:
             await self.pacer.wait()
             if self.tokens is not None:
                 await self.tokens.charge(estimate)
+            reservation = self._reserve(request)
+            if reservation is None:
+                return None, "", 0.0
             self.counts.attempts += 1
             started, t0 = store.now(), time.monotonic()
             try:
-                return await self.client.generate(request), started, t0
+                answer: protocol.Completion | CallFailed | TransportFailed = await self.client.generate(request)
             except (CallFailed, TransportFailed) as exc:
-                return exc, started, t0
+                answer = exc
             except asyncio.CancelledError:
                 # Cut off in flight (second signal or grace over): it may have been billed.
                 fields = {"outcome": "cancelled", "possibly_billed": 1}
                 self._log_attempt(request, attempt, started, t0, fields)
                 raise
+            if isinstance(answer, protocol.Completion):
+                cost = self.cost_of(request, answer.usage)
+                used = answer.usage.input_tokens + answer.usage.output_tokens
+                self.budget.settle(reservation, cost.total_pusd if cost else 0, used)
+            else:
+                self.budget.settle(reservation, 0, 0)
+            return answer, started, t0
         finally:
             await self.gate.release()
 
@@ -157,6 +216,8 @@ class Pool:
         self.counts.sent += 1
         for attempt in range(1, self.spec.limits.max_retries + 2):
             outcome, a_started, a0 = await self._attempt(request, estimate, attempt)
+            if outcome is None:
+                return  # the budget guard stopped the run: the row stays pending
             if isinstance(outcome, protocol.Completion):
                 usage = outcome.usage
                 if self.tokens is not None:
@@ -273,6 +334,19 @@ class Pool:
         }
         if completion is not None:
             usage = completion.usage
+            cost = self.cost_of(request, usage)
+            if cost is not None:
+                row.update(
+                    cost_pusd=cost.total_pusd,
+                    cost_usd=cost.total_pusd / 1e12,
+                    input_cost_pusd=cost.input_pusd,
+                    cached_cost_pusd=cost.cached_pusd,
+                    cache_creation_cost_pusd=cost.cache_creation_pusd,
+                    output_cost_pusd=cost.output_pusd,
+                    saved_pusd=cost.saved_pusd,
+                    price_version=self.prices.version if self.prices else None,
+                )
+                self.counts.cost_pusd += cost.total_pusd
             row.update(
                 status="ok" if failure is None else "failed",
                 retryable=0,
@@ -331,6 +405,6 @@ def parse_json_answer(content: str | None) -> tuple[str | None, str | None]:
         text = fenced.group(1)
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         return None, f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")), None

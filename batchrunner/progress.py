@@ -49,6 +49,7 @@ class BarProgress(Progress):
                 ok=c.ok,
                 failed=c.failed,
                 tokens=c.input_tokens + c.output_tokens,
+                usd=f"{c.cost_usd:.4f}",
                 retries=c.retries,
                 refresh=False,
             )
@@ -91,7 +92,7 @@ class LogProgress(Progress):
         rate = (c.ok + c.failed) / elapsed
         print(
             f"{self.job}: {self.done}/{self.total} rows done; this run ok {c.ok}, failed {c.failed}, "
-            f"retries {c.retries}, tokens {c.input_tokens + c.output_tokens}, "
+            f"retries {c.retries}, tokens {c.input_tokens + c.output_tokens}, cost {c.cost_usd:.6f} USD, "
             f"{rate:.1f} rows/s, ETA {_eta(self.total - self.done, rate)}",
             file=self.stream,
             flush=True,

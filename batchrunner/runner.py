@@ -25,12 +25,13 @@ from . import protocol, sink
 from .client import DashScopeClient
 from .errors import SpecError
 from .pool import Abort, Pool, PoolCounts
+from .pricing import PriceTable
 from .source import Request, Skipped, Source
 from .spec import JobSpec, load
 from .store import Store
 from .writer import CheckpointWriter
 
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 SIMULATED_KEY = "sk-simulated"
 BATCH_ROWS = 5000
 
@@ -41,7 +42,7 @@ class RunSummary:
 
     run_id: int
     exit_code: int
-    status: str  # finished | interrupted | aborted
+    status: str  # finished | interrupted | aborted | budget
     db_path: Path
     output_path: Path | None
     rows_total: int
@@ -85,6 +86,8 @@ def run_job(
     retry_failed: bool = False,
     progress: Progress | None = None,
     handle_signals: bool = True,
+    prices: Path | None = None,
+    max_cost_usd: float | None = None,
 ) -> RunSummary:
     """Run a job to completion (or interruption) and write its output table.
 
@@ -93,10 +96,12 @@ def run_job(
     exit_code 3 in the summary (no row is marked failed for it).
     """
     job = spec if isinstance(spec, JobSpec) else load(spec)
-    job = job.with_overrides(db=db, output=output)
+    job = job.with_overrides(db=db, output=output, max_cost_usd=max_cost_usd)
+    table = load_prices(job, prices)
     return asyncio.run(
         _run(
             job,
+            table,
             limit=limit,
             simulate=simulate,
             retry_failed=retry_failed,
@@ -104,6 +109,26 @@ def run_job(
             handle_signals=handle_signals,
         )
     )
+
+
+def load_prices(spec: JobSpec, prices_file: Path | None = None) -> PriceTable:
+    """The shipped price table with the spec's [pricing] and a --prices file applied.
+
+    A budget needs a price: a job with max_cost_usd whose model has none is refused here.
+    """
+    overrides: list[dict[str, Any] | Path] = []
+    if spec.pricing.models:
+        overrides.append({"models": spec.pricing.models})
+    if prices_file is not None:
+        overrides.append(prices_file)
+    table = PriceTable.load(overrides)
+    if spec.limits.max_cost_usd is not None and table.lookup(spec.model.name) is None:
+        msg = (
+            f"[limits] max_cost_usd: model {spec.model.name!r} has no price in the price table; "
+            f"add it under [pricing.models] or pass --prices FILE"
+        )
+        raise SpecError(msg)
+    return table
 
 
 @contextlib.asynccontextmanager
@@ -170,6 +195,7 @@ async def _pending(
 
 async def _run(
     spec: JobSpec,
+    prices: PriceTable,
     *,
     limit: int | None,
     simulate: bool,
@@ -186,6 +212,7 @@ async def _run(
         try:
             return await _run_with_store(
                 spec,
+                prices,
                 source,
                 store,
                 base_url,
@@ -203,6 +230,7 @@ async def _run(
 
 async def _run_with_store(
     spec: JobSpec,
+    prices: PriceTable,
     source: Source,
     store: Store,
     base_url: str,
@@ -235,7 +263,7 @@ async def _run_with_store(
         wire=source.renderer.wire,
         stream=spec.parameters.stream,
     ) as client:
-        pool = Pool(spec, client, writer, run_id=run_id, on_result=progress.row_finished)
+        pool = Pool(spec, client, writer, run_id=run_id, on_result=progress.row_finished, prices=prices)
         progress.start(source.n_rows, pool.counts)
         requests = _pending(
             source,
@@ -265,14 +293,18 @@ async def _run_with_store(
             if interrupted() and status == "finished":
                 status, exit_code = "interrupted", EXIT_INTERRUPTED
                 message = "interrupted: every answer received is saved; run the same command again to resume"
+            elif pool.budget.exhausted is not None and status == "finished":
+                status, exit_code = "budget", EXIT_BUDGET
+                message = pool.budget.message() + "; raise the limit and run again to go on"
     await writer.close()
     writer_task.cancel()
     progress.close()
     table: dict[str, int] = {}
     output_path: Path | None = None
-    if status == "finished":
+    if status in ("finished", "budget"):
         output_path, table = sink.export(spec, store, source)
-        exit_code = EXIT_FAILED_ROWS if table.get("failed") else EXIT_OK
+        if status == "finished":
+            exit_code = EXIT_FAILED_ROWS if table.get("failed") else EXIT_OK
     c = pool.counts
     store.finish_run(
         run_id,
@@ -287,6 +319,7 @@ async def _run_with_store(
         attempts=c.attempts,
         retries=c.retries,
         input_tokens=c.input_tokens,
+        cost_usd=c.cost_usd,
         output_tokens=c.output_tokens,
     )
     return RunSummary(

@@ -109,6 +109,15 @@ class Limits(_Section):
     backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     grace_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
     commit_interval_ms: Annotated[int, Field(ge=1, le=10_000)] = 50
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+    max_requests: Annotated[int, Field(ge=1)] | None = None
+    max_tokens_total: Annotated[int, Field(ge=1)] | None = None
+
+
+class PricingSection(_Section):
+    """Price overrides and additions, shaped like the shipped price table's `[models]`."""
+
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class OutputSection(_Section):
@@ -154,6 +163,7 @@ class JobSpec(_Section):
     limits: Limits = Limits()
     output: OutputSection
     api: ApiSection = ApiSection()
+    pricing: PricingSection = PricingSection()
     source_path: Path | None = Field(default=None, exclude=True)
     digest: str = Field(default="", exclude=True)
 
@@ -176,6 +186,13 @@ class JobSpec(_Section):
                     "[parameters] response_format json_object needs the word JSON in the prompt: "
                     'add it to [prompt] system or template (e.g. "Reply in JSON.")'
                 )
+        if self.limits.max_cost_usd is not None:
+            if p.max_tokens is None:
+                problems.append(
+                    "[limits] max_cost_usd needs [parameters] max_tokens, which bounds what one request can cost"
+                )
+            if p.enable_thinking and p.thinking_budget is None:
+                problems.append("[limits] max_cost_usd with thinking needs [parameters] thinking_budget")
         if self.output.json_retries and not self.output.parse_json:
             problems.append("[output] json_retries needs parse_json = true")
         if problems:
@@ -201,7 +218,9 @@ class JobSpec(_Section):
         env = os.environ.get("DASHSCOPE_BASE_URL", "").rstrip("/")
         return env or self.api.base_url or self.api.default_base_url
 
-    def with_overrides(self, *, db: Path | None = None, output: Path | None = None) -> JobSpec:
+    def with_overrides(
+        self, *, db: Path | None = None, output: Path | None = None, max_cost_usd: float | None = None
+    ) -> JobSpec:
         """A copy with the store or output path replaced (CLI --db / --output).
 
         Replacing the output does not move the store: it stays where the spec puts it.
@@ -215,6 +234,15 @@ class JobSpec(_Section):
             out = spec.output.model_copy(update={"path": output.resolve()})
             spec = spec.model_copy(update={"output": out})
             _check_table_suffix(spec.output.path, "output", str(output))
+        if max_cost_usd is not None:
+            raw = spec.model_dump(by_alias=True)
+            raw["limits"]["max_cost_usd"] = max_cost_usd
+            try:
+                checked = JobSpec.model_validate(raw)
+            except ValidationError as exc:
+                problems = "; ".join(_describe(e) for e in exc.errors())
+                raise SpecError(f"--max-cost: {problems}") from None
+            spec = checked.model_copy(update={"source_path": spec.source_path, "digest": spec.digest})
         return spec
 
 
@@ -229,6 +257,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "limits": Limits,
     "output": OutputSection,
     "api": ApiSection,
+    "pricing": PricingSection,
 }
 
 

@@ -134,6 +134,27 @@ def m002_samples_choices_logprobs(db: sqlite_utils.Database) -> None:
         results.add_column(column, kind)
 
 
+COST_COLUMNS = (
+    "cost_pusd",
+    "input_cost_pusd",
+    "cached_cost_pusd",
+    "cache_creation_cost_pusd",
+    "output_cost_pusd",
+    "saved_pusd",
+)
+
+
+@migration
+def m003_costs(db: sqlite_utils.Database) -> None:
+    """Cost per row in exact integer pico-USD (1e-12 USD), plus cost_usd for people."""
+    results = db.table("results")
+    for column in COST_COLUMNS:
+        results.add_column(column, int)
+    results.add_column("cost_usd", float)
+    results.add_column("price_version", str)
+    db.table("runs").add_column("cost_usd", float)
+
+
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)

@@ -769,3 +769,28 @@ def test_official_sdk_stream_and_multimodal(sim_thread: Any, monkeypatch: pytest
     assert r.usage["image_tokens"] == 256
     assert r.usage.input_tokens == 256 + count_tokens("What is it?") + 4 + 3
     assert r.output.choices[0].message.content == [{"text": answer_for("qwen3-vl-plus", messages, None, None)[0]}]
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+async def test_several_choices_stream_one_after_another(sim_server: Any, incremental: bool) -> None:
+    params: dict[str, Any] = {"result_format": "message", "seed": 2, "n": 3, "logprobs": True}
+    whole = (await post(sim_server.base_url, body(**params))).json()
+    headers = {**KEY, "X-DashScope-SSE": "enable"}
+    payload = body(**params, incremental_output=incremental)
+    events = sse_events((await post(sim_server.base_url, payload, headers=headers)).text)
+    got: dict[int, list[dict[str, Any]]] = {}
+    for event in events:
+        (choice,) = event["output"]["choices"]
+        got.setdefault(choice["index"], []).append(choice)
+    assert list(got) == [0, 1, 2]
+    for i, expected in enumerate(whole["output"]["choices"]):
+        frames = got[i]
+        assert [f["finish_reason"] for f in frames] == ["null"] * (len(frames) - 1) + [expected["finish_reason"]]
+        if incremental:
+            text = "".join(f["message"]["content"] for f in frames)
+            entries = [e for f in frames for e in f["logprobs"]["content"]]
+        else:
+            text, entries = frames[-1]["message"]["content"], frames[-1]["logprobs"]["content"]
+        assert text == expected["message"]["content"]
+        assert entries == expected["logprobs"]["content"]
+    assert events[-1]["usage"] == whole["usage"]

@@ -257,7 +257,7 @@ async def test_rate_limits_in_openai_shape() -> None:
 
 def test_openai_client_round_trip(sim_thread: Any) -> None:
     openai = pytest.importorskip("openai")
-    client = openai.OpenAI(base_url=root(sim_thread.base_url) + "/compatible-mode/v1", api_key="sk-test", max_retries=0)
+    client = openai.OpenAI(base_url=sim_thread.compat_base_url, api_key="sk-test", max_retries=0)
     content, tokens, _ = answer_for("qwen-plus", HELLO, 7, None)
     completion = client.chat.completions.create(model="qwen-plus", messages=HELLO, seed=7)  # type: ignore[arg-type]
     assert completion.choices[0].message.content == content
@@ -297,3 +297,20 @@ def test_openai_client_round_trip(sim_thread: Any) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="qwen-plus", messages=HELLO, top_p=5)  # type: ignore[arg-type]
     assert bad.value.code == "invalid_request_error"
+
+
+async def test_several_choices_stream(sim_server: Any) -> None:
+    payload = {"model": "qwen-plus", "messages": HELLO, "seed": 4, "n": 2}
+    whole = (await compat(sim_server.base_url, payload)).json()
+    events = data_events((await compat(sim_server.base_url, {**payload, "stream": True})).text)
+    texts: dict[int, str] = {}
+    finishes: dict[int, str] = {}
+    for event in events[:-1]:
+        (choice,) = event["choices"]
+        index = choice["index"]
+        assert ("role" in choice["delta"]) == (index not in texts)  # role opens each choice
+        texts[index] = texts.get(index, "") + choice["delta"]["content"]
+        if choice["finish_reason"]:
+            finishes[index] = choice["finish_reason"]
+    assert texts == {c["index"]: c["message"]["content"] for c in whole["choices"]}
+    assert finishes == {c["index"]: c["finish_reason"] for c in whole["choices"]}

@@ -3,12 +3,15 @@
 It speaks the native wire protocol of `batchrunner.protocol` (the only part of the package it
 imports): the text and multimodal generation endpoints, key checks, the service's validation
 messages, per-second rate windows, the implicit and explicit context cache, SSE streaming,
-and scripted or random faults. Answers depend only on (model, messages, seed).
+function calling, logprobs, image/video token accounting, and scripted or random faults.
+The OpenAI-compatible endpoint (/compatible-mode/v1/chat/completions) gives the same answers
+in OpenAI shapes. Answers depend only on (model, messages, seed) and the parameters that
+shape them (tools, max_tokens, stop, response_format, n, enable_thinking).
 Control endpoints: GET /_simulator/stats, GET /_simulator/log, POST /_simulator/reset (also
 under /api/v1/_simulator/).
 
     with serve_in_thread(SimulatorConfig(rpm=600)) as handle:
-        ...  # point a client at handle.base_url
+        ...  # point a client at handle.base_url (OpenAI clients: handle.compat_base_url)
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from .reply import Answer
 from .stream import CONTENT, REASONING, plan
 from .validate import Call
 
-COMPAT_PATH = "/compatible-mode/v1/chat/completions"
+COMPAT_BASE = "/compatible-mode/v1"  # the OpenAI client's base path on the server's host
+COMPAT_PATH = COMPAT_BASE + "/chat/completions"
 
 # Top-level body keys that are native `parameters` under the same name.
 PASSED = (
@@ -87,7 +88,8 @@ def _part(part: Any) -> Any:
     """One OpenAI content part as a native multimodal item (unknown parts are left as they are)."""
     if not isinstance(part, dict):
         return part
-    spec = _PARTS.get(part.get("type"))  # type: ignore[arg-type]
+    kind = part.get("type")
+    spec = _PARTS.get(kind) if isinstance(kind, str) else None
     if spec is None:
         return part
     source, target = spec
@@ -190,26 +192,30 @@ def _data(value: dict[str, Any]) -> bytes:
 
 
 def chunks(call: Call, answer: Answer, details: dict[str, Any], request_id: str, options: Options) -> list[bytes]:
-    """Every `data:` event of a streamed call (first choice only), the last one ending with
-    `data: [DONE]`. Deltas carry new text only; with thinking both `content` and
-    `reasoning_content` are present, the one not growing set to null."""
+    """Every `data:` event of a streamed call, the last one ending with `data: [DONE]`.
+
+    Choices stream one after the other; each choice's first delta has role "assistant".
+    Deltas carry new text only; with thinking both `content` and `reasoning_content` are
+    present, the one not growing set to null. Tool calls come whole in the last delta."""
     head = _head(request_id, options, "chat.completion.chunk")
-    steps = plan(answer)
-    finish = answer.choices[0][2]
     thinking = answer.reasoning is not None
     out: list[bytes] = []
-    for k, step in enumerate(steps):
-        last = k == len(steps) - 1
-        delta: dict[str, Any] = {"role": "assistant"} if k == 0 else {}
+    started = -1
+    for step in plan(answer, len(answer.choices)):
+        delta: dict[str, Any] = {}
+        if step.choice != started:
+            delta["role"] = "assistant"
+            started = step.choice
         if thinking:
             delta["content"] = step.text if step.field == CONTENT else None
             delta["reasoning_content"] = step.text if step.field == REASONING else None
         else:
             delta["content"] = step.text
-        if last and answer.tool_calls is not None:
+        if step.last and step.choice == 0 and answer.tool_calls is not None:
             delta["tool_calls"] = answer.tool_calls
+        finish = answer.choices[step.choice][2] if step.last else None
         logprobs = {"content": step.logprobs} if step.logprobs is not None else None
-        choice = {"index": 0, "delta": delta, "finish_reason": finish if last else None, "logprobs": logprobs}
+        choice = {"index": step.choice, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
         out.append(_data({**head, "choices": [choice]}))
     if options.include_usage:
         out.append(_data({**head, "choices": [], "usage": usage(call, answer, details)}))

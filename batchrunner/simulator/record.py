@@ -13,8 +13,9 @@ class RequestRecord:
     time: wall-clock arrival (epoch seconds). model / prompt: the body's model and the text
     of its last user message ("" when unknown). status: the HTTP status sent (0 = dropped).
     key: sha256 of the canonical JSON of the body's model, input and parameters (absent
-    parameters count as {}; "" when the body was unreadable). fault: the injected fault's
-    label (its stats key), if any.
+    parameters count as {}; "" when the body was unreadable); for the OpenAI-compatible
+    endpoint, of the native body it was translated to. fault: the injected fault's label
+    (its stats key), if any.
     """
 
     time: float

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from .app import Simulator
+from .app import API_PREFIX, Simulator
+from .compat import COMPAT_BASE
 from .config import SimulatorConfig
 
 START_TIMEOUT_S = 10.0
@@ -21,6 +22,11 @@ class ThreadHandle:
     base_url: str
     sim: Simulator
     thread: threading.Thread
+
+    @property
+    def compat_base_url(self) -> str:
+        """The base URL for OpenAI clients, e.g. http://127.0.0.1:5432/compatible-mode/v1."""
+        return self.base_url.removesuffix(API_PREFIX) + COMPAT_BASE
 
 
 def _simulator(cfg: SimulatorConfig | Simulator | None) -> Simulator:

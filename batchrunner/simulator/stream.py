@@ -3,10 +3,11 @@
 Each frame is `id:N`, `event:result`, the comment `:HTTP_STATUS/200` and one `data:` line,
 with no space after the colons and no closing sentinel. Thinking text streams first. With
 incremental_output each frame carries only new text, else the text so far; `finish_reason`
-is the string "null" until the last frame; usage is cumulative in every frame. Tool calls,
-when the answer makes them, are in the last frame's message (whole, in both modes), and
-`image_hw` in the last frame's output. With logprobs, each frame's choice carries the token
-entries of its own text (incremental) or of all the content so far.
+is the string "null" until a choice's last frame; usage is cumulative in every frame. With
+n > 1 the choices stream one after the other. Tool calls, when the answer makes them, are in
+the last frame's message (whole, in both modes), and `image_hw` in the last frame's output.
+With logprobs, each frame's choice carries the token entries of its own text (incremental)
+or of all that choice's content so far.
 """
 
 from __future__ import annotations
@@ -29,40 +30,48 @@ CONTENT = "content"
 
 @dataclass(slots=True)
 class Step:
-    """One streamed piece of the first choice: which field grows (REASONING or CONTENT), the
-    new text, its token count, and the logprob entries of its tokens (None without logprobs)."""
+    """One streamed piece of one choice: the choice's index, which field grows (REASONING or
+    CONTENT), the new text, its token count, the logprob entries of its tokens (None without
+    logprobs), and whether it is the choice's last piece (which carries finish and tool calls)."""
 
+    choice: int
     field: str
     text: str
     tokens: int
     logprobs: list[dict[str, Any]] | None
+    last: bool = False
 
 
-def plan(answer: Answer) -> list[Step]:
-    """The steps of choice 0: reasoning pieces, then content pieces (at least one step)."""
-    content = answer.choices[0][0]
+def plan(answer: Answer, count: int) -> list[Step]:
+    """The steps of the first `count` choices, one choice after the other: reasoning pieces
+    (choice 0 only; thinking implies n = 1), then content pieces; at least one per choice."""
     steps: list[Step] = []
-    if answer.reasoning is not None:
-        steps += [Step(REASONING, p, n, None) for p, n in pieces(answer.reasoning, TOKENS_PER_FRAME)]
-    entries = answer.logprobs[0] if answer.logprobs is not None else None
-    used = 0
-    for text, tokens in pieces(content, TOKENS_PER_FRAME):
-        lps = entries[used : used + tokens] if entries is not None else None
-        used += tokens
-        steps.append(Step(CONTENT, text, tokens, lps))
-    if answer.tool_calls is not None:  # the arguments' tokens arrive with the calls
-        steps[-1].tokens = answer.choices[0][1]
-    if entries is not None:
-        for step in steps:
-            if step.logprobs is None:
-                step.logprobs = []
+    for i, (content, tokens_total, _) in enumerate(answer.choices[:count]):
+        first = len(steps)
+        if answer.reasoning is not None and i == 0:
+            steps += [Step(0, REASONING, p, n, None) for p, n in pieces(answer.reasoning, TOKENS_PER_FRAME)]
+        entries = answer.logprobs[i] if answer.logprobs is not None else None
+        used = 0
+        for text, tokens in pieces(content, TOKENS_PER_FRAME):
+            lps = entries[used : used + tokens] if entries is not None else None
+            used += tokens
+            steps.append(Step(i, CONTENT, text, tokens, lps))
+        steps[-1].last = True
+        if i == 0 and answer.tool_calls is not None:  # the arguments' tokens arrive with the calls
+            steps[-1].tokens = tokens_total
+        if entries is not None:
+            for step in steps[first:]:
+                if step.logprobs is None:
+                    step.logprobs = []
     return steps
 
 
 def frames(call: Call, answer: Answer, details: dict[str, Any], request_id: str) -> list[bytes]:
-    """Every SSE frame of one streamed answer (first choice only), encoded."""
-    finish = answer.choices[0][2]
-    steps = plan(answer)
+    """Every SSE frame of one streamed answer, encoded. Choices stream one after the other
+    (each frame holds one choice, with "index" when n > 1); result_format text streams
+    choice 0 only."""
+    count = 1 if call.result_format == "text" else len(answer.choices)
+    steps = plan(answer, count)
     sent = {REASONING: "", CONTENT: ""}
     sent_lps: list[dict[str, Any]] = []
     produced = 0
@@ -70,7 +79,6 @@ def frames(call: Call, answer: Answer, details: dict[str, Any], request_id: str)
     for index, step in enumerate(steps, start=1):
         produced += step.tokens
         sent[step.field] += step.text
-        last = index == len(steps)
         if call.incremental:
             shown = {k: (step.text if k == step.field else "") for k in sent}
             lps = step.logprobs
@@ -79,19 +87,22 @@ def frames(call: Call, answer: Answer, details: dict[str, Any], request_id: str)
             if step.logprobs:
                 sent_lps = sent_lps + step.logprobs
             lps = sent_lps if step.logprobs is not None else None
-        reason = finish if last else "null"
+        reason = answer.choices[step.choice][2] if step.last else "null"
         if call.result_format == "text":
             output: dict[str, Any] = {"finish_reason": reason, "text": shown[CONTENT]}
             if lps is not None:
                 output["logprobs"] = reply.logprobs_of(lps)
         else:
             thinking = shown[REASONING] if answer.reasoning is not None else None
-            calls = answer.tool_calls if last else None
-            choice = {"finish_reason": reason, "message": reply.message(call, shown[CONTENT], thinking, calls)}
+            calls = answer.tool_calls if step.last and step.choice == 0 else None
+            choice: dict[str, Any] = {"finish_reason": reason}
+            if count > 1:
+                choice["index"] = step.choice
+            choice["message"] = reply.message(call, shown[CONTENT], thinking, calls)
             if lps is not None:
                 choice["logprobs"] = reply.logprobs_of(lps)
             output = {"choices": [choice]}
-        if last and answer.image_hw is not None:
+        if index == len(steps) and answer.image_hw is not None:
             output["image_hw"] = answer.image_hw
         payload = {
             "output": output,
@@ -100,6 +111,9 @@ def frames(call: Call, answer: Answer, details: dict[str, Any], request_id: str)
         }
         data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         out.append(f"id:{index}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n".encode())
+        if step.last:  # the next choice starts from nothing
+            sent = {REASONING: "", CONTENT: ""}
+            sent_lps = []
     return out
 
 

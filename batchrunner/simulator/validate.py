@@ -214,12 +214,13 @@ def _check_extras(call: Call) -> None:
             if not (_integer(value) and 0 <= value <= TOP_MAX):
                 raise invalid(TOP_RANGE)
             call.top_logprobs = value
-    for name in VL_FLAGS:
-        value = p.get(name)
-        if value is not None and not isinstance(value, bool):
-            raise invalid(f"{name} must be a boolean")
-    call.high_res = p.get("vl_high_resolution_images") is True
-    call.image_hw = p.get("vl_enable_image_hw_output") is True
+    high_res, image_hw = p.get(VL_FLAGS[0]), p.get(VL_FLAGS[1])
+    if high_res is not None or image_hw is not None:
+        for name, value in zip(VL_FLAGS, (high_res, image_hw), strict=True):
+            if value is not None and not isinstance(value, bool):
+                raise invalid(f"{name} must be a boolean")
+        call.high_res = high_res is True
+        call.image_hw = image_hw is True
     if "tools" in p:
         call.call_tools = check_tools(p, call.model, call.result_format, call.messages[-1]["role"])
         if call.call_tools is not None:

@@ -1,0 +1,347 @@
+"""Usage and cost reports over finished requests, read from one or more stores (read-only).
+
+`build` sums the `results` rows of every store, grouped by any of model, job, day (UTC date of
+finished_at) and status, and `render` prints a report as a terminal table, CSV, JSON or
+Markdown. Money is summed in whole pico-USD and converted to USD only for display, so the
+totals equal the sum of the rows exactly.
+
+Money columns of a group are empty (None, JSON null) when none of its rows has a recorded
+cost, never zero. A row is counted in `unpriced_requests` when it used tokens but has no cost
+(its model had no price, or the store predates cost accounting): such rows are reported and
+never costed at zero. Cost columns a store lacks read as NULL, so older stores still report.
+
+Formats: `table` rounds money to 6 decimals and hides columns that are zero everywhere; the
+Markdown table rounds money to 6 decimals too. `csv` and `json` carry every column with money
+as exact decimal strings with 12 decimals (JSON: strings, not floats, so no precision is
+lost). `csv` has one line per group and no totals line (a spreadsheet's SUM gives it); `json`
+is an object with the group rows in "rows", the totals in "totals", and what was read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from . import spec as spec_module
+from .errors import StoreError
+from .pricing import format_usd
+
+BY_KEYS = ("model", "job", "day", "status")
+FORMATS = ("table", "csv", "json", "markdown")
+TOKENS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "image_tokens",
+    "cache_creation_input_tokens",
+)
+# report column -> store column (pico-USD)
+MONEY = {
+    "cost_usd": "cost_pusd",
+    "input_cost_usd": "input_cost_pusd",
+    "cached_input_cost_usd": "cached_cost_pusd",
+    "cache_creation_cost_usd": "cache_creation_cost_pusd",
+    "output_cost_usd": "output_cost_pusd",
+    "cache_saved_usd": "saved_pusd",
+}
+COLUMNS = ("requests", "ok", "failed", *TOKENS, "cache_hit_rate", *MONEY, "unpriced_requests")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    """The sums over one group of results (or over all of them, for the totals).
+
+    `group` holds the values of the report's `by` keys, in order (None where a result had no
+    value). Money is in pico-USD, None when no result of the group has a recorded cost.
+    """
+
+    group: tuple[str | None, ...]
+    requests: int = 0
+    ok: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    image_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    unpriced_requests: int = 0
+    cost_pusd: int | None = None
+    input_cost_pusd: int | None = None
+    cached_cost_pusd: int | None = None
+    cache_creation_cost_pusd: int | None = None
+    output_cost_pusd: int | None = None
+    saved_pusd: int | None = None
+
+    @property
+    def cache_hit_rate(self) -> Decimal | None:
+        """cached_tokens / input_tokens to 4 decimals; None without input tokens."""
+        if not self.input_tokens:
+            return None
+        return (Decimal(self.cached_tokens) / Decimal(self.input_tokens)).quantize(Decimal("0.0001"))
+
+    def plus(self, other: ReportRow, group: tuple[str | None, ...]) -> ReportRow:
+        """The sums of two rows, under `group`; money stays None only where both are None."""
+        sums: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name != "group":
+                a, b = getattr(self, f.name), getattr(other, f.name)
+                sums[f.name] = b if a is None else a if b is None else a + b
+        return ReportRow(group, **sums)
+
+    def values(self, by: Sequence[str], places: int) -> dict[str, Any]:
+        """Column name -> value: keys and counts as they are, hit rate as a Decimal, money as
+        a USD string with `places` decimals (None where unknown)."""
+        out: dict[str, Any] = dict(zip(by, self.group, strict=True))
+        for name in COLUMNS:
+            if name in MONEY:
+                pusd = getattr(self, MONEY[name])
+                out[name] = None if pusd is None else format_usd(pusd, places)
+            else:
+                out[name] = getattr(self, name)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A built report: its grouping, one row per group (sorted), the totals, and its inputs.
+
+    With no `by` keys there is a single row covering everything. `price_versions` lists the
+    price-table versions the stored costs were computed with.
+    """
+
+    by: tuple[str, ...]
+    rows: tuple[ReportRow, ...]
+    totals: ReportRow
+    stores: tuple[Path, ...]
+    since: date | None = None
+    until: date | None = None
+    price_versions: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- reading stores
+
+
+def collect(paths: Iterable[Path]) -> list[Path]:
+    """The store files named by `paths`: store files as given, a job spec's store, and every
+    `*.sqlite` under a folder. Order kept, duplicates dropped; StoreError for a missing one."""
+    found: dict[Path, Path] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            stores = sorted(p for p in path.rglob("*.sqlite") if p.is_file())
+            if not stores:
+                msg = f"{path}: no *.sqlite stores in this folder or below it"
+                raise StoreError(msg)
+        elif path.suffix.lower() == ".toml":
+            stores = [spec_module.load(path).db_path]
+            if not stores[0].is_file():
+                msg = f"{path}: its store {stores[0]} does not exist yet; run the job first"
+                raise StoreError(msg)
+        elif path.is_file():
+            stores = [path]
+        else:
+            msg = f"{path}: no such store, job spec or folder"
+            raise StoreError(msg)
+        for store in stores:
+            found.setdefault(store.resolve(), store)
+    return list(found.values())
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a store; StoreError if it is not one."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        msg = f"{path}: cannot open the store read-only: {exc}"
+        raise StoreError(msg) from None
+    if "results" not in tables:
+        conn.close()
+        msg = f"{path}: not a batchrunner store (no results table)"
+        raise StoreError(msg)
+    return conn
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info([{table}])")}
+
+
+def _job_name(conn: sqlite3.Connection, path: Path) -> str:
+    """The job name of the store's latest run, or the file's stem when it has none."""
+    if "job" in _columns(conn, "runs"):
+        row = conn.execute("SELECT job FROM runs WHERE job IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+        if row:
+            return str(row[0])
+    return path.stem
+
+
+def _groups(conn: sqlite3.Connection, since: date | None, until: date | None) -> Iterable[tuple[Any, ...]]:
+    """Sums per (model, status, day) of one store's results, missing columns read as NULL."""
+    have = _columns(conn, "results")
+
+    def col(name: str) -> str:
+        return f"[{name}]" if name in have else "NULL"
+
+    used = f"coalesce({col('input_tokens')}, 0) + coalesce({col('output_tokens')}, 0) > 0"
+    select = [
+        col("model"),
+        col("status"),
+        f"date({col('finished_at')})",
+        "count(*)",
+        f"coalesce(sum({col('status')} = 'ok'), 0)",
+        f"coalesce(sum({col('status')} = 'failed'), 0)",
+        *(f"coalesce(sum({col(t)}), 0)" for t in TOKENS),
+        f"coalesce(sum({col('cost_pusd')} IS NULL AND {used}), 0)",
+        *(f"sum({col(c)})" for c in MONEY.values()),
+    ]
+    where, args = [], []
+    if since is not None:
+        where.append(f"date({col('finished_at')}) >= ?")
+        args.append(since.isoformat())
+    if until is not None:
+        where.append(f"date({col('finished_at')}) <= ?")
+        args.append(until.isoformat())
+    sql = f"SELECT {', '.join(select)} FROM results"
+    sql += f" WHERE {' AND '.join(where)}" if where else ""
+    return conn.execute(sql + " GROUP BY 1, 2, 3", args).fetchall()
+
+
+def _price_versions(conn: sqlite3.Connection) -> set[str]:
+    if "price_version" not in _columns(conn, "results"):
+        return set()
+    sql = "SELECT DISTINCT price_version FROM results WHERE price_version IS NOT NULL"
+    return {str(v) for (v,) in conn.execute(sql)}
+
+
+def build(
+    paths: Sequence[Path], by: Sequence[str] = (), since: date | None = None, until: date | None = None
+) -> Report:
+    """Read the stores named by `paths` (see `collect`) and sum their results per group of `by`
+    (any of model, job, day, status, in the order given); since/until bound the day, inclusive."""
+    unknown = [k for k in by if k not in BY_KEYS]
+    if unknown:
+        msg = f"cannot group by {', '.join(unknown)}; choose from {', '.join(BY_KEYS)}"
+        raise ValueError(msg)
+    keys = tuple(dict.fromkeys(by))
+    stores = collect(paths)
+    groups: dict[tuple[str | None, ...], ReportRow] = {}
+    versions: set[str] = set()
+    counters = [f.name for f in fields(ReportRow)][1:]
+    for path in stores:
+        conn = _open(path)
+        try:
+            job = _job_name(conn, path)
+            versions |= _price_versions(conn)
+            for model, status, day, *sums in _groups(conn, since, until):
+                found = {"model": model, "job": job, "day": day, "status": status}
+                group = tuple(None if found[k] is None else str(found[k]) for k in keys)
+                row = ReportRow(group, **dict(zip(counters, sums, strict=True)))
+                groups[group] = groups[group].plus(row, group) if group in groups else row
+        except sqlite3.DatabaseError as exc:
+            msg = f"{path}: cannot read the store: {exc}"
+            raise StoreError(msg) from None
+        finally:
+            conn.close()
+    rows = tuple(sorted(groups.values(), key=lambda r: tuple((v is None, v or "") for v in r.group)))
+    totals = ReportRow(())
+    for row in rows:
+        totals = totals.plus(row, ())
+    return Report(keys, rows, totals, tuple(stores), since, until, tuple(sorted(versions)))
+
+
+# --------------------------------------------------------------------------- rendering
+
+Format = Literal["table", "csv", "json", "markdown"]
+
+
+def render(report: Report, fmt: Format = "table") -> str:
+    """The report as text in one of FORMATS (see the module docstring for what each holds)."""
+    if fmt == "json":
+        return _json(report)
+    if fmt == "csv":
+        return _csv(report)
+    if fmt in ("table", "markdown"):
+        return _grid(report, markdown=fmt == "markdown")
+    msg = f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}"
+    raise ValueError(msg)
+
+
+def _json(report: Report) -> str:
+    def plain(row: ReportRow) -> dict[str, Any]:
+        values = row.values(report.by, 12)
+        rate = values["cache_hit_rate"]
+        values["cache_hit_rate"] = None if rate is None else float(rate)
+        return values
+
+    doc = {
+        "by": list(report.by),
+        "since": report.since.isoformat() if report.since else None,
+        "until": report.until.isoformat() if report.until else None,
+        "stores": [str(p) for p in report.stores],
+        "price_versions": list(report.price_versions),
+        "rows": [plain(r) for r in report.rows],
+        "totals": plain(report.totals),
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def _csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*report.by, *COLUMNS])
+    for row in report.rows:
+        writer.writerow(["" if v is None else v for v in row.values(report.by, 12).values()])
+    return out.getvalue()
+
+
+def _cell(name: str, value: Any, *, markdown: bool) -> str:
+    if value is None:
+        return "" if markdown and name in BY_KEYS else "-"
+    if isinstance(value, int) and not markdown:
+        return f"{value:,}"
+    text = str(value)
+    return text.replace("|", "\\|") if markdown else text
+
+
+def _grid(report: Report, *, markdown: bool) -> str:
+    """An aligned terminal table, or a Markdown table; the totals line comes last."""
+    labels = list(report.by) or [""]
+    shown = [*report.rows, report.totals] if report.by else [report.totals]
+    values = [r.values(report.by, 6) for r in shown]
+    columns = list(COLUMNS)
+    if not markdown:  # keep a terminal table narrow: drop columns that are zero or empty everywhere
+        columns = [c for c in COLUMNS if c in ("requests", "cost_usd") or any(v[c] not in (0, None) for v in values)]
+    lines = [[_cell(c, v.get(c), markdown=markdown) for c in [*report.by, *columns]] for v in values]
+    total_label = "**TOTAL**" if markdown else "TOTAL"
+    lines[-1] = [total_label, *[""] * (len(labels) - 1), *lines[-1][len(report.by) :]]
+    header = [*labels, *columns]
+    numeric = [False] * len(labels) + [True] * len(columns)
+    if markdown:
+        rule = ["---:" if n else "---" for n in numeric]
+        return "".join(f"| {' | '.join(cells)} |\n" for cells in [header, rule, *lines])
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
+
+    def fmt(cells: list[str]) -> str:
+        parts = (c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric, strict=True))
+        return "  ".join(parts).rstrip()
+
+    rule_line = "  ".join("-" * w for w in widths)
+    body = [fmt(header), rule_line, *(fmt(c) for c in lines[:-1])]
+    if report.by:
+        body.append(rule_line)
+    body.append(fmt(lines[-1]))
+    if report.totals.unpriced_requests:
+        body.append(
+            f"\n{report.totals.unpriced_requests} request(s) used tokens but have no recorded cost "
+            "(no price for their model): their cost is not included above"
+        )
+    return "\n".join(body) + "\n"
