@@ -10,11 +10,12 @@ cost, never zero. A row is counted in `unpriced_requests` when it used tokens bu
 (its model had no price, or the store predates cost accounting): such rows are reported and
 never costed at zero. Cost columns a store lacks read as NULL, so older stores still report.
 
-Formats: `table` rounds money to 6 decimals and hides columns that are zero everywhere; the
-Markdown table rounds money to 6 decimals too. `csv` and `json` carry every column with money
-as exact decimal strings with 12 decimals (JSON: strings, not floats, so no precision is
-lost). `csv` has one line per group and no totals line (a spreadsheet's SUM gives it); `json`
-is an object with the group rows in "rows", the totals in "totals", and what was read.
+Formats. `table`: for a terminal; money rounded to 6 decimals, short headers, columns that are
+zero everywhere left out. `markdown`: every column, money rounded to 6 decimals. `csv`: every
+column, one line per group and no totals line (a spreadsheet's SUM gives it). `json`: an object
+with the group rows under "rows", the totals under "totals", and what was read (by, since,
+until, stores, price_versions). In csv and json, money is an exact decimal string with 12
+decimals (JSON strings, not floats, so no precision is lost) and tokens are integers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import io
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -61,7 +62,7 @@ class ReportRow:
     """The sums over one group of results (or over all of them, for the totals).
 
     `group` holds the values of the report's `by` keys, in order (None where a result had no
-    value). Money is in pico-USD, None when no result of the group has a recorded cost.
+    value; all None in the totals). Money is in pico-USD, None when no result of the group has a recorded cost.
     """
 
     group: tuple[str | None, ...]
@@ -252,9 +253,10 @@ def build(
         finally:
             conn.close()
     rows = tuple(sorted(groups.values(), key=lambda r: tuple((v is None, v or "") for v in r.group)))
-    totals = ReportRow(())
+    blank: tuple[str | None, ...] = (None,) * len(keys)
+    totals = ReportRow(blank)
     for row in rows:
-        totals = totals.plus(row, ())
+        totals = totals.plus(row, blank)
     return Report(keys, rows, totals, tuple(stores), since, until, tuple(sorted(versions)))
 
 
@@ -312,27 +314,33 @@ def _cell(name: str, value: Any, *, markdown: bool) -> str:
     return text.replace("|", "\\|") if markdown else text
 
 
+def _short(column: str) -> str:
+    """The terminal table's header for a column: input_tokens -> input, output_cost_usd -> output_usd."""
+    return column.removesuffix("_tokens").removesuffix("_requests").replace("_cost_usd", "_usd")
+
+
+ALWAYS = ("requests", "ok", "failed", "input_tokens", "output_tokens", "cost_usd")
+
+
 def _grid(report: Report, *, markdown: bool) -> str:
     """An aligned terminal table, or a Markdown table; the totals line comes last."""
-    labels = list(report.by) or [""]
     shown = [*report.rows, report.totals] if report.by else [report.totals]
-    values = [r.values(report.by, 6) for r in shown]
     columns = list(COLUMNS)
     if not markdown:  # keep a terminal table narrow: drop columns that are zero or empty everywhere
-        columns = [c for c in COLUMNS if c in ("requests", "cost_usd") or any(v[c] not in (0, None) for v in values)]
-    lines = [[_cell(c, v.get(c), markdown=markdown) for c in [*report.by, *columns]] for v in values]
-    total_label = "**TOTAL**" if markdown else "TOTAL"
-    lines[-1] = [total_label, *[""] * (len(labels) - 1), *lines[-1][len(report.by) :]]
-    header = [*labels, *columns]
+        columns = [c for c in COLUMNS if c in ALWAYS or any(getattr(r, MONEY.get(c, c)) for r in shown)]
+    values = [r.values(report.by, 6) for r in shown]
+    lines = [[_cell(c, v[c], markdown=markdown) for c in [*report.by, *columns]] for v in values]
+    labels = list(report.by) or [""]
+    lines[-1] = ["**TOTAL**" if markdown else "TOTAL", *[""] * (len(labels) - 1), *lines[-1][len(report.by) :]]
     numeric = [False] * len(labels) + [True] * len(columns)
     if markdown:
         rule = ["---:" if n else "---" for n in numeric]
-        return "".join(f"| {' | '.join(cells)} |\n" for cells in [header, rule, *lines])
+        return "".join(f"| {' | '.join(cells)} |\n" for cells in [[*labels, *columns], rule, *lines])
+    header = [*labels, *(_short(c) for c in columns)]
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
 
     def fmt(cells: list[str]) -> str:
-        parts = (c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric, strict=True))
-        return "  ".join(parts).rstrip()
+        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric, strict=True))
 
     rule_line = "  ".join("-" * w for w in widths)
     body = [fmt(header), rule_line, *(fmt(c) for c in lines[:-1])]
@@ -341,7 +349,7 @@ def _grid(report: Report, *, markdown: bool) -> str:
     body.append(fmt(lines[-1]))
     if report.totals.unpriced_requests:
         body.append(
-            f"\n{report.totals.unpriced_requests} request(s) used tokens but have no recorded cost "
-            "(no price for their model): their cost is not included above"
+            f"\n{report.totals.unpriced_requests} request(s) used tokens but have no recorded cost (their model "
+            "has no price, or the store predates cost accounting); the USD columns leave them out."
         )
     return "\n".join(body) + "\n"

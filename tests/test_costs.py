@@ -143,3 +143,18 @@ def test_estimate_exact_counts_match_a_hand_count(tmp_path: Path) -> None:
     result = estimate(spec, load_prices(spec))
     tokens = len(get_tokenizer("qwen-plus").encode("Say something about item number 0"))
     assert result.input_tokens == tokens + 5 + 3  # one message's template, plus the reply's opening
+
+
+def test_report_command_over_two_jobs(tmp_path: Path, sim: ThreadHandle) -> None:
+    a = run_job(write_job(tmp_path / "a", ROWS[:5]), handle_signals=False)
+    b = run_job(write_job(tmp_path / "b", ROWS[5:9], {"job": {"name": "other"}}), handle_signals=False)
+    result = CliRunner().invoke(cli, ["report", str(tmp_path), "--by", "job", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    by_job = {row["job"]: row for row in data["rows"]}
+    assert by_job["t"]["requests"] == 5 and by_job["other"]["requests"] == 4
+    total = Fraction(data["totals"]["cost_usd"])
+    assert total == Fraction(a.counts.cost_pusd + b.counts.cost_pusd, 10**12)
+    assert total == sum(Fraction(r["cost_usd"]) for r in data["rows"])
+    bad = CliRunner().invoke(cli, ["report", str(tmp_path), "--by", "colour"])
+    assert bad.exit_code == 2 and "unknown group" in bad.output

@@ -154,7 +154,9 @@ def test_usage_showing_the_explicit_cache_bills_explicit_prices(table: PriceTabl
     cost = table.cost("qwen-plus", u, thinking=False, explicit_cache=False)
     assert cost is not None
     assert cost.cached_pusd == 3000 * 40_000
-    created = table.cost("qwen-plus", usage(1000, 0, cache_creation_input_tokens=1000), thinking=False, explicit_cache=False)
+    created = table.cost(
+        "qwen-plus", usage(1000, 0, cache_creation_input_tokens=1000), thinking=False, explicit_cache=False
+    )
     assert created is not None
     assert created.cache_creation_pusd == 1000 * 500_000
 
@@ -163,7 +165,9 @@ def test_model_cache_prices_win_over_the_ratios(table: PriceTable) -> None:
     # qwen3.8-flash: creation 0.2, cache read 0.016 for either cache (not 125% / 10% / 20% of 0.15)
     implicit = table.cost("qwen3.8-flash", usage(2000, 0, cached_tokens=1000), thinking=False, explicit_cache=False)
     explicit = table.cost(
-        "qwen3.8-flash", usage(2000, 0, cached_tokens=1000, cache_creation_input_tokens=1000), thinking=False,
+        "qwen3.8-flash",
+        usage(2000, 0, cached_tokens=1000, cache_creation_input_tokens=1000),
+        thinking=False,
         explicit_cache=True,
     )
     assert implicit is not None and explicit is not None
@@ -340,8 +344,18 @@ def test_bad_file_override_names_the_file_and_key(tmp_path: Path) -> None:
     [
         ({"model": {}}, "model: unknown key"),
         ({"models": {"m": {"tiers": []}}}, 'models."m".tiers'),
-        ({"models": {"m": {"tiers": [{"up_to": 10, "input": 1, "output": 1}, {"up_to": 5, "input": 1, "output": 1}]}}}, "tiers must go up"),
-        ({"models": {"m": {"tiers": [{"input": 1, "output": 1}, {"up_to": 5, "input": 1, "output": 1}]}}}, "only the last"),
+        (
+            {
+                "models": {
+                    "m": {"tiers": [{"up_to": 10, "input": 1, "output": 1}, {"up_to": 5, "input": 1, "output": 1}]}
+                }
+            },
+            "tiers must go up",
+        ),
+        (
+            {"models": {"m": {"tiers": [{"input": 1, "output": 1}, {"up_to": 5, "input": 1, "output": 1}]}}},
+            "only the last",
+        ),
         ({"models": {"m": {"tiers": [{"input": "cheap", "output": 1}]}}}, 'models."m".tiers[0].input'),
     ],
 )
