@@ -241,7 +241,7 @@ def report(paths: tuple[Path, ...], by: str, since: Any, until: Any, fmt: str) -
         raise click.BadParameter(f"unknown group(s) {unknown}; use model, job, day, status", param_hint="--by")
     stores = reporting.collect(list(paths))
     built = reporting.build(stores, groups, since.date() if since else None, until.date() if until else None)
-    click.echo(reporting.render(built, fmt)  # type: ignore[arg-type], nl=False)
+    click.echo(reporting.render(built, fmt), nl=False)  # type: ignore[arg-type]
 
 
 @cli.command()
