@@ -19,6 +19,7 @@ import asyncio
 import json
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -97,6 +98,9 @@ class Pool:
         # The most output one attempt can be billed for: every choice, plus the thinking chain.
         self.max_output = self.output_charge * (p.n or 1) + ((p.thinking_budget or 0) if self.thinking else 0)
         max_cost = limits.max_cost_usd
+        self.breaker_tripped: str | None = None
+        self._recent: deque[bool] = deque(maxlen=limits.breaker_window or 1)
+        self.context_limit = spec.model.context_tokens or (prices.context_tokens(spec.model.name) if prices else None)
         self.budget = Budget(
             max_cost_pusd=None if max_cost is None else int(Fraction(str(max_cost)) * 10**12),
             max_requests=limits.max_requests,
@@ -145,6 +149,21 @@ class Pool:
             raise first from None
 
     # ------------------------------------------------------------------ one request
+
+    def _note(self, failed: bool) -> None:
+        """The circuit breaker: stop the run when most recent attempts failed transiently."""
+        window = self.spec.limits.breaker_window
+        if not window:
+            return
+        self._recent.append(failed)
+        if len(self._recent) == window and self.breaker_tripped is None:
+            ratio = sum(self._recent) / window
+            if ratio >= self.spec.limits.breaker_failure_ratio:
+                self.breaker_tripped = (
+                    f"circuit breaker: {ratio:.0%} of the last {window} attempts failed with server errors, "
+                    "timeouts or dropped connections; the service looks down, so the run stopped"
+                )
+                self.stop()
 
     def _reserve(self, request: Request) -> Reservation | None:
         """Book the attempt's worst case with the budget guard; None stops the run."""
@@ -213,11 +232,25 @@ class Pool:
         estimate = request.est_input_tokens + self.output_charge
         billed = 0
         json_tries = 0
+        if self.context_limit is not None and request.est_input_tokens > self.context_limit:
+            failure = {
+                "error_code": "PromptTooLong",
+                "error_message": (
+                    f"the prompt is about {request.est_input_tokens} tokens, over the model's context of "
+                    f"{self.context_limit}; it was not sent (set [model] context_tokens if the limit is wrong)"
+                ),
+            }
+            self._finish(request, started, t0, 0, 0, failure=failure)
+            return
         self.counts.sent += 1
         for attempt in range(1, self.spec.limits.max_retries + 2):
             outcome, a_started, a0 = await self._attempt(request, estimate, attempt)
             if outcome is None:
                 return  # the budget guard stopped the run: the row stays pending
+            self._note(
+                isinstance(outcome, TransportFailed)
+                or (isinstance(outcome, CallFailed) and outcome.error.status >= 500)
+            )
             if isinstance(outcome, protocol.Completion):
                 usage = outcome.usage
                 if self.tokens is not None:

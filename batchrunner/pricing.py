@@ -255,6 +255,11 @@ class PriceTable:
         saved = cached * (inp - _per_token(hit)) - created * (_per_token(tier.cache_creation) - inp)
         return Cost(price.name, tier.up_to, *parts, total_pusd=sum(parts), saved_pusd=round(saved))
 
+    def context_tokens(self, model: str) -> int | None:
+        """The largest input a request to `model` can have, where the price tiers bound it."""
+        price = self.lookup(model)
+        return price.tiers[-1].up_to if price is not None and price.tiers else None
+
     def worst_case(self, model: str, input_tokens: int, max_output_tokens: int, *, thinking: bool) -> int | None:
         """The most a request can cost in pico-USD: no cache hit, every allowed output token."""
         price = self.lookup(model)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -23,7 +24,9 @@ from typing import Any
 
 from . import protocol, sink
 from .client import DashScopeClient
+from .credentials import api_key_for, check_base_url
 from .errors import SpecError
+from .lock import JobLock
 from .pool import Abort, Pool, PoolCounts
 from .pricing import PriceTable
 from .source import Request, Skipped, Source
@@ -31,7 +34,9 @@ from .spec import JobSpec, load
 from .store import Store
 from .writer import CheckpointWriter
 
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_BUDGET, EXIT_OUTAGE = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+log = logging.getLogger("batchrunner")
 SIMULATED_KEY = "sk-simulated"
 BATCH_ROWS = 5000
 
@@ -42,7 +47,7 @@ class RunSummary:
 
     run_id: int
     exit_code: int
-    status: str  # finished | interrupted | aborted | budget
+    status: str  # finished | interrupted | aborted | budget | outage
     db_path: Path
     output_path: Path | None
     rows_total: int
@@ -64,18 +69,6 @@ class Progress:
     def close(self) -> None: ...
 
 
-def api_key_for(spec: JobSpec) -> str:
-    env = spec.api.api_key_env
-    key = os.environ.get(env, "").strip()
-    if not key:
-        msg = (
-            f"environment variable {env} is not set: export your DashScope API key in it "
-            f"([api] api_key_env names the variable), or try the job with --simulate"
-        )
-        raise SpecError(msg)
-    return key
-
-
 def run_job(
     spec: JobSpec | str | os.PathLike[str],
     *,
@@ -88,6 +81,7 @@ def run_job(
     handle_signals: bool = True,
     prices: Path | None = None,
     max_cost_usd: float | None = None,
+    write_partial: bool = False,
 ) -> RunSummary:
     """Run a job to completion (or interruption) and write its output table.
 
@@ -98,17 +92,8 @@ def run_job(
     job = spec if isinstance(spec, JobSpec) else load(spec)
     job = job.with_overrides(db=db, output=output, max_cost_usd=max_cost_usd)
     table = load_prices(job, prices)
-    return asyncio.run(
-        _run(
-            job,
-            table,
-            limit=limit,
-            simulate=simulate,
-            retry_failed=retry_failed,
-            progress=progress or Progress(),
-            handle_signals=handle_signals,
-        )
-    )
+    options = RunOptions(limit, simulate, retry_failed, write_partial, handle_signals)
+    return asyncio.run(_run(job, table, options, progress or Progress()))
 
 
 def load_prices(spec: JobSpec, prices_file: Path | None = None) -> PriceTable:
@@ -135,6 +120,7 @@ def load_prices(spec: JobSpec, prices_file: Path | None = None) -> PriceTable:
 async def _service(spec: JobSpec, simulate: bool) -> AsyncIterator[tuple[str, str]]:
     """(base_url, api_key): the real service, or a simulator started in this loop."""
     if not simulate:
+        check_base_url(spec.base_url, allow_insecure_http=spec.api.allow_insecure_http)
         yield spec.base_url, api_key_for(spec)
         return
     from .simulator import Simulator, SimulatorConfig
@@ -193,39 +179,52 @@ async def _pending(
         progress.advance(settled)
 
 
-async def _run(
-    spec: JobSpec,
-    prices: PriceTable,
-    *,
-    limit: int | None,
-    simulate: bool,
-    retry_failed: bool,
-    progress: Progress,
-    handle_signals: bool,
-) -> RunSummary:
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run goes (the CLI flags of `run`)."""
+
+    limit: int | None = None
+    simulate: bool = False
+    retry_failed: bool = False
+    write_partial: bool = False
+    handle_signals: bool = True
+
+
+async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress: Progress) -> RunSummary:
     t0 = time.monotonic()
     source = Source(spec)
     source.check()
     sink.check_writable(spec.output.path)
-    async with _service(spec, simulate) as (base_url, api_key):
-        store = Store(spec.db_path)
-        try:
-            return await _run_with_store(
-                spec,
-                prices,
-                source,
-                store,
-                base_url,
-                api_key,
-                limit=limit,
-                simulate=simulate,
-                retry_failed=retry_failed,
-                progress=progress,
-                handle_signals=handle_signals,
-                t0=t0,
-            )
-        finally:
-            store.close()
+    async with _service(spec, options.simulate) as (base_url, api_key):
+        with JobLock(spec.db_path) as lock:
+            if lock.previous:
+                log.warning(
+                    "%s: took over the lock of pid %s on %s (started %s), which did not end cleanly",
+                    spec.job.name,
+                    lock.previous.get("pid"),
+                    lock.previous.get("host"),
+                    lock.previous.get("started_at"),
+                )
+            store = Store(spec.db_path)
+            try:
+                return await _run_with_store(spec, prices, source, store, base_url, api_key, options, progress, t0)
+            finally:
+                store.close()
+
+
+def _ending(pool: Pool, interrupted: bool) -> tuple[str, int, str]:
+    """(status, exit code, message) of a run whose pool stopped without an exception."""
+    if interrupted:
+        return (
+            "interrupted",
+            EXIT_INTERRUPTED,
+            ("interrupted: every answer received is saved; run the same command again to resume"),
+        )
+    if pool.breaker_tripped is not None:
+        return "outage", EXIT_OUTAGE, pool.breaker_tripped + "; nothing is lost: run again when the service recovers"
+    if pool.budget.exhausted is not None:
+        return "budget", EXIT_BUDGET, pool.budget.message() + "; raise the limit and run again to go on"
+    return "finished", EXIT_OK, ""
 
 
 async def _run_with_store(
@@ -235,15 +234,11 @@ async def _run_with_store(
     store: Store,
     base_url: str,
     api_key: str,
-    *,
-    limit: int | None,
-    simulate: bool,
-    retry_failed: bool,
+    options: RunOptions,
     progress: Progress,
-    handle_signals: bool,
     t0: float,
 ) -> RunSummary:
-    run_id = store.start_run(job=spec.job.name, spec_digest=spec.digest, simulated=simulate, base_url=base_url)
+    run_id = store.start_run(job=spec.job.name, spec_digest=spec.digest, simulated=options.simulate, base_url=base_url)
     claimed: set[str] = set()
     recent: set[str] = set()
 
@@ -253,7 +248,6 @@ async def _run_with_store(
 
     writer = CheckpointWriter(store, interval_s=spec.limits.commit_interval_ms / 1000, on_commit=committed)
     tally = {"already_done": 0, "skipped": 0}
-    status, message, exit_code = "finished", "", EXIT_OK
     writer_task = asyncio.create_task(writer.run())
     async with DashScopeClient(
         base_url,
@@ -270,15 +264,16 @@ async def _run_with_store(
             store,
             claimed,
             recent,
-            retry_failed=retry_failed,
-            limit=limit,
+            retry_failed=options.retry_failed,
+            limit=options.limit,
             progress=progress,
             tally=tally,
         )
         pool_task = asyncio.create_task(pool.run(requests))
-        with _signals(pool, pool_task, spec.limits.grace_s, enabled=handle_signals) as interrupted:
+        with _signals(pool, pool_task, spec.limits.grace_s, enabled=options.handle_signals) as interrupted:
             try:
                 await pool_task
+                status, exit_code, message = _ending(pool, interrupted())
             except Abort as abort:
                 error = abort.error
                 status, exit_code = "aborted", EXIT_AUTH
@@ -290,18 +285,13 @@ async def _run_with_store(
             except asyncio.CancelledError:
                 if not interrupted():
                     raise
-            if interrupted() and status == "finished":
-                status, exit_code = "interrupted", EXIT_INTERRUPTED
-                message = "interrupted: every answer received is saved; run the same command again to resume"
-            elif pool.budget.exhausted is not None and status == "finished":
-                status, exit_code = "budget", EXIT_BUDGET
-                message = pool.budget.message() + "; raise the limit and run again to go on"
+                status, exit_code, message = _ending(pool, True)
     await writer.close()
     writer_task.cancel()
     progress.close()
     table: dict[str, int] = {}
     output_path: Path | None = None
-    if status in ("finished", "budget"):
+    if status in ("finished", "budget", "outage") or (status == "interrupted" and options.write_partial):
         output_path, table = sink.export(spec, store, source)
         if status == "finished":
             exit_code = EXIT_FAILED_ROWS if table.get("failed") else EXIT_OK
@@ -319,8 +309,8 @@ async def _run_with_store(
         attempts=c.attempts,
         retries=c.retries,
         input_tokens=c.input_tokens,
-        cost_usd=c.cost_usd,
         output_tokens=c.output_tokens,
+        cost_usd=c.cost_usd,
     )
     return RunSummary(
         run_id,
@@ -333,7 +323,7 @@ async def _run_with_store(
         tally["skipped"],
         c,
         table,
-        simulate,
+        options.simulate,
         time.monotonic() - t0,
         message,
     )

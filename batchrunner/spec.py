@@ -89,6 +89,7 @@ class PromptSection(_Section):
 class ModelSection(_Section):
     name: Annotated[str, Field(min_length=1)]
     endpoint: Literal["auto", "text", "multimodal"] = "auto"
+    context_tokens: Annotated[int, Field(ge=1)] | None = None
 
     @property
     def path(self) -> str:
@@ -112,6 +113,8 @@ class Limits(_Section):
     max_cost_usd: Annotated[float, Field(gt=0)] | None = None
     max_requests: Annotated[int, Field(ge=1)] | None = None
     max_tokens_total: Annotated[int, Field(ge=1)] | None = None
+    breaker_window: Annotated[int, Field(ge=0, le=100_000)] = 50
+    breaker_failure_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
 
 
 class PricingSection(_Section):
@@ -136,6 +139,8 @@ class ApiSection(_Section):
     region: Literal["intl", "cn"] = "intl"
     base_url: str | None = None
     api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "DASHSCOPE_API_KEY"
+    api_key_file: Path | None = None
+    allow_insecure_http: bool = False
 
     @property
     def default_base_url(self) -> str:
@@ -302,7 +307,13 @@ def _check_table_suffix(path: Path, section: str, shown: str) -> None:
 
 def _resolve(base: Path, raw: dict[str, Any]) -> None:
     """Make relative paths in the raw TOML absolute, relative to the spec file's folder."""
-    for section, key in (("input", "path"), ("output", "path"), ("job", "db"), ("prompt", "context_file")):
+    for section, key in (
+        ("input", "path"),
+        ("output", "path"),
+        ("job", "db"),
+        ("prompt", "context_file"),
+        ("api", "api_key_file"),
+    ):
         value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
         if isinstance(value, str) and value:
             raw[section][key] = str((base / Path(value).expanduser()).resolve())
