@@ -2,27 +2,31 @@
 
 Exit codes: 0 all rows ok; 1 finished with failed rows; 2 bad spec or input (nothing sent);
 3 aborted by an authentication or permission error; 4 stopped by a budget limit (resumable);
-130 interrupted (resumable).
+5 stopped by the circuit breaker, the service looks down (resumable); 75 the job is already
+running elsewhere (nothing done); 130 interrupted (resumable).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from . import runner, sink
-from .errors import BatchRunnerError
+from .errors import BatchRunnerError, StoreError
 from .source import Source
 from .spec import load
 from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("batchrunner")
 
 
 def _reports_errors(func: F) -> F:
@@ -73,7 +77,10 @@ def cli() -> None:
 @click.option(
     "--max-cost", type=click.FloatRange(min=0, min_open=True), help="Stop before this run could spend more (USD)."
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("--write-partial", is_flag=True, help="On Ctrl-C / SIGTERM, still write the output table.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also write log lines to this file.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress display; only warnings and errors on stderr.")
 @_reports_errors
 def run(
     job: Path,
@@ -84,18 +91,25 @@ def run(
     retry_failed: bool,
     prices: Path | None,
     max_cost: float | None,
+    write_partial: bool,
+    log_file: Path | None,
+    log_format: str,
     quiet: bool,
 ) -> None:
     """Run JOB (a TOML spec): send every row not yet done, then write the output table.
 
-    Safe to kill and to run again: finished rows are never sent twice.
+    Safe to kill and to run again: finished rows are never sent twice. Only one run of a
+    job at a time: a second one exits with code 75.
 
     \b
     Example:
         DASHSCOPE_API_KEY=sk-... batchrunner run jobs/reviews.toml
     """
+    from .logs import configure
     from .progress import for_terminal
 
+    tty = sys.stderr.isatty()
+    configure(log_file=log_file, fmt=log_format, quiet=quiet, tty=tty)  # type: ignore[arg-type]
     spec = load(job)
     summary = runner.run_job(
         spec,
@@ -104,20 +118,42 @@ def run(
         limit=limit,
         simulate=simulate,
         retry_failed=retry_failed,
-        progress=for_terminal(spec.job.name, quiet=quiet),
+        progress=for_terminal(spec.job.name, quiet=quiet, tty=tty),
         prices=prices,
         max_cost_usd=max_cost,
+        write_partial=write_partial,
     )
     c = summary.counts
-    click.echo(
-        f"{spec.job.name}: {summary.status}{' (simulated)' if summary.simulated else ''}: "
-        f"sent {c.sent}, ok {c.ok}, failed {c.failed}, already done {summary.already_done}, "
-        f"skipped {summary.skipped}; {c.input_tokens} input + {c.output_tokens} output tokens "
-        f"({c.cached_tokens} cached), {c.retries} retries, cost {c.cost_usd:.6f} USD, {summary.elapsed_s:.1f}s",
-        err=True,
+    fields = {
+        "job": spec.job.name,
+        "status": summary.status,
+        "exit_code": summary.exit_code,
+        "sent": c.sent,
+        "ok": c.ok,
+        "failed": c.failed,
+        "cost_usd": round(c.cost_usd, 6),
+    }
+    log.info(
+        "%s: %s%s: sent %d, ok %d, failed %d, already done %d, skipped %d; %d input + %d output tokens "
+        "(%d cached), %d retries, cost %.6f USD, %.1fs",
+        spec.job.name,
+        summary.status,
+        " (simulated)" if summary.simulated else "",
+        c.sent,
+        c.ok,
+        c.failed,
+        summary.already_done,
+        summary.skipped,
+        c.input_tokens,
+        c.output_tokens,
+        c.cached_tokens,
+        c.retries,
+        c.cost_usd,
+        summary.elapsed_s,
+        extra={"fields": fields},
     )
     if summary.message:
-        click.echo(summary.message, err=True)
+        (log.warning if summary.exit_code else log.info)(summary.message)
     if summary.output_path is not None:
         table = ", ".join(f"{k} {v}" for k, v in sorted(summary.table.items()))
         click.echo(f"output table: {summary.output_path} ({table})")
@@ -125,16 +161,24 @@ def run(
     sys.exit(summary.exit_code)
 
 
+def _rate_line(store: Store, last: dict[str, Any]) -> str:
+    """Rate and ETA of the last run, from its rows in the store."""
+    start = datetime.fromisoformat(last["started_at"])
+    end = datetime.fromisoformat(last["ended_at"]) if last["ended_at"] else datetime.now(UTC)
+    done = store.db.execute("SELECT count(*) FROM results WHERE run_id = ?", [last["id"]]).fetchone()[0]
+    seconds = max((end - start).total_seconds(), 1e-9)
+    rate = done / seconds
+    left = max(0, (last["rows_total"] or 0) - store.settled_count())
+    eta = "-" if not left or not rate else f"{left / rate / 60:.1f} min for about {left} requests left"
+    return f"rate {rate:.2f} rows/s over {seconds:.0f}s; ETA {eta}"
+
+
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Store file (default: from the spec).",
-)
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
 @_reports_errors
 def status(job: Path, db: Path | None) -> None:
-    """Show rows by status, error codes and the last run of JOB (reads the store only).
+    """Show rows by status, error codes, and the last run's rate, ETA and exit code (read-only).
 
     \b
     Example:
@@ -156,8 +200,69 @@ def status(job: Path, db: Path | None) -> None:
                 f"started {last['started_at']}, ended {last['ended_at'] or '-'}, "
                 f"sent {last['sent'] or 0}, ok {last['ok'] or 0}, failed {last['failed'] or 0}"
             )
+            click.echo("  " + _rate_line(store, last))
     finally:
         store.close()
+
+
+@cli.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_reports_errors
+def runs(job: Path, db: Path | None, fmt: str) -> None:
+    """List the runs of JOB: start, end, status, exit code, counts and cost (read-only).
+
+    \b
+    Example:
+        batchrunner runs jobs/reviews.toml
+    """
+    spec = load(job).with_overrides(db=db)
+    store = Store(spec.db_path, readonly=True)
+    try:
+        rows = store.runs()
+    finally:
+        store.close()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(
+        f"{'run':>4} {'status':<11} {'exit':>4} {'started':<29} {'sent':>7} {'ok':>7} {'failed':>6} {'cost_usd':>10}"
+    )
+    for r in rows:
+        exit_code = "-" if r["exit_code"] is None else r["exit_code"]
+        click.echo(
+            f"{r['id']:>4} {r['status']:<11} {exit_code:>4} {r['started_at']:<29} {r['sent'] or 0:>7} "
+            f"{r['ok'] or 0:>7} {r['failed'] or 0:>6} {(r['cost_usd'] or 0):>10.6f}"
+        )
+
+
+@cli.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
+@click.option("--codes", help="Only rows that failed with these error codes (comma-separated).")
+@_reports_errors
+def retry(job: Path, db: Path | None, codes: str | None) -> None:
+    """Re-queue failed rows of JOB, so that the next `run` sends them again.
+
+    \b
+    Example:
+        batchrunner retry jobs/reviews.toml --codes DataInspectionFailed,InvalidJSON
+        batchrunner run jobs/reviews.toml
+    """
+    from .lock import JobLock
+
+    spec = load(job).with_overrides(db=db)
+    if not spec.db_path.is_file():
+        raise StoreError(f"{spec.db_path}: no store here yet; run the job first (or pass --db PATH)")
+    wanted = [c.strip() for c in codes.split(",") if c.strip()] if codes else None
+    with JobLock(spec.db_path):
+        store = Store(spec.db_path)
+        try:
+            n = store.requeue(wanted)
+        finally:
+            store.close()
+    click.echo(f"re-queued {n} failed row(s); run `batchrunner run {job}` to send them")
 
 
 @cli.command()

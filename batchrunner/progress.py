@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any
 
 from tqdm import tqdm
 
 from .pool import PoolCounts
 from .runner import Progress
+
+log = logging.getLogger("batchrunner.progress")
 
 
 def _eta(remaining: int, rate: float) -> str:
@@ -60,12 +63,11 @@ class BarProgress(Progress):
 
 
 class LogProgress(Progress):
-    """One plain line every `every_s` seconds, for logs and cron mail."""
+    """One plain line every `every_s` seconds on the `batchrunner.progress` logger."""
 
-    def __init__(self, job: str, *, every_s: float = 10.0, stream: TextIO | None = None) -> None:
+    def __init__(self, job: str, *, every_s: float = 10.0) -> None:
         self.job = job
         self.every_s = every_s
-        self.stream = stream or sys.stderr
         self.total = 0
         self.done = 0
         self.counts = PoolCounts()
@@ -90,20 +92,61 @@ class LogProgress(Progress):
         c = self.counts
         elapsed = max(time.monotonic() - self._t0, 1e-9)
         rate = (c.ok + c.failed) / elapsed
-        print(
-            f"{self.job}: {self.done}/{self.total} rows done; this run ok {c.ok}, failed {c.failed}, "
-            f"retries {c.retries}, tokens {c.input_tokens + c.output_tokens}, cost {c.cost_usd:.6f} USD, "
-            f"{rate:.1f} rows/s, ETA {_eta(self.total - self.done, rate)}",
-            file=self.stream,
-            flush=True,
+        fields = {
+            "job": self.job,
+            "done": self.done,
+            "total": self.total,
+            "ok": c.ok,
+            "failed": c.failed,
+            "retries": c.retries,
+            "tokens": c.input_tokens + c.output_tokens,
+            "cost_usd": round(c.cost_usd, 6),
+            "rows_per_s": round(rate, 2),
+        }
+        log.info(
+            "%s: %d/%d rows done; this run ok %d, failed %d, retries %d, tokens %d, cost %.6f USD, %.1f rows/s, ETA %s",
+            self.job,
+            self.done,
+            self.total,
+            c.ok,
+            c.failed,
+            c.retries,
+            c.input_tokens + c.output_tokens,
+            c.cost_usd,
+            rate,
+            _eta(self.total - self.done, rate),
+            extra={"fields": fields},
         )
 
     def close(self) -> None:
         self.line()
 
 
-def for_terminal(job: str, *, quiet: bool = False) -> Progress:
-    """The right display for where stderr goes."""
-    if quiet:
-        return Progress()
-    return BarProgress(job) if sys.stderr.isatty() else LogProgress(job)
+class Both(Progress):
+    """Feeds two displays."""
+
+    def __init__(self, *displays: Progress) -> None:
+        self.displays = displays
+
+    def start(self, total_rows: int, counts: PoolCounts) -> None:
+        for d in self.displays:
+            d.start(total_rows, counts)
+
+    def advance(self, n: int) -> None:
+        for d in self.displays:
+            d.advance(n)
+
+    def row_finished(self, row: dict[str, Any]) -> None:
+        for d in self.displays:
+            d.row_finished(row)
+
+    def close(self) -> None:
+        for d in self.displays:
+            d.close()
+
+
+def for_terminal(job: str, *, quiet: bool = False, tty: bool | None = None) -> Progress:
+    """A bar on a terminal (unless quiet), and progress lines on the `batchrunner.progress` logger."""
+    on_tty = sys.stderr.isatty() if tty is None else tty
+    lines = LogProgress(job)
+    return Both(BarProgress(job), lines) if on_tty and not quiet else lines

@@ -238,7 +238,13 @@ async def _run_with_store(
     progress: Progress,
     t0: float,
 ) -> RunSummary:
-    run_id = store.start_run(job=spec.job.name, spec_digest=spec.digest, simulated=options.simulate, base_url=base_url)
+    run_id = store.start_run(
+        job=spec.job.name,
+        spec_digest=spec.digest,
+        simulated=options.simulate,
+        base_url=base_url,
+        rows_total=source.n_rows * spec.job.repeat,
+    )
     claimed: set[str] = set()
     recent: set[str] = set()
 
@@ -300,7 +306,7 @@ async def _run_with_store(
         run_id,
         status=status,
         exit_code=exit_code,
-        rows_total=source.n_rows,
+        rows_total=source.n_rows * spec.job.repeat,
         already_done=tally["already_done"],
         sent=c.sent,
         ok=c.ok,

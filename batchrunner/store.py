@@ -214,7 +214,7 @@ class Store:
 
     # ------------------------------------------------------------------ runs
 
-    def start_run(self, *, job: str, spec_digest: str, simulated: bool, base_url: str) -> int:
+    def start_run(self, *, job: str, spec_digest: str, simulated: bool, base_url: str, rows_total: int = 0) -> int:
         with self.db.atomic():
             row = self.db.table("runs").insert(
                 {
@@ -226,6 +226,7 @@ class Store:
                     "host": socket.gethostname(),
                     "started_at": now(),
                     "status": "running",
+                    "rows_total": rows_total,
                 }
             )
         assert row.last_pk is not None
@@ -268,6 +269,21 @@ class Store:
                 self.db.table("attempts").insert_all(attempts, batch_size=500)
             if results:
                 self.db.table("results").upsert_all(results, pk="key", batch_size=500)
+
+    def requeue(self, codes: list[str] | None) -> int:
+        """Mark failed rows (with these error codes, or all) to be sent again by the next run."""
+        sql = "UPDATE results SET retryable = 1 WHERE status = 'failed'"
+        args: list[str] = []
+        if codes:
+            sql += f" AND error_code IN ({','.join('?' * len(codes))})"
+            args = codes
+        with self.db.atomic():
+            return self.db.execute(sql, args).rowcount
+
+    def settled_count(self) -> int:
+        """Requests that no run will send again (ok, or failed for good)."""
+        sql = "SELECT count(*) FROM results WHERE status = 'ok' OR (status = 'failed' AND NOT retryable)"
+        return int(self.db.execute(sql).fetchone()[0])
 
     def counts(self) -> dict[str, int]:
         sql = "SELECT status, count(*) FROM results GROUP BY status"

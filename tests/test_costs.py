@@ -108,7 +108,7 @@ def test_max_cost_needs_max_tokens(tmp_path: Path) -> None:
 
 
 def test_cli_max_cost_exit_code(tmp_path: Path, sim: ThreadHandle) -> None:
-    result = CliRunner().invoke(cli, ["run", str(write_job(tmp_path, ROWS)), "-q", "--max-cost", "0.0001"])
+    result = CliRunner().invoke(cli, ["run", str(write_job(tmp_path, ROWS)), "--max-cost", "0.0001"])
     assert result.exit_code == 4
     assert "budget stop" in result.output and "cost 0.0000" in result.output
 

@@ -1,0 +1,371 @@
+"""The benchmark's scenarios. Each starts its own simulator process(es) and job children and
+returns a JSON-able dict of figures; `batchrunner.bench` turns them into the table.
+
+    S1   overhead-bound: zero latency, no limits, 20,000 rows; batchrunner vs the SDK
+    S2   limit-bound: the simulator enforces R rpm (3,000 and 30,000) with 200 ms latency
+    S2b  realistic latency: 1 s per call, 64 / 500 / 2,000 in flight
+    S3   scale: 1% / 10% / 100% of --rows-s3 rows, store size, export time, resume start-up
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .bench_data import prompt_table, write_spec, write_table
+from .bench_proc import (
+    BenchError,
+    Exited,
+    SimulatorProcess,
+    Stats,
+    StatsSampler,
+    child_env,
+    launch,
+    reap_or_kill,
+    run_child,
+    steady_rate,
+)
+
+HUGE_RPM = 10_000_000
+S1_CONCURRENCY = 64
+SDK_THREADS = 64
+S2_LATENCY_MS = 200.0
+S2B_LATENCY_MS = 1000.0
+FIRST_REQUEST_TIMEOUT_S = 120.0
+RESUME_DONE = 0.9
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario is; `quick` shrinks everything for the test."""
+
+    s1_rows: int
+    s2_rates: tuple[int, ...]
+    s2_rows_per_rpm: float  # rows = R * this (1/3: about 20 s at R)
+    s2b_concurrency: tuple[int, int, int]  # low, headline, high
+    s2b_seconds: int  # rows = concurrency * this (1 s per call)
+    s3_rows: int
+
+    @classmethod
+    def for_run(cls, *, quick: bool, rows_s3: int | None) -> Sizes:
+        if quick:
+            return cls(2_000, (3_000, 30_000), 1 / 30, (16, 64, 256), 3, rows_s3 or 20_000)
+        return cls(20_000, (3_000, 30_000), 1 / 3, (64, 500, 2_000), 8, rows_s3 or 1_000_000)
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One batchrunner (or SDK) child: what it measured itself, and its process rusage."""
+
+    result: dict[str, Any]
+    process: Exited
+    samples: list[Any] = field(default_factory=list)
+
+    def figures(self, rows: int) -> dict[str, Any]:
+        """The child's figures, per row and per second, for the JSON output."""
+        r = self.result
+        wall = float(r["wall_s"])
+        return {
+            **{k: v for k, v in r.items() if k != "table"},
+            "rows": rows,
+            "rows_per_s": rows / wall if wall > 0 else 0.0,
+            "cpu_s_per_1k_rows": float(r["cpu_s"]) / rows * 1000 if rows else 0.0,
+            "process_wall_s": self.process.wall_s,
+            "process_cpu_s": self.process.cpu_s,
+            "peak_rss_mb": self.process.maxrss_mb,
+        }
+
+
+class Bench:
+    """Runs scenarios inside one work folder, with sizes from `Sizes`."""
+
+    def __init__(self, workdir: Path, sizes: Sizes, *, log: Any = None) -> None:
+        self.workdir = workdir
+        self.sizes = sizes
+        self._tables: dict[int, pl.DataFrame] = {}
+        self._runs = 0
+        self._say = log or (lambda message: None)
+
+    # ------------------------------------------------------------------ helpers
+
+    def table(self, rows: int) -> pl.DataFrame:
+        """The first `rows` rows of the deterministic prompt table (generated once)."""
+        have = max(self._tables, default=0)
+        if have < rows:
+            self._tables = {rows: prompt_table(rows)}
+            have = rows
+        return self._tables[have].head(rows)
+
+    def _timeout(self, rows: int, per_s: float = 300.0) -> float:
+        return 180.0 + rows / per_s
+
+    def job(
+        self, spec: Path, sim: SimulatorProcess, rows: int, *, limit: int | None = None, sample: bool = False
+    ) -> JobRun:
+        """Run one job in `python -m batchrunner.bench_child job` against `sim`."""
+        self._runs += 1
+        result = spec.parent / f"result-{self._runs}.json"
+        args = ["-m", "batchrunner.bench_child", "job", str(spec), str(result)]
+        if limit is not None:
+            args += ["--limit", str(limit)]
+        return self._child(args, result, sim, rows, sample, f"job {spec.parent.name}")
+
+    def sdk(self, input_path: Path, sim: SimulatorProcess, rows: int, *, sample: bool = False) -> JobRun:
+        """Run the dashscope SDK baseline over `input_path` against `sim`."""
+        self._runs += 1
+        folder = input_path.parent / "sdk"
+        folder.mkdir(parents=True, exist_ok=True)
+        result = folder / f"result-{self._runs}.json"
+        args = ["-m", "batchrunner.bench_child", "sdk", str(input_path), str(result), "--threads", str(SDK_THREADS)]
+        return self._child(args, result, sim, rows, sample, f"SDK baseline {input_path.parent.name}")
+
+    def _child(
+        self, args: list[str], result: Path, sim: SimulatorProcess, rows: int, sample: bool, what: str
+    ) -> JobRun:
+        log = result.with_suffix(".log")
+        proc, started = launch(args, env=child_env(sim.base_url), cwd=result.parent, log=log)
+        samples: list[Any] = []
+        if sample:
+            with StatsSampler(sim) as sampler:
+                exited = reap_or_kill(proc, started, self._timeout(rows), what)
+            samples = sampler.samples
+        else:
+            exited = reap_or_kill(proc, started, self._timeout(rows), what)
+        if not result.is_file():
+            tail = log.read_text(encoding="utf-8", errors="replace")[-1500:] if log.is_file() else ""
+            msg = f"{what} exited {exited.returncode} without a result (log {log}):\n{tail}"
+            raise BenchError(msg)
+        return JobRun(json.loads(result.read_text(encoding="utf-8")), exited, samples)
+
+    def _sim(self, folder: Path, *, rpm: int | None = None, latency_ms: float = 0.0) -> SimulatorProcess:
+        return SimulatorProcess(folder / f"simulator-{time.monotonic_ns()}.log", rpm=rpm, latency_ms=latency_ms)
+
+    @staticmethod
+    def _rate(run: JobRun, per_s: float) -> dict[str, Any]:
+        rate, span = steady_rate(run.samples)
+        last = run.samples[-1] if run.samples else None
+        return {
+            "rate_per_s": rate,
+            "rate_ratio": rate / per_s if rate is not None else None,
+            "observed_s": span,
+            "sim_throttled": last.throttled if last else None,
+            "sim_requests": last.requests if last else None,
+            "sim_answered": last.answered if last else None,
+        }
+
+    # ------------------------------------------------------------------ S1
+
+    def s1(self) -> dict[str, Any]:
+        """Zero latency, no limits: end-to-end rows/s and CPU per 1k rows, against the SDK."""
+        rows = self.sizes.s1_rows
+        folder = self.workdir / "s1"
+        data = write_table(self.table(rows), folder / "input.csv")
+        spec = write_spec(folder, name="bench-s1", input_path=data, requests_per_minute=HUGE_RPM,
+                          concurrency=S1_CONCURRENCY)
+        self._say(f"S1: batchrunner, {rows} rows")
+        with self._sim(folder) as sim:
+            ours = self.job(spec, sim, rows)
+        mine = {**ours.figures(rows), "sim_cpu_s": sim.exited.cpu_s if sim.exited else None}
+        self._say(f"S1: SDK baseline, {rows} rows")
+        with self._sim(folder) as sim:
+            base = self.sdk(data, sim, rows)
+        theirs = {**base.figures(rows), "sim_cpu_s": sim.exited.cpu_s if sim.exited else None}
+        ratio = mine["rows_per_s"] / theirs["rows_per_s"] if theirs["rows_per_s"] else None
+        return {
+            "rows": rows,
+            "concurrency": S1_CONCURRENCY,
+            "batchrunner": mine,
+            "baseline": theirs,
+            "ratio_rows_per_s": ratio,
+            "ratio_cpu_per_row": (mine["cpu_s_per_1k_rows"] / theirs["cpu_s_per_1k_rows"])
+            if theirs["cpu_s_per_1k_rows"] else None,
+            "pass": bool(ratio is not None and ratio >= 3.0 and mine["ok"] == rows),
+        }
+
+    # ------------------------------------------------------------------ S2
+
+    def s2(self) -> dict[str, Any]:
+        """The simulator enforces R rpm at 200 ms latency: achieved rate / R and 429s."""
+        out: dict[str, Any] = {}
+        for rpm in self.sizes.s2_rates:
+            rows = max(50, int(rpm * self.sizes.s2_rows_per_rpm))
+            concurrency = max(64, math.ceil(rpm / 60 * S2_LATENCY_MS / 1000 * 3))
+            folder = self.workdir / f"s2-{rpm}"
+            data = write_table(self.table(rows), folder / "input.parquet")
+            spec = write_spec(folder, name=f"bench-s2-{rpm}", input_path=data, requests_per_minute=rpm,
+                              concurrency=concurrency)
+            per_s = rpm / 60
+            self._say(f"S2: batchrunner at R={rpm}, {rows} rows, concurrency {concurrency}")
+            with self._sim(folder, rpm=rpm, latency_ms=S2_LATENCY_MS) as sim:
+                ours = self.job(spec, sim, rows, sample=True)
+            mine = {**ours.figures(rows), **self._rate(ours, per_s)}
+            self._say(f"S2: SDK baseline at R={rpm}")
+            with self._sim(folder, rpm=rpm, latency_ms=S2_LATENCY_MS) as sim:
+                base = self.sdk(data, sim, rows, sample=True)
+            theirs = {**base.figures(rows), **self._rate(base, per_s)}
+            ok = (
+                mine["rate_ratio"] is not None
+                and mine["rate_ratio"] >= 0.98
+                and mine["sim_throttled"] == 0
+                and mine["ok"] == rows
+            )
+            ratio = None
+            if mine["rate_ratio"] is not None and theirs["rate_ratio"]:
+                ratio = mine["rate_ratio"] / theirs["rate_ratio"]
+            out[str(rpm)] = {
+                "rpm": rpm,
+                "rows": rows,
+                "concurrency": concurrency,
+                "latency_ms": S2_LATENCY_MS,
+                "batchrunner": mine,
+                "baseline": theirs,
+                "ratio_rate": ratio,
+                "pass": bool(ok),
+            }
+        return {"rates": out, "pass": all(v["pass"] for v in out.values())}
+
+    # ------------------------------------------------------------------ S2b
+
+    def s2b(self) -> dict[str, Any]:
+        """1 s per call, no limit: achieved rate / concurrency and CPU per request."""
+        out: dict[str, Any] = {}
+        for concurrency in self.sizes.s2b_concurrency:
+            rows = concurrency * self.sizes.s2b_seconds
+            folder = self.workdir / f"s2b-{concurrency}"
+            data = write_table(self.table(rows), folder / "input.parquet")
+            spec = write_spec(folder, name=f"bench-s2b-{concurrency}", input_path=data,
+                              requests_per_minute=HUGE_RPM, concurrency=concurrency)
+            self._say(f"S2b: {concurrency} in flight, {rows} rows")
+            with self._sim(folder, latency_ms=S2B_LATENCY_MS) as sim:
+                run = self.job(spec, sim, rows, sample=True)
+            figures = {**run.figures(rows), **self._rate(run, concurrency / (S2B_LATENCY_MS / 1000))}
+            attempts = max(1, int(figures["attempts"]))
+            figures["cpu_ms_per_request"] = float(figures["cpu_s"]) / attempts * 1000
+            out[str(concurrency)] = {"concurrency": concurrency, "rows": rows, "batchrunner": figures}
+        per_request = [v["batchrunner"]["cpu_ms_per_request"] for v in out.values()]
+        spread = max(per_request) / min(per_request) if min(per_request) > 0 else None
+        headline = out[str(self.sizes.s2b_concurrency[1])]["batchrunner"]
+        rate_ok = headline["rate_ratio"] is not None and headline["rate_ratio"] >= 0.9
+        flat_ok = spread is not None and spread <= 1.5
+        return {
+            "latency_ms": S2B_LATENCY_MS,
+            "runs": out,
+            "headline_concurrency": self.sizes.s2b_concurrency[1],
+            "cpu_per_request_spread": spread,
+            "rate_pass": bool(rate_ok),
+            "flat_pass": bool(flat_ok),
+            "pass": bool(rate_ok and flat_ok),
+        }
+
+    # ------------------------------------------------------------------ S3
+
+    def s3(self) -> dict[str, Any]:
+        """1% / 10% / all of --rows-s3: run time, peak RSS, store size, export time, resume."""
+        n = self.sizes.s3_rows
+        sizes = sorted({max(100, n // 100), max(100, n // 10), n})
+        self._say(f"S3: generating {n} rows")
+        self.table(n)
+        out: dict[str, Any] = {}
+        for size in sizes:
+            out[str(size)] = self._s3_size(size, resume=size == n)
+        top = out[str(n)]
+        rss_ok = top["peak_rss_mb"] < 500
+        start = top.get("resume_startup_s")
+        resume_ok = start is not None and start < 5.0
+        return {
+            "sizes": out,
+            "rows": n,
+            "rss_pass": bool(rss_ok),
+            "resume_pass": bool(resume_ok),
+            "pass": bool(rss_ok and resume_ok and top["ok_rows"] == n),
+        }
+
+    def _s3_size(self, size: int, *, resume: bool) -> dict[str, Any]:
+        folder = self.workdir / f"s3-{size}"
+        data = write_table(self.table(size), folder / "input.parquet")
+        spec = write_spec(folder, name=f"bench-s3-{size}", input_path=data, requests_per_minute=HUGE_RPM,
+                          concurrency=S1_CONCURRENCY)
+        figures: dict[str, Any] = {"rows": size, "input_mb": data.stat().st_size / 2**20}
+        with self._sim(folder) as sim:
+            if not resume:
+                self._say(f"S3: {size} rows")
+                run = self.job(spec, sim, size)
+                figures.update(run_s=run.result["wall_s"], peak_rss_mb=run.process.maxrss_mb,
+                               cpu_s=run.result["cpu_s"], process_wall_s=run.process.wall_s)
+            else:
+                done = int(size * RESUME_DONE)
+                self._say(f"S3: {size} rows, first {done} (--limit)")
+                first = self.job(spec, sim, done, limit=done)
+                self._say(f"S3: resuming the last {size - done} rows with `python -m batchrunner run`")
+                startup, second = self._resume(spec, sim, size - done)
+                figures.update(
+                    run_s=first.result["wall_s"] + second.wall_s,
+                    first_run_s=first.result["wall_s"],
+                    resume_run_s=second.wall_s,
+                    resume_exit_code=second.returncode,
+                    resume_startup_s=startup,
+                    peak_rss_mb=max(first.process.maxrss_mb, second.maxrss_mb),
+                    first_peak_rss_mb=first.process.maxrss_mb,
+                    resume_peak_rss_mb=second.maxrss_mb,
+                    cpu_s=first.result["cpu_s"] + second.cpu_s,
+                )
+        store = spec.parent / "out" / f"bench-s3-{size}.sqlite"
+        figures["store_mb"] = sum(
+            p.stat().st_size for p in store.parent.glob(store.name + "*") if p.is_file()
+        ) / 2**20
+        log = folder / "export.log"
+        self._say(f"S3: export of {size} rows")
+        exported = run_child(["-m", "batchrunner", "export", str(spec)], env=child_env(), cwd=folder, log=log,
+                             timeout_s=self._timeout(size, 2000))
+        text = log.read_text(encoding="utf-8", errors="replace")
+        ok = re.search(r"\bok (\d+)", text)
+        figures.update(
+            export_s=exported.wall_s,
+            export_exit_code=exported.returncode,
+            export_peak_rss_mb=exported.maxrss_mb,
+            ok_rows=int(ok.group(1)) if ok else 0,
+            output_mb=(folder / "out" / "output.parquet").stat().st_size / 2**20
+            if (folder / "out" / "output.parquet").is_file() else None,
+            us_per_row=figures["run_s"] / size * 1e6,
+        )
+        return figures
+
+    def _resume(self, spec: Path, sim: SimulatorProcess, rows: int) -> tuple[float | None, Exited]:
+        """Launch `python -m batchrunner run SPEC --quiet`; seconds until the simulator sees
+        its first request (None if not within FIRST_REQUEST_TIMEOUT_S), and the finished run."""
+        stats = sim.stats()
+        try:
+            before = int(stats.get()["requests"])
+            proc, started = launch(["-m", "batchrunner", "run", str(spec), "--quiet"], env=child_env(sim.base_url),
+                                   cwd=spec.parent, log=spec.parent / "resume.log")
+            try:
+                startup = self._first_request(stats, before, proc.pid, started)
+            except BaseException:
+                proc.kill()
+                reap_or_kill(proc, started, 10.0, "the resumed run")
+                raise
+        finally:
+            stats.close()
+        return startup, reap_or_kill(proc, started, self._timeout(rows), "the resumed run")
+
+    @staticmethod
+    def _first_request(stats: Stats, before: int, pid: int, started: float) -> float | None:
+        """Seconds from `started` until the simulator counts more than `before` requests;
+        None when the child exits first or FIRST_REQUEST_TIMEOUT_S passes."""
+        deadline = started + FIRST_REQUEST_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if int(stats.get()["requests"]) > before:
+                return time.monotonic() - started
+            # WNOWAIT: look without reaping, so wait4 can still read the child's rusage.
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return None
+            time.sleep(0.02)
+        return None
