@@ -232,25 +232,45 @@ class SimulatorProcess:
         self._stop()
 
 
+CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds of a running process, from /proc (None if unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) * CLOCK_TICK_S
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One look at the simulator's counters at monotonic time `t`."""
+    """One look at the simulator's counters at monotonic time `t`, with the job child's CPU
+    seconds at that moment when known."""
 
     t: float
     requests: int
     answered: int
     throttled: int
+    cpu_s: float | None = None
 
 
 class StatsSampler:
     """Polls the simulator's counters every `interval_s` on a thread, while a run goes on.
 
     The simulator keeps no timestamps, so the rate it saw is taken from these samples:
-    each is an exact count at a known moment (see `steady_rate`).
+    each is an exact count at a known moment (see `steady_window`). When `pid` is given,
+    each sample also reads that child's CPU time, so CPU per request can be taken over the
+    same steady window, without the run's fixed start-up and export costs.
     """
 
-    def __init__(self, sim: SimulatorProcess, interval_s: float = 0.05, max_s: float = 1800.0) -> None:
+    def __init__(
+        self, sim: SimulatorProcess, pid: int | None = None, interval_s: float = 0.05, max_s: float = 1800.0
+    ) -> None:
         self.sim = sim
+        self.pid = pid
         self.interval_s = interval_s
         self.max_samples = int(max_s / interval_s)
         self.samples: list[Sample] = []
@@ -266,13 +286,14 @@ class StatsSampler:
         finally:
             stats.close()
 
-    def take(self, stats: Stats) -> None:
+    def take(self, stats: Stats, *, with_cpu: bool = True) -> None:
         """Append one sample (a failed poll is skipped)."""
+        cpu = process_cpu_s(self.pid) if with_cpu and self.pid is not None else None
         try:
             s = stats.get()
         except (OSError, http.client.HTTPException, BenchError):
             return
-        self.samples.append(Sample(time.monotonic(), int(s["requests"]), int(s["answered"]), int(s["throttled"])))
+        self.samples.append(Sample(time.monotonic(), int(s["requests"]), int(s["answered"]), int(s["throttled"]), cpu))
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -283,27 +304,52 @@ class StatsSampler:
         self._thread.join(STOP_TIMEOUT_S)
         stats = self.sim.stats()
         try:
-            self.take(stats)
+            self.take(stats, with_cpu=False)
         finally:
             stats.close()
 
 
-def steady_rate(samples: list[Sample]) -> tuple[float | None, float]:
-    """(answers per second, seconds observed) between the first sample that saw an answer and
-    the last sample before the final count was reached; (None, 0) with too few samples.
+@dataclass(frozen=True)
+class Steady:
+    """What the samples show of a run, seen from the simulator.
 
-    Both ends are exact counts at known times, so the polling interval blurs neither; the
-    warm-up before the first answer and the drain after the last are left out.
+    arrival_rate_per_s: requests admitted per second between the first and the last answered
+    one (answers follow arrivals by the fixed latency, which cancels out) - the pace a rate
+    limiter holds. throughput_per_s: answers per second from the first arrival (first answer
+    less the latency) to the last answer - how full a pool keeps the pipe when calls are long.
+    observed_s: first to last answer. cpu_ms_per_answer: the job child's CPU per answer over
+    the steady part (start-up and the final export excluded); None when not measured.
     """
+
+    arrival_rate_per_s: float | None
+    throughput_per_s: float | None
+    observed_s: float
+    cpu_ms_per_answer: float | None
+
+
+def steady_window(samples: list[Sample], latency_s: float) -> Steady:
+    """Rates and CPU per answer from `samples` (see `Steady`).
+
+    A sample's count is exact at its time, so the moment a count was first reached lies
+    between two samples: its midpoint is used, which blurs each end by at most half a
+    polling interval.
+    """
+    none = Steady(None, None, 0.0, None)
     if not samples:
-        return None, 0.0
+        return none
     final = samples[-1].answered
-    started = next((s for s in samples if s.answered > 0), None)
-    before_end = [s for s in samples if s.answered < final]
-    if started is None or not before_end:
-        return None, 0.0
-    last = before_end[-1]
-    span = last.t - started.t
-    if span <= 0.2 or last.answered <= started.answered:
-        return None, span
-    return (last.answered - started.answered) / span, span
+    first = next((i for i, s in enumerate(samples) if s.answered > 0), None)
+    reached = next((i for i, s in enumerate(samples) if s.answered >= final), None)
+    if first is None or reached is None or final < 2:
+        return none
+    a, at = samples[first], samples[reached]
+    begin = (samples[first - 1].t + a.t) / 2 if first > 0 else a.t
+    end = (samples[reached - 1].t + at.t) / 2 if reached > 0 else at.t
+    span = end - begin
+    if span <= 0.05:
+        return Steady(None, None, span, None)
+    below = samples[reached - 1] if reached > 0 else a
+    cpu = None
+    if a.cpu_s is not None and below.cpu_s is not None and below.answered > a.answered:
+        cpu = (below.cpu_s - a.cpu_s) / (below.answered - a.answered) * 1000
+    return Steady((final - 1) / span, final / (span + latency_s), span, cpu)
