@@ -94,9 +94,11 @@ def s2_lines(r: dict[str, Any]) -> list[Line]:
         lines.append(
             Line(
                 f"S2 limit-bound R={v['rpm']:,}/min ({v['rows']:,} rows, c={v['concurrency']})",
-                f"{_pct(ours['rate_ratio'])} of R, {ours['sim_throttled']} x 429 ({ours['ok']:,} ok)",
-                f"{_pct(base['rate_ratio'])} of R, {base['sim_throttled']} x 429 ({base['ok']:,} ok)",
-                f"{_x(v['ratio_rate'])} rate",
+                f"{_pct(ours['rate_ratio'])} of R, {ours['sim_throttled']} x 429 "
+                f"(goodput {_pct(ours['goodput_ratio'])}, {ours['ok']:,} ok)",
+                f"goodput {_pct(base['goodput_ratio'])} of R, {base['sim_throttled']} x 429 "
+                f"({base['ok']:,} of {v['rows']:,} ok)",
+                f"{_x(v['ratio_goodput'])} goodput",
                 ">= 98% of R, zero 429s",
                 _verdict(v["pass"]),
             )

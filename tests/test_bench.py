@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from batchrunner.bench import parse_only, render_table, Line
+from batchrunner.bench import Line, parse_only, render_table
 from batchrunner.bench_data import prompt_table
 from batchrunner.bench_proc import Sample, steady_window
 
@@ -93,11 +93,11 @@ def test_prompt_table_is_deterministic_and_unique() -> None:
 
 def test_steady_window_continuous_and_waves() -> None:
     # 100 answers per second, arriving continuously, sampled every 50 ms.
-    steady = [Sample(t / 20, 0, max(0, min(1000, int((t / 20 - 1.0) * 100))), 0) for t in range(0, 260)]
+    steady = [Sample(t / 20, 0, max(0, min(1000, int((t / 20 - 1.0) * 100))), 0) for t in range(260)]
     rate = steady_window(steady, 0.2)
     assert rate.arrival_rate_per_s == pytest.approx(100, rel=0.02)
     # Waves: 100 calls of 1 s each in flight, three waves.
-    waves = [Sample(t / 20, 0, 100 * min(3, int(t / 20)), 0) for t in range(0, 80)]
+    waves = [Sample(t / 20, 0, 100 * min(3, int(t / 20)), 0) for t in range(80)]
     assert steady_window(waves, 1.0).throughput_per_s == pytest.approx(100, rel=0.03)
     assert steady_window([], 1.0).arrival_rate_per_s is None
 
