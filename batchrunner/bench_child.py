@@ -79,11 +79,15 @@ def run_sdk_child(input_path: Path, threads: int) -> dict[str, Any]:
     def call(messages: list[dict[str, str]]) -> str:
         try:
             response = dashscope.Generation.call(
-                model=MODEL, messages=messages, api_key=api_key, result_format="message", **PARAMETERS
+                model=MODEL,
+                messages=messages,  # type: ignore[arg-type]  # plain dicts, as the SDK's docs show
+                api_key=api_key,
+                result_format="message",
+                **PARAMETERS,
             )
         except Exception as exc:  # noqa: BLE001 - every failure is a counted outcome here
             return f"exception:{type(exc).__name__}"
-        return str(response.status_code)
+        return str(getattr(response, "status_code", "no-status"))
 
     before = _usage()
     with ThreadPoolExecutor(threads) as pool:

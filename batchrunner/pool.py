@@ -16,8 +16,6 @@ Every attempt, including the ones that may have been billed, goes to the attempt
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +28,7 @@ from .budget import Budget, Reservation
 from .client import CallFailed, DashScopeClient, TransportFailed
 from .limits import FlightGate, RequestPacer, TokenBudget, backoff_delay
 from .pricing import Cost, PriceTable
+from .results import parse_json_answer, result_row
 from .source import Request
 from .spec import JobSpec
 from .writer import CheckpointWriter
@@ -192,8 +191,8 @@ class Pool:
 
     async def _attempt(
         self, request: Request, estimate: int, attempt: int
-    ) -> tuple[protocol.Completion | CallFailed | TransportFailed | None, str, float]:
-        """One paced call: (answer or classified failure, start time, monotonic start).
+    ) -> tuple[protocol.Completion | CallFailed | TransportFailed | None, str, float, Cost | None]:
+        """One paced call: (answer or classified failure, start time, monotonic start, its cost).
 
         The answer is None when the budget guard refused to send it.
         """
@@ -204,7 +203,7 @@ class Pool:
                 await self.tokens.charge(estimate)
             reservation = self._reserve(request)
             if reservation is None:
-                return None, "", 0.0
+                return None, "", 0.0, None
             self.counts.attempts += 1
             started, t0 = store.now(), time.monotonic()
             try:
@@ -216,13 +215,14 @@ class Pool:
                 fields = {"outcome": "cancelled", "possibly_billed": 1}
                 self._log_attempt(request, attempt, started, t0, fields)
                 raise
+            cost = None
             if isinstance(answer, protocol.Completion):
                 cost = self.cost_of(request, answer.usage)
                 used = answer.usage.input_tokens + answer.usage.output_tokens
                 self.budget.settle(reservation, cost.total_pusd if cost else 0, used)
             else:
                 self.budget.settle(reservation, 0, 0)
-            return answer, started, t0
+            return answer, started, t0, cost
         finally:
             await self.gate.release()
 
@@ -244,7 +244,7 @@ class Pool:
             return
         self.counts.sent += 1
         for attempt in range(1, self.spec.limits.max_retries + 2):
-            outcome, a_started, a0 = await self._attempt(request, estimate, attempt)
+            outcome, a_started, a0, cost = await self._attempt(request, estimate, attempt)
             if outcome is None:
                 return  # the budget guard stopped the run: the row stays pending
             self._note(
@@ -270,20 +270,24 @@ class Pool:
                 )
                 await self.gate.on_success()
                 if not self.spec.output.parse_json:
-                    self._finish(request, started, t0, attempt, billed, completion=outcome)
+                    self._finish(request, started, t0, attempt, billed, completion=outcome, cost=cost)
                     return
                 parsed, problem = parse_json_answer(outcome.content)
                 if problem is None:
-                    self._finish(request, started, t0, attempt, billed, completion=outcome, parsed=parsed)
+                    self._finish(request, started, t0, attempt, billed, completion=outcome, parsed=parsed, cost=cost)
                     return
                 failure = {"error_code": "InvalidJSON", "error_message": problem}
                 self._log_attempt(request, attempt, a_started, a0, {"outcome": "invalid_json", **failure})
                 json_tries += 1
                 if json_tries > self.spec.output.json_retries or attempt > self.spec.limits.max_retries:
                     # Paid for: keep the answer and its usage, marked failed.
-                    self._finish(request, started, t0, attempt, billed, completion=outcome, failure=failure)
+                    self._finish(request, started, t0, attempt, billed, completion=outcome, failure=failure, cost=cost)
                     return
                 self.counts.retries += 1
+                # This answer was paid for although it is re-sent: count its tokens and cost.
+                self.counts.input_tokens += usage.input_tokens
+                self.counts.output_tokens += usage.output_tokens
+                self.counts.cost_pusd += cost.total_pusd if cost is not None else 0
                 continue
             if self.tokens is not None:
                 self.tokens.settle(estimate, 0)
@@ -348,96 +352,32 @@ class Pool:
         failure: dict[str, Any] | None = None,
         retryable: bool = False,
         parsed: str | None = None,
+        cost: Cost | None = None,
     ) -> None:
-        row: dict[str, Any] = {
-            "key": request.key,
-            "row_id": request.row_id,
-            "row_index": request.row_index,
-            "attempts": attempts,
-            "possibly_billed_attempts": billed,
-            "latency_ms": int((time.monotonic() - t0) * 1000),
-            "started_at": started,
-            "finished_at": store.now(),
-            "model": request.body["model"],
-            "endpoint": request.path,
-            "parameters": store.dumps(_sent_parameters(request.body)),
-            "run_id": self.run_id,
-            "sample": request.sample,
-            "seed": request.seed,
-        }
+        row = result_row(
+            request,
+            run_id=self.run_id,
+            started=started,
+            latency_ms=int((time.monotonic() - t0) * 1000),
+            attempts=attempts,
+            billed=billed,
+            completion=completion,
+            failure=failure,
+            retryable=retryable,
+            parsed=parsed,
+            cost=cost,
+            price_version=self.prices.version if self.prices else None,
+        )
+        c = self.counts
         if completion is not None:
-            usage = completion.usage
-            cost = self.cost_of(request, usage)
-            if cost is not None:
-                row.update(
-                    cost_pusd=cost.total_pusd,
-                    cost_usd=cost.total_pusd / 1e12,
-                    input_cost_pusd=cost.input_pusd,
-                    cached_cost_pusd=cost.cached_pusd,
-                    cache_creation_cost_pusd=cost.cache_creation_pusd,
-                    output_cost_pusd=cost.output_pusd,
-                    saved_pusd=cost.saved_pusd,
-                    price_version=self.prices.version if self.prices else None,
-                )
-                self.counts.cost_pusd += cost.total_pusd
-            row.update(
-                status="ok" if failure is None else "failed",
-                retryable=0,
-                content=completion.content,
-                reasoning_content=completion.reasoning_content,
-                finish_reason=completion.finish_reason,
-                tool_calls=store.dumps(completion.tool_calls),
-                logprobs=store.dumps(completion.first.logprobs),
-                choices=store.dumps([c.to_json() for c in completion.choices]) if len(completion.choices) > 1 else None,
-                parsed=parsed,
-                request_id=completion.request_id,
-                http_status=200,
-                usage=store.dumps(usage.raw),
-                error_code=(failure or {}).get("error_code"),
-                error_message=(failure or {}).get("error_message"),
-                **{c: getattr(usage, c) for c in store.RESULT_USAGE_COLUMNS},
-            )
-            self.counts.input_tokens += usage.input_tokens
-            self.counts.output_tokens += usage.output_tokens
-            self.counts.cached_tokens += usage.cached_tokens
-            if failure is None:
-                self.counts.ok += 1
-            else:
-                self.counts.failed += 1
+            c.input_tokens += completion.usage.input_tokens
+            c.output_tokens += completion.usage.output_tokens
+            c.cached_tokens += completion.usage.cached_tokens
+            c.cost_pusd += cost.total_pusd if cost is not None else 0
+        if row["status"] == "ok":
+            c.ok += 1
         else:
-            assert failure is not None
-            row.update(
-                status="failed",
-                retryable=int(retryable),
-                error_code=failure.get("error_code"),
-                error_message=failure.get("error_message"),
-                http_status=failure.get("http_status"),
-                request_id=failure.get("request_id"),
-            )
-            self.counts.failed += 1
+            c.failed += 1
         self.writer.add_result(row)
         if self.on_result is not None:
             self.on_result(row)
-
-
-def _sent_parameters(body: dict[str, Any]) -> dict[str, Any]:
-    """The generation parameters of a request as sent (either wire format)."""
-    if "parameters" in body:
-        return dict(body["parameters"])
-    return {k: v for k, v in body.items() if k not in ("model", "messages", "input")}
-
-
-_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n?```\s*$", re.S)
-
-
-def parse_json_answer(content: str | None) -> tuple[str | None, str | None]:
-    """(the answer as canonical JSON, None) or (None, what is wrong). Code fences are allowed."""
-    text = content or ""
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")), None

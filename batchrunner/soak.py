@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         figures = soak(args.rows, args.kills, args.seed, Path(tmp))
     for key, value in figures.items():
         print(f"{key:52} {value}")
-    if not all(figures["checks"].values()):  # type: ignore[union-attr]
+    checks = figures["checks"]
+    if not (isinstance(checks, dict) and all(checks.values())):
         raise SystemExit(1)
 
 
