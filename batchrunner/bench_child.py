@@ -29,10 +29,29 @@ def _usage() -> tuple[float, float, float]:
     return time.monotonic(), r.ru_utime, r.ru_stime
 
 
-def _measured(before: tuple[float, float, float]) -> dict[str, float]:
+def _peak_rss_mb() -> float | None:
+    """This process's own peak RSS (VmHWM), which, unlike ru_maxrss, never includes the
+    parent's RSS at the moment this process was started; None where /proc is missing."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def _measured(before: tuple[float, float, float]) -> dict[str, float | None]:
     after = _usage()
     user, system = after[1] - before[1], after[2] - before[2]
-    return {"wall_s": after[0] - before[0], "user_s": user, "sys_s": system, "cpu_s": user + system}
+    return {
+        "wall_s": after[0] - before[0],
+        "user_s": user,
+        "sys_s": system,
+        "cpu_s": user + system,
+        "vmhwm_mb": _peak_rss_mb(),
+    }
 
 
 def run_job_child(spec: Path, limit: int | None) -> dict[str, Any]:

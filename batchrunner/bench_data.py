@@ -10,13 +10,15 @@ table of N rows.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
+if TYPE_CHECKING:
+    import polars as pl
 
 SEED = 20_260_101
 MIN_CHARS, MAX_CHARS = 300, 600
@@ -122,6 +124,8 @@ def _sentence_pool(rng: random.Random, size: int = 4096) -> list[str]:
 
 def prompt_table(n_rows: int, seed: int = SEED) -> pl.DataFrame:
     """A deterministic table of `n_rows` rows: id, category, text (300 to 600 characters)."""
+    import polars as pl
+
     rng = random.Random(seed)
     pool = _sentence_pool(rng)
     n_pool = len(pool)
@@ -154,6 +158,30 @@ def write_table(frame: pl.DataFrame, path: Path) -> Path:
     else:
         frame.write_parquet(path)
     return path
+
+
+def write_inputs(wanted: Mapping[Path, int]) -> None:
+    """Write the first `rows` rows of one generated table to each path (CSV or parquet)."""
+    frame = prompt_table(max(wanted.values()))
+    for path, rows in wanted.items():
+        write_table(frame.head(rows), path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m batchrunner.bench_data ROWS:PATH ...`: write benchmark inputs.
+
+    The benchmark generates its tables in this separate process so that its own memory stays
+    small: a child's peak RSS as the kernel reports it never falls below its parent's RSS at
+    the moment the child was started.
+    """
+    parser = argparse.ArgumentParser(prog="python -m batchrunner.bench_data", description=main.__doc__)
+    parser.add_argument("targets", nargs="+", help="ROWS:PATH (.csv or .parquet)")
+    args = parser.parse_args(argv)
+    wanted: dict[Path, int] = {}
+    for target in args.targets:
+        rows, _, path = str(target).partition(":")
+        wanted[Path(path)] = int(rows)
+    write_inputs(wanted)
 
 
 def render_messages(category: str, text: str) -> list[dict[str, str]]:
@@ -215,3 +243,7 @@ def write_spec(
     spec = folder / "job.toml"
     spec.write_text(spec_toml(sections), encoding="utf-8")
     return spec
+
+
+if __name__ == "__main__":
+    main()

@@ -149,7 +149,7 @@ class SimulatorProcess:
     """`python -m batchrunner simulate` on 127.0.0.1 in its own process, for one scenario.
 
     Use as a context manager; `base_url` is what DASHSCOPE_BASE_URL is set to. On exit the
-    simulator gets SIGINT (a clean stop), then SIGKILL if it lingers; `exited` then holds
+    simulator gets SIGTERM, then SIGKILL if it lingers; `exited` then holds
     its own CPU time.
     """
 
@@ -219,7 +219,7 @@ class SimulatorProcess:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # SIGINT may be ignored in a background job
         done = reap(proc, self._started, STOP_TIMEOUT_S)
         if done is None:
             proc.kill()

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
-from .bench_data import prompt_table, write_spec, write_table
+from .bench_data import write_spec
 from .bench_proc import (
     BenchError,
     Exited,
@@ -90,19 +88,28 @@ class Bench:
     def __init__(self, workdir: Path, sizes: Sizes, *, log: Any = None) -> None:
         self.workdir = workdir
         self.sizes = sizes
-        self._tables: dict[int, pl.DataFrame] = {}
         self._runs = 0
         self._say = log or (lambda message: None)
 
     # ------------------------------------------------------------------ helpers
 
-    def table(self, rows: int) -> pl.DataFrame:
-        """The first `rows` rows of the deterministic prompt table (generated once)."""
-        have = max(self._tables, default=0)
-        if have < rows:
-            self._tables = {rows: prompt_table(rows)}
-            have = rows
-        return self._tables[have].head(rows)
+    def inputs(self, wanted: dict[Path, int]) -> dict[Path, int]:
+        """Write each input table (the first `rows` rows of the deterministic prompt table) in a
+        child process, so this process never holds the data (see `bench_data.main`)."""
+        folder = next(iter(wanted)).parent
+        args = ["-m", "batchrunner.bench_data", *(f"{rows}:{path}" for path, rows in wanted.items())]
+        done = run_child(
+            args,
+            env=child_env(),
+            cwd=folder.parent,
+            log=self.workdir / "inputs.log",
+            timeout_s=self._timeout(max(wanted.values()), 20_000),
+        )
+        missing = [str(p) for p in wanted if not p.is_file()]
+        if done.returncode != 0 or missing:
+            msg = f"writing the input tables failed (exit {done.returncode}; see {self.workdir / 'inputs.log'})"
+            raise BenchError(msg)
+        return wanted
 
     def _timeout(self, rows: int, per_s: float = 300.0) -> float:
         return 180.0 + rows / per_s
@@ -176,7 +183,8 @@ class Bench:
         """Zero latency, no limits: end-to-end rows/s and CPU per 1k rows, against the SDK."""
         rows = self.sizes.s1_rows
         folder = self.workdir / "s1"
-        data = write_table(self.table(rows), folder / "input.csv")
+        data = folder / "input.csv"
+        self.inputs({data: rows})
         spec = write_spec(
             folder, name="bench-s1", input_path=data, requests_per_minute=HUGE_RPM, concurrency=S1_CONCURRENCY
         )
@@ -210,7 +218,8 @@ class Bench:
             rows = max(50, int(rpm * self.sizes.s2_rows_per_rpm))
             concurrency = max(64, math.ceil(rpm / 60 * S2_LATENCY_MS / 1000 * 3))
             folder = self.workdir / f"s2-{rpm}"
-            data = write_table(self.table(rows), folder / "input.parquet")
+            data = folder / "input.parquet"
+            self.inputs({data: rows})
             spec = write_spec(
                 folder, name=f"bench-s2-{rpm}", input_path=data, requests_per_minute=rpm, concurrency=concurrency
             )
@@ -252,7 +261,8 @@ class Bench:
         for concurrency in self.sizes.s2b_concurrency:
             rows = concurrency * self.sizes.s2b_seconds
             folder = self.workdir / f"s2b-{concurrency}"
-            data = write_table(self.table(rows), folder / "input.parquet")
+            data = folder / "input.parquet"
+            self.inputs({data: rows})
             spec = write_spec(
                 folder,
                 name=f"bench-s2b-{concurrency}",
@@ -294,10 +304,10 @@ class Bench:
         n = self.sizes.s3_rows
         sizes = sorted({max(100, n // 100), max(100, n // 10), n})
         self._say(f"S3: generating {n} rows")
-        self.table(n)
+        inputs = self.inputs({self.workdir / f"s3-{size}" / "input.parquet": size for size in sizes})
         out: dict[str, Any] = {}
-        for size in sizes:
-            out[str(size)] = self._s3_size(size, resume=size == n)
+        for data, size in inputs.items():
+            out[str(size)] = self._s3_size(data, size, resume=size == n)
         top = out[str(n)]
         rss_ok = top["peak_rss_mb"] < 500
         start = top.get("resume_startup_s")
@@ -310,9 +320,8 @@ class Bench:
             "pass": bool(rss_ok and resume_ok and top["ok_rows"] == n),
         }
 
-    def _s3_size(self, size: int, *, resume: bool) -> dict[str, Any]:
-        folder = self.workdir / f"s3-{size}"
-        data = write_table(self.table(size), folder / "input.parquet")
+    def _s3_size(self, data: Path, size: int, *, resume: bool) -> dict[str, Any]:
+        folder = data.parent
         spec = write_spec(
             folder, name=f"bench-s3-{size}", input_path=data, requests_per_minute=HUGE_RPM, concurrency=S1_CONCURRENCY
         )

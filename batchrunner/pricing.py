@@ -20,6 +20,7 @@ caller says so or its usage reports cache writes or cache_type "ephemeral".
 
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -185,6 +186,7 @@ def format_usd(pusd: int, places: int = 6) -> str:
     return f"{usd(pusd).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN):f}"
 
 
+@functools.lru_cache(maxsize=256)
 def _per_token(price: Decimal) -> Fraction:
     return Fraction(price) * 10**6  # USD per million tokens -> pico-USD per token
 

@@ -43,6 +43,11 @@ class Request:
     est_input_tokens: int
     sample: int = 0
     seed: int | None = None
+    content: bytes = b""  # the body as sent: canonical JSON (sorted keys), encoded once
+
+    @property
+    def payload(self) -> bytes:
+        return self.content or canonical(self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +150,28 @@ class Renderer:
             body = self.wire.body(
                 self.spec.model.name, messages, params, multimodal=self.multimodal, stream=self.spec.parameters.stream
             )
-            yield Request(request_key(self.path, body), row_index, row_id, self.path, body, estimate, sample, seed)
+            content = canonical(body)
+            key = key_of(self.path, content)
+            yield Request(key, row_index, row_id, self.path, body, estimate, sample, seed, content)
+
+
+def canonical(body: dict[str, Any]) -> bytes:
+    """A body as canonical JSON: sorted keys, no spaces, UTF-8. It is both what is sent and
+    what the request key hashes, so it is encoded once per request."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def key_of(path: str, content: bytes) -> str:
+    """A stable 128-bit hex digest of the exact request (endpoint path and canonical body)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(path.encode("utf-8") + b"\n")
+    digest.update(content)
+    return digest.hexdigest()
 
 
 def request_key(path: str, body: dict[str, Any]) -> str:
-    """A stable 128-bit hex digest of the exact request (endpoint path and body)."""
-    canonical = json.dumps([path, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+    """The request key of a body (see `key_of`)."""
+    return key_of(path, canonical(body))
 
 
 def _values(cell: Any) -> list[str]:

@@ -141,12 +141,18 @@ async def _pending(
     limit: int | None,
     progress: Progress,
     tally: dict[str, int],
+    start: int = 0,
+    on_frontier: Callable[[int], None] = lambda offset: None,
 ) -> AsyncIterator[Request]:
     """Requests still to send, in input order, read a slice at a time off the event loop.
 
     `claimed` holds the keys sent in this run and not yet committed; `recent` the keys
     committed since the current slice was looked up in the store. Together they keep an
     identical request from being sent twice in one run.
+
+    Reading starts at row `start` (the rows before it were all settled when an earlier run of
+    the same spec over the same input file began sending); `on_frontier` is told the first
+    slice that has something to send, so that the next run can start there.
     """
 
     def prepare(offset: int) -> tuple[list[Request | Skipped], dict[str, tuple[str, int]]]:
@@ -154,7 +160,11 @@ async def _pending(
         return items, store.lookup([i.key for i in items if isinstance(i, Request)])
 
     sent = 0
-    for offset in range(0, source.n_rows, BATCH_ROWS):
+    frontier_told = False
+    if start:
+        tally["already_done"] += start * source.spec.job.repeat
+        progress.advance(start * source.spec.job.repeat)
+    for offset in range(start, source.n_rows, BATCH_ROWS):
         recent.clear()
         items, stored = await asyncio.to_thread(prepare, offset)
         settled = 0
@@ -173,10 +183,15 @@ async def _pending(
                 continue
             if limit is not None and sent >= limit:
                 return
+            if not frontier_told:
+                frontier_told = True
+                on_frontier(offset)
             claimed.add(item.key)
             sent += 1
             yield item
         progress.advance(settled)
+    if not frontier_told:
+        on_frontier(source.n_rows)  # everything is settled
 
 
 @dataclass(frozen=True)
@@ -238,12 +253,15 @@ async def _run_with_store(
     progress: Progress,
     t0: float,
 ) -> RunSummary:
+    signature = source.signature()
+    start = 0 if options.retry_failed else store.resume_point(spec.digest, signature)
     run_id = store.start_run(
         job=spec.job.name,
         spec_digest=spec.digest,
         simulated=options.simulate,
         base_url=base_url,
         rows_total=source.n_rows * spec.job.repeat,
+        input_signature=signature,
     )
     claimed: set[str] = set()
     recent: set[str] = set()
@@ -274,6 +292,8 @@ async def _run_with_store(
             limit=options.limit,
             progress=progress,
             tally=tally,
+            start=start,
+            on_frontier=lambda offset: store.set_resume_point(run_id, offset),
         )
         pool_task = asyncio.create_task(pool.run(requests))
         with _signals(pool, pool_task, spec.limits.grace_s, enabled=options.handle_signals) as interrupted:

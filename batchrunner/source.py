@@ -246,6 +246,11 @@ class Source:
         assert self._lazy is not None, "call check() first"
         return self._lazy.slice(offset, size).collect()
 
+    def signature(self) -> str:
+        """Identifies the input file's content cheaply: path, size and modification time."""
+        stat = self.spec.input.path.stat()
+        return f"{self.spec.input.path}:{stat.st_size}:{stat.st_mtime_ns}"
+
     def row_id(self, row: dict[str, Any]) -> str:
         id_column = self.spec.input.id_column
         return str(row[id_column]) if id_column else str(int(row[ROW_INDEX]) + 1)

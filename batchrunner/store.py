@@ -155,6 +155,14 @@ def m003_costs(db: sqlite_utils.Database) -> None:
     db.table("runs").add_column("cost_usd", float)
 
 
+@migration
+def m004_resume_points(db: sqlite_utils.Database) -> None:
+    """Where the next run of the same spec over the same input may start reading."""
+    runs = db.table("runs")
+    runs.add_column("input_signature", str)
+    runs.add_column("resume_offset", int)
+
+
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -187,6 +195,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             msg = f"{self.path}: cannot open the store: {exc}"
             raise StoreError(msg) from None
+        self._sql: dict[str, tuple[str, list[str]]] = {}
         # A second connection for lookups made while the writer thread commits.
         self._reader = _connect(self.path, readonly=False) if not readonly else self.db.conn
 
@@ -214,7 +223,16 @@ class Store:
 
     # ------------------------------------------------------------------ runs
 
-    def start_run(self, *, job: str, spec_digest: str, simulated: bool, base_url: str, rows_total: int = 0) -> int:
+    def start_run(
+        self,
+        *,
+        job: str,
+        spec_digest: str,
+        simulated: bool,
+        base_url: str,
+        rows_total: int = 0,
+        input_signature: str | None = None,
+    ) -> int:
         with self.db.atomic():
             row = self.db.table("runs").insert(
                 {
@@ -227,6 +245,7 @@ class Store:
                     "started_at": now(),
                     "status": "running",
                     "rows_total": rows_total,
+                    "input_signature": input_signature,
                 }
             )
         assert row.last_pk is not None
@@ -235,6 +254,20 @@ class Store:
     def finish_run(self, run_id: int, **fields: Any) -> None:
         with self.db.atomic():
             self.db.table("runs").update(run_id, {"ended_at": now(), **fields})
+
+    def resume_point(self, spec_digest: str, input_signature: str) -> int:
+        """The input row a run may start reading at: where the last run of the same spec over
+        the same input file found its first row to send (0 when there is none)."""
+        row = self._reader.execute(
+            "SELECT resume_offset FROM runs WHERE spec_digest = ? AND input_signature = ? "
+            "AND resume_offset IS NOT NULL ORDER BY id DESC LIMIT 1",
+            [spec_digest, input_signature],
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_resume_point(self, run_id: int, offset: int) -> None:
+        with self._reader:
+            self._reader.execute("UPDATE runs SET resume_offset = ? WHERE id = ?", [offset, run_id])
 
     def runs(self) -> list[dict[str, Any]]:
         return list(self.db.table("runs").rows_where(order_by="id"))
@@ -262,13 +295,30 @@ class Store:
                 found[row[0]] = tuple(row[1:])
         return found
 
+    def _insert_sql(self, table: str, *, replace: bool) -> tuple[str, list[str]]:
+        cached = self._sql.get(table)
+        if cached is None:
+            columns = [c for c in self.db.table(table).columns_dict if c != "id"]
+            names = ", ".join(f"[{c}]" for c in columns)
+            verb = "INSERT OR REPLACE" if replace else "INSERT"
+            sql = f"{verb} INTO [{table}] ({names}) VALUES ({', '.join('?' * len(columns))})"
+            cached = self._sql[table] = (sql, columns)
+        return cached
+
     def write(self, results: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> None:
-        """Commit a group of finished rows and attempts in one transaction."""
+        """Commit a group of finished rows and attempts in one transaction.
+
+        A prepared statement per table (executemany) rather than sqlite-utils' upsert_all:
+        the columns are fixed by the schema, and this is the hot path of a large run.
+        """
+        conn = self.db.conn
         with self.db.atomic():
             if attempts:
-                self.db.table("attempts").insert_all(attempts, batch_size=500)
+                sql, columns = self._insert_sql("attempts", replace=False)
+                conn.executemany(sql, [[a.get(c) for c in columns] for a in attempts])
             if results:
-                self.db.table("results").upsert_all(results, pk="key", batch_size=500)
+                sql, columns = self._insert_sql("results", replace=True)
+                conn.executemany(sql, [[r.get(c) for c in columns] for r in results])
 
     def requeue(self, codes: list[str] | None) -> int:
         """Mark failed rows (with these error codes, or all) to be sent again by the next run."""
@@ -278,7 +328,9 @@ class Store:
             sql += f" AND error_code IN ({','.join('?' * len(codes))})"
             args = codes
         with self.db.atomic():
-            return self.db.execute(sql, args).rowcount
+            changed = self.db.execute(sql, args).rowcount
+            self.db.execute("UPDATE runs SET resume_offset = NULL")
+        return int(changed)
 
     def settled_count(self) -> int:
         """Requests that no run will send again (ok, or failed for good)."""

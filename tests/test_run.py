@@ -336,3 +336,34 @@ def test_a_job_configured_above_the_service_limit_backs_off_and_finishes(tmp_pat
     summary = run_job(spec_path, handle_signals=False)
     assert summary.table == {"ok": 30}
     assert summary.counts.throttled > 0 and summary.counts.throttled == sim.sim.stats()["throttled"]
+
+
+def test_a_resume_starts_reading_where_the_last_run_found_work(
+    tmp_path: Path, sim: ThreadHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchrunner import runner
+
+    monkeypatch.setattr(runner, "BATCH_ROWS", 10)  # slices of 10 rows, so 30 rows make 3
+    spec_path = write_job(tmp_path, ROWS)
+    run_job(spec_path, handle_signals=False, limit=12)  # rows 0-11 done
+    run_job(spec_path, handle_signals=False, limit=5)  # finds work in the slice at 10
+    runs = db_rows(tmp_path / "out" / "t.sqlite", "SELECT resume_offset FROM runs ORDER BY id")
+    assert runs == [(0,), (10,)]
+    summary = run_job(spec_path, handle_signals=False)
+    assert summary.already_done == 17 and summary.counts.sent == 13 and summary.table == {"ok": 30}
+    # a changed input file is read from its first row again: an edited early row is re-sent
+    edited = [dict(r, text="changed") if r["id"] == "r1" else r for r in ROWS]
+    write_job(tmp_path, edited)
+    sim.sim.reset()
+    run_job(spec_path, handle_signals=False)
+    assert prompts_sent(sim) == ["Say something about changed"]
+    assert db_rows(tmp_path / "out" / "t.sqlite", "SELECT resume_offset FROM runs ORDER BY id DESC LIMIT 1") == [(0,)]
+    run_job(spec_path, handle_signals=False)  # nothing left: the next run may skip every row
+    assert db_rows(tmp_path / "out" / "t.sqlite", "SELECT resume_offset FROM runs ORDER BY id DESC LIMIT 1") == [(30,)]
+    # re-queued rows make every run read from the first row again
+    from batchrunner.store import Store
+
+    store = Store(tmp_path / "out" / "t.sqlite")
+    store.requeue(None)
+    store.close()
+    assert db_rows(tmp_path / "out" / "t.sqlite", "SELECT count(*) FROM runs WHERE resume_offset IS NOT NULL") == [(0,)]
