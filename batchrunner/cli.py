@@ -43,6 +43,16 @@ def _reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+db_option = click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec)."
+)
+prices_option = click.option(
+    "--prices",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A TOML price file that overrides or adds models.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="batchrunner")
 def cli() -> None:
@@ -56,11 +66,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Store file (default: from the spec).",
-)
+@db_option
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -69,11 +75,7 @@ def cli() -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most N requests in this run.")
 @click.option("--simulate", is_flag=True, help="Use the built-in DashScope simulator (no key, no cost).")
 @click.option("--retry-failed", is_flag=True, help="Send again the rows that failed in earlier runs.")
-@click.option(
-    "--prices",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A TOML price file that overrides or adds models.",
-)
+@prices_option
 @click.option(
     "--max-cost", type=click.FloatRange(min=0, min_open=True), help="Stop before this run could spend more (USD)."
 )
@@ -175,7 +177,7 @@ def _rate_line(store: Store, last: dict[str, Any]) -> str:
 
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
+@db_option
 @_reports_errors
 def status(job: Path, db: Path | None) -> None:
     """Show rows by status, error codes, and the last run's rate, ETA and exit code (read-only).
@@ -207,7 +209,7 @@ def status(job: Path, db: Path | None) -> None:
 
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
+@db_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @_reports_errors
 def runs(job: Path, db: Path | None, fmt: str) -> None:
@@ -239,7 +241,7 @@ def runs(job: Path, db: Path | None, fmt: str) -> None:
 
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
+@db_option
 @click.option("--codes", help="Only rows that failed with these error codes (comma-separated).")
 @_reports_errors
 def retry(job: Path, db: Path | None, codes: str | None) -> None:
@@ -267,11 +269,7 @@ def retry(job: Path, db: Path | None, codes: str | None) -> None:
 
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Store file (default: from the spec).",
-)
+@db_option
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -298,12 +296,8 @@ def export(job: Path, db: Path | None, output: Path | None) -> None:
 
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec).")
-@click.option(
-    "--prices",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A TOML price file that overrides or adds models.",
-)
+@db_option
+@prices_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_reports_errors
 def estimate(job: Path, db: Path | None, prices: Path | None, fmt: str) -> None:
