@@ -11,34 +11,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .bench_data import write_spec
-from .bench_proc import (
-    BenchError,
-    Exited,
-    SimulatorProcess,
-    Stats,
-    StatsSampler,
-    child_env,
-    launch,
-    reap_or_kill,
-    run_child,
-    steady_window,
-)
+from .bench_proc import BenchError, Exited, SimulatorProcess, child_env, launch, reap_or_kill, run_child
+from .bench_sample import Sample, StatsSampler, steady_window
+from .bench_scale import CONCURRENCY as S1_CONCURRENCY
+from .bench_scale import HUGE_RPM
 
-HUGE_RPM = 10_000_000
-S1_CONCURRENCY = 64
 SDK_THREADS = 64
 S2_LATENCY_MS = 200.0
 S2B_LATENCY_MS = 1000.0
-FIRST_REQUEST_TIMEOUT_S = 120.0
-RESUME_DONE = 0.9
 
 
 @dataclass(frozen=True)
@@ -65,7 +52,7 @@ class JobRun:
 
     result: dict[str, Any]
     process: Exited
-    samples: list[Any] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
 
     def figures(self, rows: int) -> dict[str, Any]:
         """The child's figures, per row and per second, for the JSON output."""
@@ -85,11 +72,11 @@ class JobRun:
 class Bench:
     """Runs scenarios inside one work folder, with sizes from `Sizes`."""
 
-    def __init__(self, workdir: Path, sizes: Sizes, *, log: Any = None) -> None:
+    def __init__(self, workdir: Path, sizes: Sizes, *, log: Callable[[str], None] | None = None) -> None:
         self.workdir = workdir
         self.sizes = sizes
         self._runs = 0
-        self._say = log or (lambda message: None)
+        self.say = log or (lambda message: None)
 
     # ------------------------------------------------------------------ helpers
 
@@ -103,7 +90,7 @@ class Bench:
             env=child_env(),
             cwd=folder.parent,
             log=self.workdir / "inputs.log",
-            timeout_s=self._timeout(max(wanted.values()), 20_000),
+            timeout_s=self.timeout(max(wanted.values()), 20_000),
         )
         missing = [str(p) for p in wanted if not p.is_file()]
         if done.returncode != 0 or missing:
@@ -111,7 +98,7 @@ class Bench:
             raise BenchError(msg)
         return wanted
 
-    def _timeout(self, rows: int, per_s: float = 300.0) -> float:
+    def timeout(self, rows: int, per_s: float = 300.0) -> float:
         return 180.0 + rows / per_s
 
     def job(
@@ -139,20 +126,20 @@ class Bench:
     ) -> JobRun:
         log = result.with_suffix(".log")
         proc, started = launch(args, env=child_env(sim.base_url), cwd=result.parent, log=log)
-        samples: list[Any] = []
+        samples: list[Sample] = []
         if sample:
             with StatsSampler(sim, proc.pid) as sampler:
-                exited = reap_or_kill(proc, started, self._timeout(rows), what)
+                exited = reap_or_kill(proc, started, self.timeout(rows), what)
             samples = sampler.samples
         else:
-            exited = reap_or_kill(proc, started, self._timeout(rows), what)
+            exited = reap_or_kill(proc, started, self.timeout(rows), what)
         if not result.is_file():
             tail = log.read_text(encoding="utf-8", errors="replace")[-1500:] if log.is_file() else ""
             msg = f"{what} exited {exited.returncode} without a result (log {log}):\n{tail}"
             raise BenchError(msg)
         return JobRun(json.loads(result.read_text(encoding="utf-8")), exited, samples)
 
-    def _sim(self, folder: Path, *, rpm: int | None = None, latency_ms: float = 0.0) -> SimulatorProcess:
+    def sim(self, folder: Path, *, rpm: int | None = None, latency_ms: float = 0.0) -> SimulatorProcess:
         return SimulatorProcess(folder / f"simulator-{time.monotonic_ns()}.log", rpm=rpm, latency_ms=latency_ms)
 
     @staticmethod
@@ -188,12 +175,12 @@ class Bench:
         spec = write_spec(
             folder, name="bench-s1", input_path=data, requests_per_minute=HUGE_RPM, concurrency=S1_CONCURRENCY
         )
-        self._say(f"S1: batchrunner, {rows} rows")
-        with self._sim(folder) as sim:
+        self.say(f"S1: batchrunner, {rows} rows")
+        with self.sim(folder) as sim:
             ours = self.job(spec, sim, rows)
         mine = {**ours.figures(rows), "sim_cpu_s": sim.exited.cpu_s if sim.exited else None}
-        self._say(f"S1: SDK baseline, {rows} rows")
-        with self._sim(folder) as sim:
+        self.say(f"S1: SDK baseline, {rows} rows")
+        with self.sim(folder) as sim:
             base = self.sdk(data, sim, rows)
         theirs = {**base.figures(rows), "sim_cpu_s": sim.exited.cpu_s if sim.exited else None}
         ratio = mine["rows_per_s"] / theirs["rows_per_s"] if theirs["rows_per_s"] else None
@@ -224,12 +211,12 @@ class Bench:
                 folder, name=f"bench-s2-{rpm}", input_path=data, requests_per_minute=rpm, concurrency=concurrency
             )
             per_s = rpm / 60
-            self._say(f"S2: batchrunner at R={rpm}, {rows} rows, concurrency {concurrency}")
-            with self._sim(folder, rpm=rpm, latency_ms=S2_LATENCY_MS) as sim:
+            self.say(f"S2: batchrunner at R={rpm}, {rows} rows, concurrency {concurrency}")
+            with self.sim(folder, rpm=rpm, latency_ms=S2_LATENCY_MS) as sim:
                 ours = self.job(spec, sim, rows, sample=True)
             mine = {**ours.figures(rows), **self._rate(ours, per_s, S2_LATENCY_MS / 1000)}
-            self._say(f"S2: SDK baseline at R={rpm}")
-            with self._sim(folder, rpm=rpm, latency_ms=S2_LATENCY_MS) as sim:
+            self.say(f"S2: SDK baseline at R={rpm}")
+            with self.sim(folder, rpm=rpm, latency_ms=S2_LATENCY_MS) as sim:
                 base = self.sdk(data, sim, rows, sample=True)
             theirs = {**base.figures(rows), **self._rate(base, per_s, S2_LATENCY_MS / 1000)}
             ok = (
@@ -270,8 +257,8 @@ class Bench:
                 requests_per_minute=HUGE_RPM,
                 concurrency=concurrency,
             )
-            self._say(f"S2b: {concurrency} in flight, {rows} rows")
-            with self._sim(folder, latency_ms=S2B_LATENCY_MS) as sim:
+            self.say(f"S2b: {concurrency} in flight, {rows} rows")
+            with self.sim(folder, latency_ms=S2B_LATENCY_MS) as sim:
                 run = self.job(spec, sim, rows, sample=True)
             latency_s = S2B_LATENCY_MS / 1000
             figures = {**run.figures(rows), **self._rate(run, concurrency / latency_s, latency_s, pipe=True)}
@@ -300,116 +287,7 @@ class Bench:
     # ------------------------------------------------------------------ S3
 
     def s3(self) -> dict[str, Any]:
-        """1% / 10% / all of --rows-s3: run time, peak RSS, store size, export time, resume."""
-        n = self.sizes.s3_rows
-        sizes = sorted({max(100, n // 100), max(100, n // 10), n})
-        self._say(f"S3: generating {n} rows")
-        inputs = self.inputs({self.workdir / f"s3-{size}" / "input.parquet": size for size in sizes})
-        out: dict[str, Any] = {}
-        for data, size in inputs.items():
-            out[str(size)] = self._s3_size(data, size, resume=size == n)
-        top = out[str(n)]
-        rss_ok = top["peak_rss_mb"] < 500
-        start = top.get("resume_startup_s")
-        resume_ok = start is not None and start < 5.0
-        return {
-            "sizes": out,
-            "rows": n,
-            "rss_pass": bool(rss_ok),
-            "resume_pass": bool(resume_ok),
-            "pass": bool(rss_ok and resume_ok and top["ok_rows"] == n),
-        }
+        """Scale: see `batchrunner.bench_scale`."""
+        from .bench_scale import s3
 
-    def _s3_size(self, data: Path, size: int, *, resume: bool) -> dict[str, Any]:
-        folder = data.parent
-        spec = write_spec(
-            folder, name=f"bench-s3-{size}", input_path=data, requests_per_minute=HUGE_RPM, concurrency=S1_CONCURRENCY
-        )
-        figures: dict[str, Any] = {"rows": size, "input_mb": data.stat().st_size / 2**20}
-        with self._sim(folder) as sim:
-            if not resume:
-                self._say(f"S3: {size} rows")
-                run = self.job(spec, sim, size)
-                figures.update(
-                    run_s=run.result["wall_s"],
-                    peak_rss_mb=run.process.maxrss_mb,
-                    cpu_s=run.result["cpu_s"],
-                    process_wall_s=run.process.wall_s,
-                )
-            else:
-                done = int(size * RESUME_DONE)
-                self._say(f"S3: {size} rows, first {done} (--limit)")
-                first = self.job(spec, sim, done, limit=done)
-                self._say(f"S3: resuming the last {size - done} rows with `python -m batchrunner run`")
-                startup, second = self._resume(spec, sim, size - done)
-                figures.update(
-                    run_s=first.result["wall_s"] + second.wall_s,
-                    first_run_s=first.result["wall_s"],
-                    resume_run_s=second.wall_s,
-                    resume_exit_code=second.returncode,
-                    resume_startup_s=startup,
-                    peak_rss_mb=max(first.process.maxrss_mb, second.maxrss_mb),
-                    first_peak_rss_mb=first.process.maxrss_mb,
-                    resume_peak_rss_mb=second.maxrss_mb,
-                    cpu_s=first.result["cpu_s"] + second.cpu_s,
-                )
-        store = spec.parent / "out" / f"bench-s3-{size}.sqlite"
-        figures["store_mb"] = sum(p.stat().st_size for p in store.parent.glob(store.name + "*") if p.is_file()) / 2**20
-        log = folder / "export.log"
-        self._say(f"S3: export of {size} rows")
-        exported = run_child(
-            ["-m", "batchrunner", "export", str(spec)],
-            env=child_env(),
-            cwd=folder,
-            log=log,
-            timeout_s=self._timeout(size, 2000),
-        )
-        text = log.read_text(encoding="utf-8", errors="replace")
-        ok = re.search(r"\bok (\d+)", text)
-        figures.update(
-            export_s=exported.wall_s,
-            export_exit_code=exported.returncode,
-            export_peak_rss_mb=exported.maxrss_mb,
-            ok_rows=int(ok.group(1)) if ok else 0,
-            output_mb=(folder / "out" / "output.parquet").stat().st_size / 2**20
-            if (folder / "out" / "output.parquet").is_file()
-            else None,
-            us_per_row=figures["run_s"] / size * 1e6,
-        )
-        return figures
-
-    def _resume(self, spec: Path, sim: SimulatorProcess, rows: int) -> tuple[float | None, Exited]:
-        """Launch `python -m batchrunner run SPEC --quiet`; seconds until the simulator sees
-        its first request (None if not within FIRST_REQUEST_TIMEOUT_S), and the finished run."""
-        stats = sim.stats()
-        try:
-            before = int(stats.get()["requests"])
-            proc, started = launch(
-                ["-m", "batchrunner", "run", str(spec), "--quiet"],
-                env=child_env(sim.base_url),
-                cwd=spec.parent,
-                log=spec.parent / "resume.log",
-            )
-            try:
-                startup = self._first_request(stats, before, proc.pid, started)
-            except BaseException:
-                proc.kill()
-                reap_or_kill(proc, started, 10.0, "the resumed run")
-                raise
-        finally:
-            stats.close()
-        return startup, reap_or_kill(proc, started, self._timeout(rows), "the resumed run")
-
-    @staticmethod
-    def _first_request(stats: Stats, before: int, pid: int, started: float) -> float | None:
-        """Seconds from `started` until the simulator counts more than `before` requests;
-        None when the child exits first or FIRST_REQUEST_TIMEOUT_S passes."""
-        deadline = started + FIRST_REQUEST_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if int(stats.get()["requests"]) > before:
-                return time.monotonic() - started
-            # WNOWAIT: look without reaping, so wait4 can still read the child's rusage.
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return None
-            time.sleep(0.02)
-        return None
+        return s3(self)

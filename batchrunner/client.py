@@ -51,16 +51,21 @@ def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
 
 
 def _transport_failure(exc: Exception) -> TransportFailed:
-    """Classify a transport exception. The only place that inspects them."""
+    """Classify a transport exception. The only place that inspects them.
+
+    httpx-aiohttp maps every aiohttp connection error to httpx.ConnectTimeout, so the aiohttp
+    exception it chains is what tells a refused connection (nothing sent) from one dropped
+    or reset after the request went out (possibly billed).
+    """
     cause = exc.__cause__
     name = type(exc).__name__
     if isinstance(exc, httpx.ReadTimeout) or isinstance(cause, aiohttp.SocketTimeoutError):
         return TransportFailed("ReadTimeout", "no answer within timeout_s", possibly_billed=True)
-    if isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return TransportFailed("ConnectionDropped", str(cause) or name, possibly_billed=True)
-    if isinstance(cause, aiohttp.ClientConnectorError) or isinstance(exc, httpx.ConnectError):
+    if isinstance(cause, aiohttp.ClientConnectorError) or (cause is None and isinstance(exc, httpx.ConnectError)):
         return TransportFailed("ConnectError", str(cause or exc) or name, possibly_billed=False)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError):
+        return TransportFailed("ConnectionDropped", str(cause) or type(cause).__name__, possibly_billed=True)
+    if isinstance(exc, httpx.TimeoutException) and cause is None:
         return TransportFailed("Timeout", str(exc) or name, possibly_billed=False)
     return TransportFailed("TransportError", f"{name}: {exc}", possibly_billed=True)
 

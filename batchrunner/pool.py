@@ -269,6 +269,7 @@ class Pool:
                     },
                 )
                 await self.gate.on_success()
+                self.pacer.on_success()
                 if not self.spec.output.parse_json:
                     self._finish(request, started, t0, attempt, billed, completion=outcome, cost=cost)
                     return
@@ -297,6 +298,7 @@ class Pool:
                 if outcome.error.status == 429:
                     self.counts.throttled += 1
                     self.gate.on_throttled()
+                    self.pacer.on_throttled()
                 retry_after = outcome.error.retry_after
             else:
                 decision = protocol.Outcome.RETRY

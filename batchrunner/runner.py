@@ -27,9 +27,10 @@ from .client import DashScopeClient
 from .credentials import api_key_for, check_base_url
 from .errors import SpecError
 from .lock import JobLock
+from .pending import Frontier, Pending
 from .pool import Abort, Pool, PoolCounts
 from .pricing import PriceTable
-from .source import Request, Skipped, Source
+from .source import Source
 from .spec import JobSpec, load
 from .store import Store
 from .writer import CheckpointWriter
@@ -38,7 +39,6 @@ EXIT_OK, EXIT_FAILED_ROWS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_BUDGET, EXIT_OUTAGE =
 EXIT_INTERRUPTED = 130
 log = logging.getLogger("batchrunner")
 SIMULATED_KEY = "sk-simulated"
-BATCH_ROWS = 5000
 
 
 @dataclass
@@ -131,69 +131,6 @@ async def _service(spec: JobSpec, simulate: bool) -> AsyncIterator[tuple[str, st
         yield base_url, SIMULATED_KEY
 
 
-async def _pending(
-    source: Source,
-    store: Store,
-    claimed: set[str],
-    recent: set[str],
-    *,
-    retry_failed: bool,
-    limit: int | None,
-    progress: Progress,
-    tally: dict[str, int],
-    start: int = 0,
-    on_frontier: Callable[[int], None] = lambda offset: None,
-) -> AsyncIterator[Request]:
-    """Requests still to send, in input order, read a slice at a time off the event loop.
-
-    `claimed` holds the keys sent in this run and not yet committed; `recent` the keys
-    committed since the current slice was looked up in the store. Together they keep an
-    identical request from being sent twice in one run.
-
-    Reading starts at row `start` (the rows before it were all settled when an earlier run of
-    the same spec over the same input file began sending); `on_frontier` is told the first
-    slice that has something to send, so that the next run can start there.
-    """
-
-    def prepare(offset: int) -> tuple[list[Request | Skipped], dict[str, tuple[str, int]]]:
-        items = list(source.requests(source.batch_at(offset, BATCH_ROWS)))
-        return items, store.lookup([i.key for i in items if isinstance(i, Request)])
-
-    sent = 0
-    frontier_told = False
-    if start:
-        tally["already_done"] += start * source.spec.job.repeat
-        progress.advance(start * source.spec.job.repeat)
-    for offset in range(start, source.n_rows, BATCH_ROWS):
-        recent.clear()
-        items, stored = await asyncio.to_thread(prepare, offset)
-        settled = 0
-        for item in items:
-            if isinstance(item, Skipped):
-                tally["skipped"] += 1
-                settled += 1
-                continue
-            status, retryable = stored.get(item.key, ("", 0))
-            if status == "ok" or (status == "failed" and not (retry_failed or retryable)):
-                tally["already_done"] += 1
-                settled += 1
-                continue
-            if item.key in claimed or item.key in recent:  # the same request twice: send it once
-                settled += 1
-                continue
-            if limit is not None and sent >= limit:
-                return
-            if not frontier_told:
-                frontier_told = True
-                on_frontier(offset)
-            claimed.add(item.key)
-            sent += 1
-            yield item
-        progress.advance(settled)
-    if not frontier_told:
-        on_frontier(source.n_rows)  # everything is settled
-
-
 @dataclass(frozen=True)
 class RunOptions:
     """How one run goes (the CLI flags of `run`)."""
@@ -263,15 +200,14 @@ async def _run_with_store(
         rows_total=source.n_rows * spec.job.repeat,
         input_signature=signature,
     )
-    claimed: set[str] = set()
-    recent: set[str] = set()
+    pending = Pending(source, store, retry_failed=options.retry_failed, limit=options.limit)
+    frontier = Frontier(start, lambda offset: store.set_resume_point(run_id, offset))
 
-    def committed(keys: list[str]) -> None:
-        claimed.difference_update(keys)
-        recent.update(keys)
+    def committed(rows: list[dict[str, Any]]) -> None:
+        pending.committed(rows)
+        frontier.committed(rows)
 
     writer = CheckpointWriter(store, interval_s=spec.limits.commit_interval_ms / 1000, on_commit=committed)
-    tally = {"already_done": 0, "skipped": 0}
     writer_task = asyncio.create_task(writer.run())
     async with DashScopeClient(
         base_url,
@@ -282,19 +218,8 @@ async def _run_with_store(
         stream=spec.parameters.stream,
     ) as client:
         pool = Pool(spec, client, writer, run_id=run_id, on_result=progress.row_finished, prices=prices)
-        progress.start(source.n_rows, pool.counts)
-        requests = _pending(
-            source,
-            store,
-            claimed,
-            recent,
-            retry_failed=options.retry_failed,
-            limit=options.limit,
-            progress=progress,
-            tally=tally,
-            start=start,
-            on_frontier=lambda offset: store.set_resume_point(run_id, offset),
-        )
+        progress.start(source.n_rows * spec.job.repeat, pool.counts)
+        requests = pending.requests(frontier, progress.advance)
         pool_task = asyncio.create_task(pool.run(requests))
         with _signals(pool, pool_task, spec.limits.grace_s, enabled=options.handle_signals) as interrupted:
             try:
@@ -327,11 +252,11 @@ async def _run_with_store(
         status=status,
         exit_code=exit_code,
         rows_total=source.n_rows * spec.job.repeat,
-        already_done=tally["already_done"],
+        already_done=pending.already_done,
         sent=c.sent,
         ok=c.ok,
         failed=c.failed,
-        skipped=tally["skipped"],
+        skipped=pending.skipped,
         attempts=c.attempts,
         retries=c.retries,
         input_tokens=c.input_tokens,
@@ -345,8 +270,8 @@ async def _run_with_store(
         spec.db_path,
         output_path,
         source.n_rows,
-        tally["already_done"],
-        tally["skipped"],
+        pending.already_done,
+        pending.skipped,
         c,
         table,
         options.simulate,

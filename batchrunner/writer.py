@@ -25,7 +25,7 @@ class CheckpointWriter:
         store: Store,
         *,
         interval_s: float,
-        on_commit: Callable[[list[str]], None] | None = None,
+        on_commit: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.store = store
         self.interval_s = interval_s
@@ -65,7 +65,7 @@ class CheckpointWriter:
             await asyncio.shield(loop.run_in_executor(self._executor, self.store.write, results, attempts))
             self.commits += 1
             if self.on_commit is not None and results:
-                self.on_commit([r["key"] for r in results])
+                self.on_commit(results)
 
     async def close(self) -> None:
         """Commit everything still buffered and stop the writer thread."""

@@ -17,7 +17,7 @@ import pytest
 
 from batchrunner.bench import Line, parse_only, render_table
 from batchrunner.bench_data import prompt_table
-from batchrunner.bench_proc import Sample, steady_window
+from batchrunner.bench_sample import Sample, steady_window
 
 ROOT = Path(__file__).resolve().parent.parent
 

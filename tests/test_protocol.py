@@ -423,3 +423,22 @@ def test_openai_body_carries_extras_and_parts() -> None:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+async def test_request_pacer_never_exceeds_the_per_second_window() -> None:
+    from batchrunner.limits import RequestPacer
+
+    loop = asyncio.get_running_loop()
+    pacer = RequestPacer(rpm=3000)  # 50 a second
+    starts: list[float] = []
+
+    async def one() -> None:
+        await pacer.wait()
+        starts.append(loop.time())
+
+    await asyncio.gather(*(one() for _ in range(120)))
+    # the service's rule: never more than 50 starts in any one-second window
+    most = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
+    assert most <= 50
+    # and no burst: at most twice the rate in any tenth of a second (5 expected, 10 allowed)
+    assert max(sum(1 for t in starts if s <= t < s + 0.1) for s in starts) <= 11

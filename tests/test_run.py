@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from helpers import read_table, write_job
 
@@ -303,13 +307,31 @@ def test_simulate_needs_no_key_and_marks_the_run(tmp_path: Path, monkeypatch: py
     assert db_rows(summary.db_path, "SELECT simulated FROM runs") == [(1,)]
 
 
-@pytest.mark.parametrize("sim", [SimulatorConfig(rpm=1200)], indirect=True)
-def test_pacing_at_the_service_rpm_draws_no_429(tmp_path: Path, sim: ThreadHandle) -> None:
-    rows = [{"id": f"r{i}", "text": f"paced {i}"} for i in range(50)]
-    spec_path = write_job(tmp_path, rows, {"limits": {"requests_per_minute": 1200, "concurrency": 50}})
-    summary = run_job(spec_path, handle_signals=False)
-    assert summary.table == {"ok": 50}
-    assert sim.sim.stats()["throttled"] == 0 and summary.counts.attempts == 50
+@contextlib.contextmanager
+def simulator_process(*args: str) -> Iterator[str]:
+    """A simulator in its own process (no GIL shared with the client): its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrunner", "simulate", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        yield line.split(" at ")[1].split()[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_pacing_at_the_service_rpm_draws_no_429(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [{"id": f"r{i}", "text": f"paced {i}"} for i in range(60)]
+    spec_path = write_job(tmp_path, rows, {"limits": {"requests_per_minute": 1200, "concurrency": 60}})
+    with simulator_process("--rpm", "1200") as base_url:
+        monkeypatch.setenv("DASHSCOPE_BASE_URL", base_url)
+        summary = run_job(spec_path, handle_signals=False)
+        stats = httpx.get(base_url.removesuffix("/api/v1") + "/_simulator/stats").json()
+    assert summary.table == {"ok": 60}
+    assert stats["throttled"] == 0 and summary.counts.attempts == 60
 
 
 @pytest.mark.parametrize("sim", [SimulatorConfig(tpm=60_000)], indirect=True)
@@ -338,32 +360,50 @@ def test_a_job_configured_above_the_service_limit_backs_off_and_finishes(tmp_pat
     assert summary.counts.throttled > 0 and summary.counts.throttled == sim.sim.stats()["throttled"]
 
 
-def test_a_resume_starts_reading_where_the_last_run_found_work(
+def test_a_resume_starts_reading_where_the_last_run_left_off(
     tmp_path: Path, sim: ThreadHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from batchrunner import runner
+    from batchrunner import pending
 
-    monkeypatch.setattr(runner, "BATCH_ROWS", 10)  # slices of 10 rows, so 30 rows make 3
+    monkeypatch.setattr(pending, "BATCH_ROWS", 10)  # slices of 10 rows, so 30 rows make 3
+    db = tmp_path / "out" / "t.sqlite"
     spec_path = write_job(tmp_path, ROWS)
-    run_job(spec_path, handle_signals=False, limit=12)  # rows 0-11 done
-    run_job(spec_path, handle_signals=False, limit=5)  # finds work in the slice at 10
-    runs = db_rows(tmp_path / "out" / "t.sqlite", "SELECT resume_offset FROM runs ORDER BY id")
-    assert runs == [(0,), (10,)]
+    run_job(spec_path, handle_signals=False, limit=12)  # rows 0-11 done: the first slice is settled
+    assert db_rows(db, "SELECT resume_offset FROM runs") == [(10,)]
+    run_job(spec_path, handle_signals=False, limit=5)  # starts reading at row 10: rows 12-16
+    assert db_rows(db, "SELECT already_done, sent, resume_offset FROM runs WHERE id = 2") == [(12, 5, 10)]
     summary = run_job(spec_path, handle_signals=False)
     assert summary.already_done == 17 and summary.counts.sent == 13 and summary.table == {"ok": 30}
+    assert db_rows(db, "SELECT resume_offset FROM runs WHERE id = 3") == [(30,)]  # all settled
+    sim.sim.reset()
+    run_job(spec_path, handle_signals=False)
+    assert sim.sim.stats()["requests"] == 0
     # a changed input file is read from its first row again: an edited early row is re-sent
     edited = [dict(r, text="changed") if r["id"] == "r1" else r for r in ROWS]
     write_job(tmp_path, edited)
-    sim.sim.reset()
     run_job(spec_path, handle_signals=False)
     assert prompts_sent(sim) == ["Say something about changed"]
-    assert db_rows(tmp_path / "out" / "t.sqlite", "SELECT resume_offset FROM runs ORDER BY id DESC LIMIT 1") == [(0,)]
-    run_job(spec_path, handle_signals=False)  # nothing left: the next run may skip every row
-    assert db_rows(tmp_path / "out" / "t.sqlite", "SELECT resume_offset FROM runs ORDER BY id DESC LIMIT 1") == [(30,)]
     # re-queued rows make every run read from the first row again
     from batchrunner.store import Store
 
-    store = Store(tmp_path / "out" / "t.sqlite")
+    store = Store(db)
     store.requeue(None)
     store.close()
-    assert db_rows(tmp_path / "out" / "t.sqlite", "SELECT count(*) FROM runs WHERE resume_offset IS NOT NULL") == [(0,)]
+    assert db_rows(db, "SELECT count(*) FROM runs WHERE resume_offset IS NOT NULL") == [(0,)]
+
+
+def test_a_row_that_may_be_sent_again_holds_the_resume_point(
+    tmp_path: Path, sim: ThreadHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchrunner import pending
+
+    monkeypatch.setattr(pending, "BATCH_ROWS", 10)
+    db = tmp_path / "out" / "t.sqlite"
+    with serve_in_thread(SimulatorConfig(faults=(FaultRule("item number 15", ("always:500",)),)), "127.0.0.1", 0) as h:
+        monkeypatch.setenv("DASHSCOPE_BASE_URL", h.base_url)
+        summary = run_job(write_job(tmp_path, ROWS, {"limits": {"max_retries": 1}}), handle_signals=False)
+    assert summary.table == {"ok": 29, "failed": 1}
+    assert db_rows(db, "SELECT resume_offset FROM runs") == [(10,)]  # the slice of row 15
+    monkeypatch.setenv("DASHSCOPE_BASE_URL", sim.base_url)
+    summary = run_job(tmp_path / "job.toml", handle_signals=False)
+    assert summary.table == {"ok": 30} and summary.counts.sent == 1
