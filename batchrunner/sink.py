@@ -90,7 +90,7 @@ def check_writable(path: Path) -> None:
 
 
 def export(
-    spec: JobSpec, store: Store, source: Source, path: Path | None = None, *, batch_rows: int = 20_000
+    spec: JobSpec, store: Store, source: Source, path: Path | None = None, *, batch_rows: int = 5000
 ) -> tuple[Path, dict[str, int]]:
     """Write the output table for the job; returns its path and its rows by status."""
     out = path or spec.output.path
@@ -104,31 +104,39 @@ def export(
     parts = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-", dir=out.parent))
     try:
         for number, batch in enumerate(source.batches(batch_rows)):
-            items = list(source.requests(batch))
-            found = store.fetch([i.key for i in items if isinstance(i, Request)], names)
+            # Only what the table needs of each request: keeping whole requests (bodies and all)
+            # for a slice was most of the export's memory.
+            items = [
+                (i.key, i.row_index, i.sample, None)
+                if isinstance(i, Request)
+                else ("", i.row_index, i.sample, i.reason)
+                for i in source.requests(batch)
+            ]
+            found = store.fetch([key for key, _, _, reason in items if reason is None], names)
             values: list[list[object]] = [[] for _ in columns]
             first_index = int(batch[ROW_INDEX][0])
-            positions = [item.row_index - first_index for item in items]
-            for item in items:
+            positions = [row_index - first_index for _, row_index, _, _ in items]
+            for key, _, _, reason in items:
                 row: list[object] = [None] * len(columns)
-                stored = found.get(item.key) if isinstance(item, Request) else None
+                stored = found.get(key) if reason is None else None
                 if stored is not None:
                     row = list(stored)
-                elif isinstance(item, Request):
+                elif reason is None:
                     row[status_at] = "pending"
                 else:
-                    row[status_at], row[message_at] = "skipped", item.reason
+                    row[status_at], row[message_at] = "skipped", reason
                 tally[str(row[status_at])] = tally.get(str(row[status_at]), 0) + 1
                 for column, value in zip(values, row, strict=True):
                     column.append(value)
             frame = batch[positions].drop(ROW_INDEX)
             if spec.job.repeat > 1:
-                frame = frame.with_columns(pl.Series(prefix + "sample", [i.sample for i in items], dtype=pl.Int64))
+                frame = frame.with_columns(pl.Series(prefix + "sample", [i[2] for i in items], dtype=pl.Int64))
             frame = frame.with_columns(
                 pl.Series(prefix + name, column, dtype=dtype)
                 for (name, dtype), column in zip(columns, values, strict=True)
             )
             frame.write_parquet(parts / f"{number:09d}.parquet")
+            del items, found, values, frame
         tmp = out.with_name(f".{out.name}.tmp")
         lazy = pl.scan_parquet(parts / "*.parquet")
         if fmt == ".csv":
