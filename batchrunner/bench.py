@@ -10,8 +10,10 @@ noisy, so the figures that matter are ratios measured in the same run. Targets (
 performance issue) are printed beside the figures and marked PASS or MISS; a missed target
 does not make the command fail, an error in a scenario does (exit code 1).
 
-The default run takes about 10 to 15 minutes on two cores (most of it S3's million rows);
-`--quick` shrinks every scenario to seconds (the test uses it).
+The default run's length is dominated by S3's million rows, so it follows the job's own
+speed: about 19 minutes on two cores at ~1,800 rows/s (S1-S2b take about 3 of them); it
+fits the 15-minute budget once rows/s and resume start-up meet their targets. `--quick`
+shrinks every scenario to seconds (the test uses it); `--rows-s3` shrinks S3 alone.
 """
 
 from __future__ import annotations
@@ -174,7 +176,9 @@ def s3_lines(r: dict[str, Any]) -> list[Line]:
     lines.append(
         Line(
             f"S3 resume start-up at 90% of {n:,}",
-            "no request seen" if start is None else f"first request after {start:.2f} s",
+            f"no request within {r.get('resume_cap_s', 120):.0f} s (the cap)"
+            if start is None
+            else f"first request after {start:.2f} s",
             target="< 5 s",
             verdict=_verdict(r["resume_pass"]),
         )

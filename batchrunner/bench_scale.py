@@ -47,6 +47,7 @@ def s3(bench: Bench) -> dict[str, Any]:
     return {
         "sizes": out,
         "rows": n,
+        "resume_cap_s": FIRST_REQUEST_TIMEOUT_S,
         "time_per_row_growth": top["us_per_row"] / smallest["us_per_row"] if smallest["us_per_row"] else None,
         "rss_pass": bool(rss_ok),
         "resume_pass": bool(resume_ok),

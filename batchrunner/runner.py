@@ -201,13 +201,13 @@ async def _run_with_store(
         input_signature=signature,
     )
     pending = Pending(source, store, retry_failed=options.retry_failed, limit=options.limit)
-    frontier = Frontier(start, lambda offset: store.set_resume_point(run_id, offset))
 
     def committed(rows: list[dict[str, Any]]) -> None:
         pending.committed(rows)
         frontier.committed(rows)
 
     writer = CheckpointWriter(store, interval_s=spec.limits.commit_interval_ms / 1000, on_commit=committed)
+    frontier = Frontier(start, lambda offset: writer.set_resume_point(run_id, offset))
     writer_task = asyncio.create_task(writer.run())
     async with DashScopeClient(
         base_url,

@@ -265,10 +265,6 @@ class Store:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def set_resume_point(self, run_id: int, offset: int) -> None:
-        with self._reader:
-            self._reader.execute("UPDATE runs SET resume_offset = ? WHERE id = ?", [offset, run_id])
-
     def runs(self) -> list[dict[str, Any]]:
         return list(self.db.table("runs").rows_where(order_by="id"))
 
@@ -305,7 +301,13 @@ class Store:
             cached = self._sql[table] = (sql, columns)
         return cached
 
-    def write(self, results: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> None:
+    def write(
+        self,
+        results: list[dict[str, Any]],
+        attempts: list[dict[str, Any]],
+        *,
+        resume: tuple[int, int] | None = None,
+    ) -> None:
         """Commit a group of finished rows and attempts in one transaction.
 
         A prepared statement per table (executemany) rather than sqlite-utils' upsert_all:
@@ -319,6 +321,9 @@ class Store:
             if results:
                 sql, columns = self._insert_sql("results", replace=True)
                 conn.executemany(sql, [[r.get(c) for c in columns] for r in results])
+            if resume is not None:
+                run_id, offset = resume
+                conn.execute("UPDATE runs SET resume_offset = ? WHERE id = ?", [offset, run_id])
 
     def requeue(self, codes: list[str] | None) -> int:
         """Mark failed rows (with these error codes, or all) to be sent again by the next run."""

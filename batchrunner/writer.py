@@ -10,6 +10,7 @@ whatever is left on every orderly exit (end of job, Ctrl-C, SIGTERM, abort).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -33,6 +34,7 @@ class CheckpointWriter:
         self.commits = 0
         self._results: list[dict[str, Any]] = []
         self._attempts: list[dict[str, Any]] = []
+        self._resume: tuple[int, int] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closed = False
@@ -44,6 +46,11 @@ class CheckpointWriter:
 
     def add_attempt(self, attempt: dict[str, Any]) -> None:
         self._attempts.append(attempt)
+        self._wake.set()
+
+    def set_resume_point(self, run_id: int, offset: int) -> None:
+        """Record the run's resume point with the next commit (only the writer writes)."""
+        self._resume = (run_id, offset)
         self._wake.set()
 
     async def run(self) -> None:
@@ -58,11 +65,13 @@ class CheckpointWriter:
             self._wake.clear()
             results, self._results = self._results, []
             attempts, self._attempts = self._attempts, []
-            if not results and not attempts:
+            resume, self._resume = self._resume, None
+            if not results and not attempts and resume is None:
                 return
             loop = asyncio.get_running_loop()
+            write = functools.partial(self.store.write, results, attempts, resume=resume)
             # Shielded: a cancelled run must still finish writing what it had been paid for.
-            await asyncio.shield(loop.run_in_executor(self._executor, self.store.write, results, attempts))
+            await asyncio.shield(loop.run_in_executor(self._executor, write))
             self.commits += 1
             if self.on_commit is not None and results:
                 self.on_commit(results)
@@ -72,4 +81,5 @@ class CheckpointWriter:
         self._closed = True
         self._wake.set()
         await self.flush()
+        await self.flush()  # the resume point moved by the last commit
         self._executor.shutdown(wait=True)
