@@ -36,7 +36,10 @@ class RequestPacer:
             self.per_window, self.window_s = 1, (1.0 / per_second) * (1.0 + margin)
         self.rate_per_s = self.per_window / self.window_s
         self.allowed = self.per_window  # lowered by 429s, grown back by successes
-        self._spacing = AsyncLimiter(1, 1.0 / (2.0 * self.rate_per_s))
+        # A bucket 20 ms deep at twice the rate: deep enough that late wake-ups at hundreds of
+        # starts a second are made up, shallow enough to keep starts spread out.
+        depth = max(1.0, 0.02 * 2.0 * self.rate_per_s)
+        self._spacing = AsyncLimiter(depth, depth / (2.0 * self.rate_per_s))
         self._starts: collections.deque[float] = collections.deque()
         self._lock = asyncio.Lock()  # FIFO: the first to wait is the first to go
         self._last_cut = float("-inf")
