@@ -11,7 +11,8 @@ event loop delayed is made up rather than lost (a bucket one request deep at exa
 rate loses every late wake-up, which cost a quarter of the rate at 500 requests per second).
 
 A 429 means the service allows less than the spec says: the pacer lowers its starts per
-window by 30% (at most once a window) and grows back one per window's worth of successes;
+window by 20% (at most once a window) and grows back by 5% of the configured rate per
+window's worth of successes;
 `FlightGate`, the cap on requests in flight, halves (at most once a second) and grows back
 the same way. So the pool slows down instead of every worker hammering a throttled service.
 """
@@ -46,20 +47,21 @@ class RequestPacer:
         self._successes = 0
 
     def on_throttled(self) -> None:
-        """A 429: the service allows less than configured; take 30% off (once per window)."""
+        """A 429: the service allows less than configured; take 20% off (once per window)."""
         now = asyncio.get_running_loop().time()
         if now - self._last_cut >= self.window_s:
             self._last_cut = now
-            self.allowed = max(1, int(self.allowed * 0.7))
+            self.allowed = max(1, int(self.allowed * 0.8))
             self._successes = 0
 
     def on_success(self) -> None:
-        """Grow back by one start per window for every window's worth of successes."""
+        """Grow back by 5% of the configured rate for every window's worth of successes, so
+        one stray 429 costs seconds, not the rest of the run."""
         if self.allowed < self.per_window:
             self._successes += 1
             if self._successes >= self.allowed:
                 self._successes = 0
-                self.allowed += 1
+                self.allowed = min(self.per_window, self.allowed + max(1, self.per_window // 20))
 
     async def wait(self) -> None:
         await self._spacing.acquire(1)
