@@ -1,9 +1,9 @@
 """The HTTP client: httpx.AsyncClient speaking DashScope, over a transport chosen by measurement.
 
-`DashScopeClient.generate(request)` sends one call and returns a protocol.Completion, or raises
+`DashScopeClient.generate(request)` sends one call and returns a wire.Completion, or raises
 one of two exceptions that carry everything the pool needs to decide what to do:
 
-    CallFailed(error: protocol.ServiceError)   the service answered with an error status
+    CallFailed(error: wire.ServiceError)   the service answered with an error status
     TransportFailed(code, possibly_billed)     no usable answer: timeout, dropped connection,
                                                malformed body
 
@@ -20,16 +20,15 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from . import protocol
+from . import wire
 from .source import Request
-from .sse import SSEParser, StreamError
-from .wire import NativeWire, Wire
+from .wire import NativeWire, SSEParser, StreamError, Wire
 
 
 class CallFailed(Exception):
     """The service answered with a non-200 status."""
 
-    def __init__(self, error: protocol.ServiceError) -> None:
+    def __init__(self, error: wire.ServiceError) -> None:
         super().__init__(f"HTTP {error.status} {error.code}: {error.message}")
         self.error = error
 
@@ -119,7 +118,7 @@ class DashScopeClient:
             url = self._urls[path] = httpx.URL(self.base_url + path)
         return url
 
-    async def generate(self, request: Request) -> protocol.Completion:
+    async def generate(self, request: Request) -> wire.Completion:
         content = request.payload
         if self.stream:
             return await self._generate_streamed(request, content)
@@ -135,13 +134,13 @@ class DashScopeClient:
         except httpx.TransportError as exc:
             raise _transport_failure(exc) from None
         if response.status_code != 200:
-            raise CallFailed(protocol.parse_error(response.status_code, body, dict(response.headers)))
+            raise CallFailed(wire.parse_error(response.status_code, body, dict(response.headers)))
         try:
             return self.wire.parse(body)
-        except protocol.MalformedResponse as exc:
+        except wire.MalformedResponse as exc:
             raise TransportFailed("MalformedResponse", str(exc), possibly_billed=True) from None
 
-    async def _generate_streamed(self, request: Request, content: bytes) -> protocol.Completion:
+    async def _generate_streamed(self, request: Request, content: bytes) -> wire.Completion:
         """Read an SSE answer to its end; an error event or a cut stream raises like any failure."""
         assembler = self.wire.assembler(request.body)
         parser = SSEParser()
@@ -152,7 +151,7 @@ class DashScopeClient:
                 opened = True
                 if response.status_code != 200:
                     body = await response.aread()
-                    raise CallFailed(protocol.parse_error(response.status_code, body, dict(response.headers)))
+                    raise CallFailed(wire.parse_error(response.status_code, body, dict(response.headers)))
                 async for line in response.aiter_lines():
                     event = parser.line(line)
                     if event is not None:
@@ -168,7 +167,7 @@ class DashScopeClient:
             raise TransportFailed(failure.code, f"mid-stream: {failure.message}", possibly_billed=True) from None
         except StreamError as exc:
             raise CallFailed(exc.error) from None
-        except protocol.MalformedResponse as exc:
+        except wire.MalformedResponse as exc:
             raise TransportFailed("StreamCut", str(exc), possibly_billed=True) from None
 
     @staticmethod

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import prompts
+from . import prompts, wire
 from .pool import DEFAULT_OUTPUT_CHARGE
 from .pricing import PriceTable
-from .protocol import Usage
 from .source import Request, Source
 from .spec import JobSpec
 from .store import Store
+from .wire import Usage
 
 APPROXIMATION_NOTE = (
     "approximate: UTF-8 bytes / 3 per text item plus 4 per message (overestimates; measured "
@@ -82,8 +82,7 @@ def _counter(model: str) -> tuple[Callable[[list[dict[str, Any]]], int], str]:
 
 
 def _messages(request: Request) -> list[dict[str, Any]]:
-    body = request.body
-    return list(body["input"]["messages"] if "input" in body else body["messages"])
+    return wire.messages_of(request.body)
 
 
 def estimate(spec: JobSpec, prices: PriceTable) -> Estimate:

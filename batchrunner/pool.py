@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from . import protocol, store
+from . import store, wire
 from .budget import Budget, Reservation
 from .client import CallFailed, DashScopeClient, TransportFailed
 from .limits import FlightGate, RequestPacer, TokenBudget, backoff_delay
@@ -39,7 +39,7 @@ DEFAULT_OUTPUT_CHARGE = 1024  # tokens assumed for the TPM limiter when max_toke
 class Abort(Exception):
     """The service refused the key, account or model: no further request can succeed."""
 
-    def __init__(self, error: protocol.ServiceError) -> None:
+    def __init__(self, error: wire.ServiceError) -> None:
         super().__init__(f"HTTP {error.status} {error.code}: {error.message}")
         self.error = error
 
@@ -182,7 +182,7 @@ class Pool:
             self.stop()
         return reservation
 
-    def cost_of(self, request: Request, usage: protocol.Usage) -> Cost | None:
+    def cost_of(self, request: Request, usage: wire.Usage) -> Cost | None:
         if self.prices is None:
             return None
         return self.prices.cost(
@@ -191,7 +191,7 @@ class Pool:
 
     async def _attempt(
         self, request: Request, estimate: int, attempt: int
-    ) -> tuple[protocol.Completion | CallFailed | TransportFailed | None, str, float, Cost | None]:
+    ) -> tuple[wire.Completion | CallFailed | TransportFailed | None, str, float, Cost | None]:
         """One paced call: (answer or classified failure, start time, monotonic start, its cost).
 
         The answer is None when the budget guard refused to send it.
@@ -207,7 +207,7 @@ class Pool:
             self.counts.attempts += 1
             started, t0 = store.now(), time.monotonic()
             try:
-                answer: protocol.Completion | CallFailed | TransportFailed = await self.client.generate(request)
+                answer: wire.Completion | CallFailed | TransportFailed = await self.client.generate(request)
             except (CallFailed, TransportFailed) as exc:
                 answer = exc
             except asyncio.CancelledError:
@@ -216,7 +216,7 @@ class Pool:
                 self._log_attempt(request, attempt, started, t0, fields)
                 raise
             cost = None
-            if isinstance(answer, protocol.Completion):
+            if isinstance(answer, wire.Completion):
                 cost = self.cost_of(request, answer.usage)
                 used = answer.usage.input_tokens + answer.usage.output_tokens
                 self.budget.settle(reservation, cost.total_pusd if cost else 0, used)
@@ -251,7 +251,7 @@ class Pool:
                 isinstance(outcome, TransportFailed)
                 or (isinstance(outcome, CallFailed) and outcome.error.status >= 500)
             )
-            if isinstance(outcome, protocol.Completion):
+            if isinstance(outcome, wire.Completion):
                 usage = outcome.usage
                 if self.tokens is not None:
                     self.tokens.settle(estimate, usage.input_tokens + usage.output_tokens)
@@ -301,15 +301,15 @@ class Pool:
                     self.pacer.on_throttled()
                 retry_after = outcome.error.retry_after
             else:
-                decision = protocol.Outcome.RETRY
+                decision = wire.Outcome.RETRY
                 billed += int(outcome.possibly_billed)
                 self.counts.possibly_billed += int(outcome.possibly_billed)
                 retry_after = None
             self._log_attempt(request, attempt, a_started, a0, {"outcome": decision.value, **fields})
-            if decision is protocol.Outcome.ABORT:
+            if decision is wire.Outcome.ABORT:
                 assert isinstance(outcome, CallFailed)
                 raise Abort(outcome.error)
-            if decision is protocol.Outcome.ROW_FAILED:
+            if decision is wire.Outcome.ROW_FAILED:
                 self._finish(request, started, t0, attempt, billed, failure=fields, retryable=False)
                 return
             if attempt > self.spec.limits.max_retries:
@@ -350,7 +350,7 @@ class Pool:
         attempts: int,
         billed: int,
         *,
-        completion: protocol.Completion | None = None,
+        completion: wire.Completion | None = None,
         failure: dict[str, Any] | None = None,
         retryable: bool = False,
         parsed: str | None = None,

@@ -34,7 +34,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import SpecError
-from .protocol import Usage
+from .wire import Usage
 
 PUSD_PER_USD = 10**12
 SHIPPED = "prices.toml"

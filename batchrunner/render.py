@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import prompts, protocol
+from . import prompts, wire
 from .parameters import SEED_MAX, SeedColumn
 from .spec import JobSpec
 from .wire import Wire, for_protocol
@@ -86,7 +86,7 @@ class Renderer:
         self.template = template
         self.wire: Wire = for_protocol(spec.api.protocol)
         self.path = spec.path
-        self.multimodal = spec.model.path == protocol.MULTIMODAL_PATH
+        self.multimodal = spec.model.path == wire.MULTIMODAL_PATH
         self.parameters = spec.parameters.wire()
         self.media_base = spec.input.path.parent
         self.context = spec.prompt.context_text()

@@ -6,16 +6,9 @@ import json
 import re
 from typing import Any
 
-from . import protocol, store
+from . import store, wire
 from .pricing import Cost
 from .render import Request
-
-
-def sent_parameters(body: dict[str, Any]) -> dict[str, Any]:
-    """The generation parameters of a request as sent (either wire format)."""
-    if "parameters" in body:
-        return dict(body["parameters"])
-    return {k: v for k, v in body.items() if k not in ("model", "messages", "input")}
 
 
 def result_row(
@@ -26,7 +19,7 @@ def result_row(
     latency_ms: int,
     attempts: int,
     billed: int,
-    completion: protocol.Completion | None = None,
+    completion: wire.Completion | None = None,
     failure: dict[str, Any] | None = None,
     retryable: bool = False,
     parsed: str | None = None,
@@ -46,7 +39,7 @@ def result_row(
         "finished_at": store.now(),
         "model": request.body["model"],
         "endpoint": request.path,
-        "parameters": store.dumps(sent_parameters(request.body)),
+        "parameters": store.dumps(wire.parameters_of(request.body)),
         "run_id": run_id,
         "sample": request.sample,
         "seed": request.seed,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import protocol, sink
+from . import sink, wire
 from .client import DashScopeClient
 from .credentials import api_key_for, check_base_url
 from .errors import SpecError
@@ -127,7 +127,7 @@ async def _service(spec: JobSpec, simulate: bool) -> AsyncIterator[tuple[str, st
 
     async with Simulator(SimulatorConfig()).serve(host="127.0.0.1", port=0) as base_url:
         if spec.api.protocol == "openai":
-            base_url = base_url.removesuffix("/api/v1") + protocol.COMPATIBLE_SUFFIX
+            base_url = base_url.removesuffix("/api/v1") + wire.COMPATIBLE_SUFFIX
         yield base_url, SIMULATED_KEY
 
 

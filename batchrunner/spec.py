@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import protocol
+from . import wire
 from .errors import SpecError
 from .parameters import Parameters
 
@@ -94,10 +94,10 @@ class ModelSection(_Section):
     @property
     def path(self) -> str:
         if self.endpoint == "text":
-            return protocol.TEXT_PATH
+            return wire.TEXT_PATH
         if self.endpoint == "multimodal":
-            return protocol.MULTIMODAL_PATH
-        return protocol.path_for_model(self.name)
+            return wire.MULTIMODAL_PATH
+        return wire.path_for_model(self.name)
 
 
 class Limits(_Section):
@@ -144,7 +144,7 @@ class ApiSection(_Section):
 
     @property
     def default_base_url(self) -> str:
-        return protocol.base_url_for(self.region, self.protocol)
+        return wire.base_url_for(self.region, self.protocol)
 
     @field_validator("base_url")
     @classmethod
@@ -175,7 +175,7 @@ class JobSpec(_Section):
     @model_validator(mode="after")
     def _across_sections(self) -> JobSpec:
         problems = []
-        multimodal = self.path == protocol.MULTIMODAL_PATH or self.api.protocol == "openai"
+        multimodal = self.path == wire.MULTIMODAL_PATH or self.api.protocol == "openai"
         if (self.prompt.images or self.prompt.videos) and not multimodal:
             problems.append(
                 f"[prompt] images / videos need a multimodal model; {self.model.name!r} uses the text "
@@ -208,7 +208,7 @@ class JobSpec(_Section):
     def path(self) -> str:
         """The endpoint path for this job's model and protocol."""
         if self.api.protocol == "openai":
-            return protocol.OPENAI_CHAT_PATH
+            return wire.OPENAI_CHAT_PATH
         return self.model.path
 
     @property

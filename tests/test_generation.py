@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from helpers import merged, read_table, spec_text, write_job
 
-from batchrunner import SpecError, load_spec, protocol, run_job
+from batchrunner import SpecError, load_spec, run_job, wire
 from batchrunner.render import derived_seed
 from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle, answer_for, serve_in_thread
 
@@ -99,7 +99,7 @@ def test_extra_parameters_pass_through_untouched(tmp_path: Path, sim: ThreadHand
 def test_regions_and_custom_base_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DASHSCOPE_BASE_URL", raising=False)
     write_job(tmp_path, ROWS, {"api": {"region": "cn"}})
-    assert load_spec(tmp_path / "job.toml").base_url == protocol.CN_BASE_URL
+    assert load_spec(tmp_path / "job.toml").base_url == wire.CN_BASE_URL
     write_job(tmp_path, ROWS, {"api": {"region": "cn", "protocol": "openai"}})
     assert load_spec(tmp_path / "job.toml").base_url == "https://dashscope.aliyuncs.com/compatible-mode/v1"
     write_job(tmp_path, ROWS, {"api": {"base_url": "http://127.0.0.1:11434/v1", "protocol": "openai"}})
@@ -283,7 +283,7 @@ def test_image_cells_become_content_items(tmp_path: Path) -> None:
     source = Source(load_spec(media_job(tmp_path, rows)))
     source.check()
     first, second = [i for b in source.batches() for i in source.requests(b)]
-    assert first.path == protocol.MULTIMODAL_PATH
+    assert first.path == wire.MULTIMODAL_PATH
     (message,) = first.body["input"]["messages"]
     image, text = message["content"]
     assert image["image"].startswith("data:image/png;base64,") and text == {"text": "what is it?"}
@@ -302,7 +302,7 @@ def test_images_are_sent_and_their_tokens_recorded(tmp_path: Path, sim: ThreadHa
         media_job(tmp_path / "hi", rows, {"parameters": {"vl_high_resolution_images": True}}), handle_signals=False
     )
     assert read_table(hi.output_path)["image_tokens"].to_list() == ["1024", "1024"]
-    assert stored(summary.db_path, "SELECT DISTINCT endpoint FROM results") == [(protocol.MULTIMODAL_PATH,)]
+    assert stored(summary.db_path, "SELECT DISTINCT endpoint FROM results") == [(wire.MULTIMODAL_PATH,)]
 
 
 def test_a_missing_media_file_is_an_error_before_sending(tmp_path: Path, sim: ThreadHandle) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from batchrunner.errors import SpecError
 from batchrunner.pricing import Cost, PriceTable, format_usd, usd
-from batchrunner.protocol import Usage
+from batchrunner.wire import Usage
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import json
 import httpx
 import pytest
 
-from batchrunner import protocol
+from batchrunner import wire
 from batchrunner.client import CallFailed, DashScopeClient, TransportFailed
 from batchrunner.limits import FlightGate, backoff_delay
-from batchrunner.protocol import Outcome, Usage, classify, parse_completion, parse_error
 from batchrunner.source import Request
+from batchrunner.wire import Outcome, Usage, classify, parse_completion, parse_error
 
 
 def test_message_format_answer() -> None:
@@ -85,7 +85,7 @@ def test_text_format_and_multimodal_shapes() -> None:
 
 @pytest.mark.parametrize("body", [b"not json", b"{}", b'{"output": {}}', b"[1]"])
 def test_malformed_answers(body: bytes) -> None:
-    with pytest.raises(protocol.MalformedResponse):
+    with pytest.raises(wire.MalformedResponse):
         parse_completion(body)
 
 
@@ -159,23 +159,23 @@ def test_classification(status: int, code: str, outcome: Outcome) -> None:
 
 
 def test_endpoint_routing() -> None:
-    assert protocol.path_for_model("qwen-plus") == protocol.TEXT_PATH
-    assert protocol.path_for_model("qwen3-max") == protocol.TEXT_PATH
+    assert wire.path_for_model("qwen-plus") == wire.TEXT_PATH
+    assert wire.path_for_model("qwen3-max") == wire.TEXT_PATH
     for model in ("qwen3-vl-plus", "qwen-vl-max", "qwen3.6-plus", "QVQ-max"):
-        assert protocol.path_for_model(model) == protocol.MULTIMODAL_PATH
+        assert wire.path_for_model(model) == wire.MULTIMODAL_PATH
 
 
 REQUEST = Request(
     "k",
     0,
     "r0",
-    protocol.TEXT_PATH,
-    protocol.build_body("qwen-plus", [{"role": "user", "content": "hi"}], {"seed": 3}),
+    wire.TEXT_PATH,
+    wire.build_body("qwen-plus", [{"role": "user", "content": "hi"}], {"seed": 3}),
     5,
 )
 
 
-async def call(handler) -> protocol.Completion:  # type: ignore[no-untyped-def]
+async def call(handler) -> wire.Completion:  # type: ignore[no-untyped-def]
     async with DashScopeClient(
         "https://example.invalid/api/v1",
         "sk-secret",
@@ -293,20 +293,20 @@ def chunk(content: str, finish: str = "null", calls: list | None = None, out_tok
     }
 
 
-async def call_streamed(body: bytes, wire=None, status: int = 200) -> protocol.Completion:  # type: ignore[no-untyped-def]
+async def call_streamed(body: bytes, dialect=None, status: int = 200) -> wire.Completion:  # type: ignore[no-untyped-def]
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return httpx.Response(status, content=body, headers={"content-type": "text/event-stream"})
 
-    wire = wire or NativeWire()
+    dialect = dialect or NativeWire()
     request = Request(
         "k",
         0,
         "r0",
-        protocol.TEXT_PATH,
-        wire.body("qwen-plus", [{"role": "user", "content": "hi"}], {}, multimodal=False, stream=True),
+        wire.TEXT_PATH,
+        dialect.body("qwen-plus", [{"role": "user", "content": "hi"}], {}, multimodal=False, stream=True),
         5,
     )
     async with DashScopeClient(
@@ -315,7 +315,7 @@ async def call_streamed(body: bytes, wire=None, status: int = 200) -> protocol.C
         timeout_s=5,
         max_connections=2,
         transport=httpx.MockTransport(handler),
-        wire=wire,
+        wire=dialect,
         stream=True,
     ) as client:
         try:
@@ -372,7 +372,7 @@ def openai_stream(*chunks: dict, done: bool = True) -> bytes:
 
 
 async def test_openai_stream_is_assembled_with_usage_from_the_last_chunk() -> None:
-    wire = OpenAIWire()
+    dialect = OpenAIWire()
     body = openai_stream(
         {"id": "c1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]},
         {
@@ -390,15 +390,15 @@ async def test_openai_stream_is_assembled_with_usage_from_the_last_chunk() -> No
             },
         },
     )
-    c = await call_streamed(body, wire)
+    c = await call_streamed(body, dialect)
     assert (c.content, c.finish_reason, c.usage.input_tokens, c.usage.cached_tokens) == ("Hi there", "stop", 7, 3)
     with pytest.raises(TransportFailed):
         await call_streamed(
-            openai_stream({"id": "c", "choices": [{"index": 0, "delta": {"content": "x"}}]}, done=False), wire
+            openai_stream({"id": "c", "choices": [{"index": 0, "delta": {"content": "x"}}]}, done=False), dialect
         )
     error = {"error": {"message": "slow down", "type": "limit_requests", "code": "limit_requests"}}
     with pytest.raises(CallFailed) as failed:
-        await call_streamed(openai_stream(error), wire)
+        await call_streamed(openai_stream(error), dialect)
     assert failed.value.error.status == 429
 
 

@@ -27,9 +27,9 @@ from helpers import merged, spec_text
 
 from batchrunner.errors import StoreError
 from batchrunner.pricing import PriceTable
-from batchrunner.protocol import Usage
 from batchrunner.report import COLUMNS, MONEY, ReportRow, build, collect, render
 from batchrunner.store import Store
+from batchrunner.wire import Usage
 
 COST_COLUMNS = {
     "cost_pusd": int,

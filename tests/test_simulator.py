@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from batchrunner.protocol import MULTIMODAL_PATH, TEXT_PATH, Usage
 from batchrunner.simulator import (
     FaultRule,
     Simulator,
@@ -19,6 +18,7 @@ from batchrunner.simulator import (
     count_tokens,
     serve_in_thread,
 )
+from batchrunner.wire import MULTIMODAL_PATH, TEXT_PATH, Usage
 
 KEY = {"Authorization": "Bearer sk-test"}
 HELLO = [

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from batchrunner.protocol import MULTIMODAL_PATH, TEXT_PATH, parse_error
 from batchrunner.simulator import FaultRule, Simulator, SimulatorConfig, answer_for, count_tokens
+from batchrunner.wire import MULTIMODAL_PATH, TEXT_PATH, parse_error
 
 KEY = {"Authorization": "Bearer sk-test"}
 COMPAT = "/compatible-mode/v1/chat/completions"

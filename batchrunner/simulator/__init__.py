@@ -1,6 +1,6 @@
 """A deterministic stand-in for the DashScope generation API, served on loopback.
 
-It speaks the native wire protocol of `batchrunner.protocol` (the only part of the package it
+It speaks the native wire protocol of `batchrunner.wire` (the only part of the package it
 imports): the text and multimodal generation endpoints, key checks, the service's validation
 messages, per-second rate windows, the implicit and explicit context cache, SSE streaming,
 function calling, logprobs, image/video token accounting, and scripted or random faults.

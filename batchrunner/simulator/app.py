@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from batchrunner.protocol import MULTIMODAL_PATH, SSE_HEADER, TEXT_PATH
+from batchrunner.wire import MULTIMODAL_PATH, SSE_HEADER, TEXT_PATH
 
 from . import compat, reply, stream
 from .answers import request_key

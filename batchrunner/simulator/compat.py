@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from batchrunner.protocol import MULTIMODAL_PATH, TEXT_PATH, path_for_model
+from batchrunner.wire import MULTIMODAL_PATH, TEXT_PATH, path_for_model
 
 from .catalogue import SimError
 from .reply import Answer

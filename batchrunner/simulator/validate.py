@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchrunner.protocol import MULTIMODAL_PATH, path_for_model
+from batchrunner.wire import MULTIMODAL_PATH, path_for_model
 
 from .answers import text_of
 from .catalogue import GENERIC_INVALID, SimError, error_for_code
