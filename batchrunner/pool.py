@@ -26,7 +26,7 @@ from typing import Any
 from . import store, wire
 from .budget import Budget, Reservation
 from .client import CallFailed, DashScopeClient, TransportFailed
-from .limits import FlightGate, RequestPacer, TokenBudget, backoff_delay
+from .pacing import FlightGate, RequestPacer, TokenBudget, backoff_delay
 from .pricing import Cost, PriceTable
 from .results import parse_json_answer, result_row
 from .source import Request

@@ -10,7 +10,7 @@ import pytest
 
 from batchrunner import wire
 from batchrunner.client import CallFailed, DashScopeClient, TransportFailed
-from batchrunner.limits import FlightGate, backoff_delay
+from batchrunner.pacing import FlightGate, backoff_delay
 from batchrunner.source import Request
 from batchrunner.wire import Outcome, Usage, classify, parse_completion, parse_error
 
@@ -426,7 +426,7 @@ def test_openai_body_carries_extras_and_parts() -> None:
 
 
 async def test_request_pacer_never_exceeds_the_per_second_window() -> None:
-    from batchrunner.limits import RequestPacer
+    from batchrunner.pacing import RequestPacer
 
     loop = asyncio.get_running_loop()
     pacer = RequestPacer(rpm=3000)  # 50 a second
