@@ -12,6 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .parameters import Parameters
+from .pricing import format_usd
+
+DEFAULT_OUTPUT_CHARGE = 1024  # output tokens assumed per request when max_tokens is unset
+
+
+def max_output_tokens(parameters: Parameters) -> int:
+    """The most output one request can be billed for: every choice, plus the thinking chain."""
+    p = parameters
+    per_choice = p.max_tokens or DEFAULT_OUTPUT_CHARGE
+    return per_choice * (p.n or 1) + ((p.thinking_budget or 0) if p.enable_thinking else 0)
+
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
@@ -52,9 +64,9 @@ class Budget:
             return None
         if self.max_cost_pusd is not None and self.spent_pusd + self._reserved_pusd + cost_pusd > self.max_cost_pusd:
             self.exhausted = (
-                f"max_cost_usd ({self.max_cost_pusd / 1e12:.6f}) could be exceeded: spent "
-                f"{self.spent_pusd / 1e12:.6f}, up to {self._reserved_pusd / 1e12:.6f} in flight, "
-                f"up to {cost_pusd / 1e12:.6f} for the next request"
+                f"max_cost_usd ({format_usd(self.max_cost_pusd)}) could be exceeded: spent "
+                f"{format_usd(self.spent_pusd)}, up to {format_usd(self._reserved_pusd)} in flight, "
+                f"up to {format_usd(cost_pusd)} for the next request"
             )
             return None
         self.requests += 1
@@ -69,5 +81,5 @@ class Budget:
         self.used_tokens += tokens
 
     def message(self) -> str:
-        left = "" if self.max_cost_pusd is None else f", {(self.max_cost_pusd - self.spent_pusd) / 1e12:.6f} USD left"
-        return f"budget stop: {self.exhausted}; spent {self.spent_pusd / 1e12:.6f} USD this run{left}"
+        left = "" if self.max_cost_pusd is None else f", {format_usd(self.max_cost_pusd - self.spent_pusd)} USD left"
+        return f"budget stop: {self.exhausted}; spent {format_usd(self.spent_pusd)} USD this run{left}"

@@ -1,9 +1,7 @@
 """The `batchrunner` command: a thin layer over the library (each command calls one function).
 
-Exit codes: 0 all rows ok; 1 finished with failed rows; 2 bad spec or input (nothing sent);
-3 aborted by an authentication or permission error; 4 stopped by a budget limit (resumable);
-5 stopped by the circuit breaker, the service looks down (resumable); 75 the job is already
-running elsewhere (nothing done); 130 interrupted (resumable).
+Heavy modules (polars, httpx, aiohttp) are imported inside the commands that use them, so
+`batchrunner --help`, `status` and `runs` start at once.
 """
 
 from __future__ import annotations
@@ -13,17 +11,15 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import runner, sink
-from .errors import BatchRunnerError, StoreError
-from .source import Source
-from .spec import load
-from .store import Store
+from .errors import EXIT_CODE_HELP, BatchRunnerError
+
+if TYPE_CHECKING:
+    from .spec import JobSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("batchrunner")
@@ -38,11 +34,19 @@ def _reports_errors(func: F) -> F:
             return func(*args, **kwargs)
         except BatchRunnerError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            sys.exit(int(exc.exit_code))
 
     return wrapper  # type: ignore[return-value]
 
 
+def _spec(job: Path, *, db: Path | None = None, output: Path | None = None, max_cost: float | None = None) -> JobSpec:
+    """The job spec with the command line's overrides applied (the one place they are)."""
+    from .spec import load
+
+    return load(job).with_overrides(db=db, output=output, max_cost_usd=max_cost)
+
+
+job_argument = click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
 db_option = click.option(
     "--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec)."
 )
@@ -51,9 +55,13 @@ prices_option = click.option(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A TOML price file that overrides or adds models.",
 )
+_EXIT_CODES = "\n".join(f"    {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=f"\b\nExit codes:\n{_EXIT_CODES}",
+)
 @click.version_option(package_name="batchrunner")
 def cli() -> None:
     """Run a table of prompts through DashScope (Qwen), checkpointed and resumable.
@@ -65,7 +73,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@job_argument
 @db_option
 @click.option(
     "--output",
@@ -105,55 +113,26 @@ def run(
 
     \b
     Example:
-        DASHSCOPE_API_KEY=sk-... batchrunner run jobs/reviews.toml
+        DASHSCOPE_API_KEY=sk-... batchrunner run jobs/reviews-summary.toml
     """
     from .logs import configure
     from .progress import for_terminal
+    from .runner import run_job
 
     tty = sys.stderr.isatty()
-    configure(log_file=log_file, fmt=log_format, quiet=quiet, tty=tty)  # type: ignore[arg-type]
-    spec = load(job)
-    summary = runner.run_job(
+    configure(log_file=log_file, fmt="json" if log_format == "json" else "text", quiet=quiet, tty=tty)
+    spec = _spec(job, db=db, output=output, max_cost=max_cost)
+    summary = run_job(
         spec,
-        db=db,
-        output=output,
         limit=limit,
         simulate=simulate,
         retry_failed=retry_failed,
         progress=for_terminal(spec.job.name, quiet=quiet, tty=tty),
         prices=prices,
-        max_cost_usd=max_cost,
         write_partial=write_partial,
+        handle_signals=True,
     )
-    c = summary.counts
-    fields = {
-        "job": spec.job.name,
-        "status": summary.status,
-        "exit_code": summary.exit_code,
-        "sent": c.sent,
-        "ok": c.ok,
-        "failed": c.failed,
-        "cost_usd": round(c.cost_usd, 6),
-    }
-    log.info(
-        "%s: %s%s: sent %d, ok %d, failed %d, already done %d, skipped %d; %d input + %d output tokens "
-        "(%d cached), %d retries, cost %.6f USD, %.1fs",
-        spec.job.name,
-        summary.status,
-        " (simulated)" if summary.simulated else "",
-        c.sent,
-        c.ok,
-        c.failed,
-        summary.already_done,
-        summary.skipped,
-        c.input_tokens,
-        c.output_tokens,
-        c.cached_tokens,
-        c.retries,
-        c.cost_usd,
-        summary.elapsed_s,
-        extra={"fields": fields},
-    )
+    log.info(summary.line(), extra={"fields": summary.fields()})
     if summary.message:
         (log.warning if summary.exit_code else log.info)(summary.message)
     if summary.output_path is not None:
@@ -163,20 +142,8 @@ def run(
     sys.exit(summary.exit_code)
 
 
-def _rate_line(store: Store, last: dict[str, Any]) -> str:
-    """Rate and ETA of the last run, from its rows in the store."""
-    start = datetime.fromisoformat(last["started_at"])
-    end = datetime.fromisoformat(last["ended_at"]) if last["ended_at"] else datetime.now(UTC)
-    done = store.db.execute("SELECT count(*) FROM results WHERE run_id = ?", [last["id"]]).fetchone()[0]
-    seconds = max((end - start).total_seconds(), 1e-9)
-    rate = done / seconds
-    left = max(0, (last["rows_total"] or 0) - store.settled_count())
-    eta = "-" if not left or not rate else f"{left / rate / 60:.1f} min for about {left} requests left"
-    return f"rate {rate:.2f} rows/s over {seconds:.0f}s; ETA {eta}"
-
-
 @cli.command()
-@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@job_argument
 @db_option
 @_reports_errors
 def status(job: Path, db: Path | None) -> None:
@@ -184,31 +151,18 @@ def status(job: Path, db: Path | None) -> None:
 
     \b
     Example:
-        batchrunner status jobs/reviews.toml
+        batchrunner status jobs/reviews-summary.toml
     """
-    spec = load(job).with_overrides(db=db)
-    store = Store(spec.db_path, readonly=True)
-    try:
-        counts = store.counts()
-        click.echo(f"job {spec.job.name}  store {spec.db_path}")
-        click.echo("results: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"))
-        for code, n in store.error_counts():
-            click.echo(f"  failed with {code}: {n}")
-        runs = store.runs()
-        if runs:
-            last = runs[-1]
-            click.echo(
-                f"last run #{last['id']}: {last['status']}, exit {last['exit_code']}, "
-                f"started {last['started_at']}, ended {last['ended_at'] or '-'}, "
-                f"sent {last['sent'] or 0}, ok {last['ok'] or 0}, failed {last['failed'] or 0}"
-            )
-            click.echo("  " + _rate_line(store, last))
-    finally:
-        store.close()
+    from .report import status_text
+    from .store import Store
+
+    spec = _spec(job, db=db)
+    with Store(spec.db_path, readonly=True) as store:
+        click.echo(status_text(spec.job.name, store), nl=False)
 
 
 @cli.command()
-@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@job_argument
 @db_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @_reports_errors
@@ -217,30 +171,19 @@ def runs(job: Path, db: Path | None, fmt: str) -> None:
 
     \b
     Example:
-        batchrunner runs jobs/reviews.toml
+        batchrunner runs jobs/reviews-summary.toml
     """
-    spec = load(job).with_overrides(db=db)
-    store = Store(spec.db_path, readonly=True)
-    try:
+    from .report import runs_text
+    from .store import Store
+
+    spec = _spec(job, db=db)
+    with Store(spec.db_path, readonly=True) as store:
         rows = store.runs()
-    finally:
-        store.close()
-    if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(
-        f"{'run':>4} {'status':<11} {'exit':>4} {'started':<29} {'sent':>7} {'ok':>7} {'failed':>6} {'cost_usd':>10}"
-    )
-    for r in rows:
-        exit_code = "-" if r["exit_code"] is None else r["exit_code"]
-        click.echo(
-            f"{r['id']:>4} {r['status']:<11} {exit_code:>4} {r['started_at']:<29} {r['sent'] or 0:>7} "
-            f"{r['ok'] or 0:>7} {r['failed'] or 0:>6} {(r['cost_usd'] or 0):>10.6f}"
-        )
+    click.echo(json.dumps(rows, indent=2) if fmt == "json" else runs_text(rows), nl=fmt == "json")
 
 
 @cli.command()
-@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@job_argument
 @db_option
 @click.option("--codes", help="Only rows that failed with these error codes (comma-separated).")
 @_reports_errors
@@ -249,26 +192,22 @@ def retry(job: Path, db: Path | None, codes: str | None) -> None:
 
     \b
     Example:
-        batchrunner retry jobs/reviews.toml --codes DataInspectionFailed,InvalidJSON
-        batchrunner run jobs/reviews.toml
+        batchrunner retry jobs/reviews-summary.toml --codes DataInspectionFailed,InvalidJSON
+        batchrunner run jobs/reviews-summary.toml
     """
     from .lock import JobLock
+    from .store import Store
 
-    spec = load(job).with_overrides(db=db)
-    if not spec.db_path.is_file():
-        raise StoreError(f"{spec.db_path}: no store here yet; run the job first (or pass --db PATH)")
+    spec = _spec(job, db=db)
+    Store(spec.db_path, readonly=True).close()  # StoreError when there is no store yet
     wanted = [c.strip() for c in codes.split(",") if c.strip()] if codes else None
-    with JobLock(spec.db_path):
-        store = Store(spec.db_path)
-        try:
-            n = store.requeue(wanted)
-        finally:
-            store.close()
+    with JobLock(spec.db_path), Store(spec.db_path) as store:
+        n = store.requeue(wanted)
     click.echo(f"re-queued {n} failed row(s); run `batchrunner run {job}` to send them")
 
 
 @cli.command()
-@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@job_argument
 @db_option
 @click.option(
     "--output",
@@ -281,21 +220,16 @@ def export(job: Path, db: Path | None, output: Path | None) -> None:
 
     \b
     Example:
-        batchrunner export jobs/reviews.toml --output reviews.csv
+        batchrunner export jobs/reviews-summary.toml --output reviews.csv
     """
-    spec = load(job).with_overrides(db=db, output=output)
-    source = Source(spec)
-    source.check()
-    store = Store(spec.db_path, readonly=True)
-    try:
-        path, table = sink.export(spec, store, source)
-    finally:
-        store.close()
+    from .sink import export_job
+
+    path, table = export_job(_spec(job, db=db, output=output))
     click.echo(f"output table: {path} (" + ", ".join(f"{k} {v}" for k, v in sorted(table.items())) + ")")
 
 
 @cli.command()
-@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@job_argument
 @db_option
 @prices_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -308,9 +242,10 @@ def estimate(job: Path, db: Path | None, prices: Path | None, fmt: str) -> None:
         batchrunner estimate jobs/reviews-summary.toml
     """
     from . import estimate as estimating
+    from .runner import prices_for
 
-    spec = load(job).with_overrides(db=db)
-    result = estimating.estimate(spec, runner.load_prices(spec, prices))
+    spec = _spec(job, db=db)
+    result = estimating.estimate(spec, prices_for(spec, prices))
     click.echo(json.dumps(result.to_dict(), indent=2) if fmt == "json" else estimating.render(result))
 
 
@@ -335,12 +270,11 @@ def report(paths: tuple[Path, ...], by: str, since: Any, until: Any, fmt: str) -
     from . import report as reporting
 
     groups = [g.strip() for g in by.split(",") if g.strip()]
-    unknown = sorted(set(groups) - {"model", "job", "day", "status"})
+    unknown = sorted(set(groups) - set(reporting.BY_KEYS))
     if unknown:
         raise click.BadParameter(f"unknown group(s) {unknown}; use model, job, day, status", param_hint="--by")
-    stores = reporting.collect(list(paths))
-    built = reporting.build(stores, groups, since.date() if since else None, until.date() if until else None)
-    click.echo(reporting.render(built, fmt), nl=False)  # type: ignore[arg-type]
+    built = reporting.build(list(paths), groups, since.date() if since else None, until.date() if until else None)
+    click.echo(reporting.render(built, reporting.as_format(fmt)), nl=False)
 
 
 @cli.command()
@@ -362,7 +296,7 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, latency_ms:
     \b
     Example:
         batchrunner simulate --port 8000 --rpm 600 --latency-ms 800
-        DASHSCOPE_BASE_URL=http://127.0.0.1:8000/api/v1 batchrunner run jobs/reviews.toml
+        DASHSCOPE_BASE_URL=http://127.0.0.1:8000/api/v1 batchrunner run examples/quickstart.toml
     """
     from .simulator import SimulatorConfig, run_simulator
 

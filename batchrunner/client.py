@@ -14,14 +14,12 @@ keeps the httpx API and runs the same load at a fraction of the CPU (see the ben
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from . import wire
-from .source import Request
+from .render import Request
 from .wire import NativeWire, SSEParser, StreamError, Wire
 
 
@@ -169,22 +167,3 @@ class DashScopeClient:
             raise CallFailed(exc.error) from None
         except wire.MalformedResponse as exc:
             raise TransportFailed("StreamCut", str(exc), possibly_billed=True) from None
-
-    @staticmethod
-    def describe(exc: BaseException) -> dict[str, Any]:
-        """Fields for the attempts table, from an exception raised by `generate`."""
-        if isinstance(exc, CallFailed):
-            e = exc.error
-            return {
-                "http_status": e.status,
-                "error_code": e.code,
-                "error_message": e.message,
-                "request_id": e.request_id,
-            }
-        if isinstance(exc, TransportFailed):
-            return {
-                "error_code": exc.code,
-                "error_message": exc.message,
-                "possibly_billed": int(exc.possibly_billed),
-            }
-        return {"error_code": type(exc).__name__, "error_message": str(exc)}

@@ -1,23 +1,54 @@
-"""Every error batchrunner raises on purpose, rooted at one class.
+"""Every error batchrunner raises on purpose, rooted at one class, and the exit-code table.
 
     BatchRunnerError            anything batchrunner reports to the user instead of a traceback
-    ├── SpecError               the job spec is unreadable or invalid            (exit 2)
-    ├── InputError              the input table cannot be used as it is          (exit 2)
-    ├── OutputError             the output table or store cannot be written      (exit 2)
-    ├── AuthError               the service refused the key or the model         (exit 3)
-    └── StoreError              the SQLite store is missing or not ours          (exit 2)
+    ├── SpecError               the job spec is unreadable or invalid              (exit 2)
+    ├── InputError              the input table cannot be used as it is            (exit 2)
+    ├── OutputError             the output table cannot be written                 (exit 2)
+    ├── StoreError              the SQLite store is missing or not ours            (exit 2)
+    ├── AuthError               the service refused the key, account or model      (exit 3)
+    └── JobLocked               another process is running the same job            (exit 75)
 
 Each message says what is wrong, where (file, key, row) and what to do about it.
 No message ever contains the API key.
+
+A run that ends without an exception reports its ending through `RunSummary.exit_code`, one
+of the codes of `ExitCode` (the CLI's exit status).
 """
 
 from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """The exit codes of `batchrunner run` (and of the other commands where they apply)."""
+
+    OK = 0  # every row ok
+    FAILED_ROWS = 1  # finished, some rows failed (see `status`, `retry`)
+    BAD_INPUT = 2  # bad spec, input, output or store; nothing was sent
+    AUTH = 3  # the service refused the key, account or model; the run stopped
+    BUDGET = 4  # stopped by a budget limit; resumable
+    OUTAGE = 5  # stopped by the circuit breaker (the service looks down); resumable
+    LOCKED = 75  # the job is already running elsewhere; nothing was done (EX_TEMPFAIL)
+    INTERRUPTED = 130  # stopped by a signal; every answer received is saved; resumable
+
+
+EXIT_CODE_HELP = {
+    ExitCode.OK: "all rows ok",
+    ExitCode.FAILED_ROWS: "finished with failed rows",
+    ExitCode.BAD_INPUT: "bad spec, input, output or store (nothing sent)",
+    ExitCode.AUTH: "aborted by an authentication or permission error",
+    ExitCode.BUDGET: "stopped by a budget limit (resumable)",
+    ExitCode.OUTAGE: "stopped by the circuit breaker, the service looks down (resumable)",
+    ExitCode.LOCKED: "the job is already running elsewhere (nothing done)",
+    ExitCode.INTERRUPTED: "interrupted (resumable)",
+}
 
 
 class BatchRunnerError(Exception):
     """A failure batchrunner explains to the user; `exit_code` is what the CLI returns."""
 
-    exit_code = 2
+    exit_code: ExitCode = ExitCode.BAD_INPUT
 
 
 class SpecError(BatchRunnerError):
@@ -33,10 +64,22 @@ class OutputError(BatchRunnerError):
 
 
 class StoreError(BatchRunnerError):
-    """The checkpoint store is missing, locked or not a batchrunner store."""
+    """The checkpoint store is missing or not a batchrunner store."""
 
 
 class AuthError(BatchRunnerError):
-    """The service answered 401 or 403: the key, workspace or model access is wrong."""
+    """The service answered 401 / 403 or an account or model error: no request can succeed."""
 
-    exit_code = 3
+    exit_code = ExitCode.AUTH
+
+    def __init__(self, message: str, *, status: int = 0, code: str = "", request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+
+
+class JobLocked(BatchRunnerError):
+    """Another process holds the job's lock."""
+
+    exit_code = ExitCode.LOCKED

@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import prompts, wire
-from .pool import DEFAULT_OUTPUT_CHARGE
-from .pricing import PriceTable
-from .source import Request, Source
+from .budget import max_output_tokens
+from .pricing import PriceTable, pusd_to_usd
+from .records import settled
+from .render import Request
+from .source import Source
 from .spec import JobSpec
 from .store import Store
 from .wire import Usage
@@ -92,7 +94,7 @@ def estimate(spec: JobSpec, prices: PriceTable) -> Estimate:
     count, tokenizer = _counter(spec.model.name)
     p = spec.parameters
     thinking = bool(p.enable_thinking)
-    max_out = (p.max_tokens or DEFAULT_OUTPUT_CHARGE) * (p.n or 1) + ((p.thinking_budget or 0) if thinking else 0)
+    max_out = max_output_tokens(p)
     history = _history(store)
     expected_out = history["avg_output"] if history["ok"] else max_out
     basis = f"average of {history['ok']} finished rows" if history["ok"] else "max_tokens (no finished rows yet)"
@@ -105,8 +107,7 @@ def estimate(spec: JobSpec, prices: PriceTable) -> Estimate:
             stored = store.lookup([i.key for i in items]) if store is not None else {}
             for item in items:
                 total += 1
-                status, retryable = stored.get(item.key, ("", 0))
-                if status == "ok" or (status == "failed" and not retryable):
+                if settled(*stored.get(item.key, ("", 0))):
                     done += 1
                     continue
                 remaining += 1
@@ -132,8 +133,8 @@ def estimate(spec: JobSpec, prices: PriceTable) -> Estimate:
         output_tokens_expected=int(expected_out * remaining),
         output_tokens_worst=max_out * remaining,
         expected_output_basis=basis,
-        cost_expected_usd=expected_pusd / 1e12 if priced else None,
-        cost_worst_usd=worst_pusd / 1e12 if priced else None,
+        cost_expected_usd=pusd_to_usd(expected_pusd) if priced else None,
+        cost_worst_usd=pusd_to_usd(worst_pusd) if priced else None,
         price_version=prices.version,
         duration_s=duration,
         limited_by=limited_by,
@@ -143,10 +144,8 @@ def estimate(spec: JobSpec, prices: PriceTable) -> Estimate:
 def _history(store: Store | None) -> dict[str, float]:
     if store is None:
         return {"ok": 0, "avg_output": 0.0, "avg_latency_s": 0.0}
-    row = store.db.execute(
-        "SELECT count(*), avg(output_tokens), avg(latency_ms) FROM results WHERE status = 'ok'"
-    ).fetchone()
-    return {"ok": row[0], "avg_output": row[1] or 0.0, "avg_latency_s": (row[2] or 0.0) / 1000}
+    n, avg_output, avg_latency_ms = store.answered_averages()
+    return {"ok": n, "avg_output": avg_output or 0.0, "avg_latency_s": (avg_latency_ms or 0.0) / 1000}
 
 
 def _duration(

@@ -16,16 +16,8 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-from .errors import BatchRunnerError
-from .store import now
-
-EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
-
-
-class JobLocked(BatchRunnerError):
-    """Another process holds the job's lock."""
-
-    exit_code = EXIT_LOCKED
+from .errors import JobLocked
+from .records import now
 
 
 class JobLock:

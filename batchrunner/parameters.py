@@ -27,8 +27,10 @@ class SeedColumn(_Strict):
 
 def _seed(value: Any) -> int | str | SeedColumn | None:
     """One clear message for the three forms a seed may take."""
-    if value is None or value == "per-row":
-        return value
+    if value is None:
+        return None
+    if value == "per-row":
+        return "per-row"
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX:
         return value
     if isinstance(value, dict) and set(value) == {"column"} and isinstance(value["column"], str) and value["column"]:

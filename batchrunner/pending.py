@@ -7,18 +7,19 @@ sent once: `claimed` holds the keys sent and not yet committed, `recent` the key
 since the current slice was looked up.
 
 The resume point: a slice is done once every request yielded from it has been committed as
-settled. The first slice that is not done (or not yet read) is written to the run's row in
-the store whenever it moves, so that a run killed at 90% leaves a point near 90%, and the next
-run of the same spec over the same input file starts reading there instead of at row 0.
+settled. `Frontier.point` is the first slice that is not done (or not yet read); the checkpoint
+writer records it with each commit, so that a run killed at 90% leaves a point near 90%, and
+the next run of the same spec over the same input file starts reading there, not at row 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
 
-from .source import Request, Skipped, Source
+from .records import Result, settled
+from .render import Request, Skipped
+from .source import Source
 from .store import Store
 
 BATCH_ROWS = 5000
@@ -27,13 +28,11 @@ BATCH_ROWS = 5000
 class Frontier:
     """The first input row that a later run still has to read."""
 
-    def __init__(self, start: int, save: Callable[[int], None]) -> None:
+    def __init__(self, start: int) -> None:
         self.scanned = start  # every slice before this offset has been read in full
         self._open: dict[int, int] = {}  # slice offset -> requests yielded and not yet settled
         self._blocked: set[int] = set()  # slices with a request that a rerun will send again
         self._slice_of: dict[str, int] = {}
-        self._save = save
-        self._saved: int | None = None
 
     def sent(self, offset: int, key: str) -> None:
         self._open[offset] = self._open.get(offset, 0) + 1
@@ -41,29 +40,21 @@ class Frontier:
 
     def read_through(self, offset: int) -> None:
         self.scanned = offset
-        self.save()
 
-    def committed(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            offset = self._slice_of.pop(row["key"], None)
+    def committed(self, results: Sequence[Result]) -> None:
+        for result in results:
+            offset = self._slice_of.pop(result.key, None)
             if offset is None:
                 continue
-            if row["status"] == "failed" and row.get("retryable"):
+            if not result.settled:
                 self._blocked.add(offset)
             self._open[offset] -= 1
             if self._open[offset] == 0:
                 del self._open[offset]
-        self.save()
 
-    @property
     def point(self) -> int:
+        """The first input row a later run still has to read."""
         return min([self.scanned, *self._open, *self._blocked])
-
-    def save(self) -> None:
-        point = self.point
-        if point != self._saved:
-            self._saved = point
-            self._save(point)
 
 
 class Pending:
@@ -79,8 +70,8 @@ class Pending:
         self.already_done = 0
         self.skipped = 0
 
-    def committed(self, rows: list[dict[str, Any]]) -> None:
-        keys = [row["key"] for row in rows]
+    def committed(self, results: Sequence[Result]) -> None:
+        keys = [result.key for result in results]
         self.claimed.difference_update(keys)
         self.recent.update(keys)
 
@@ -104,19 +95,19 @@ class Pending:
         for offset in range(start, self.source.n_rows, BATCH_ROWS):
             self.recent.clear()
             items, stored = await asyncio.to_thread(self._prepare, offset)
-            settled = 0
+            quiet = 0  # rows that need nothing: done, skipped, duplicates
             for item in items:
                 if isinstance(item, Skipped):
                     self.skipped += 1
-                    settled += 1
+                    quiet += 1
                     continue
                 status, retryable = stored.get(item.key, ("", 0))
-                if status == "ok" or (status == "failed" and not (self.retry_failed or retryable)):
+                if settled(status, retryable or self.retry_failed):
                     self.already_done += 1
-                    settled += 1
+                    quiet += 1
                     continue
                 if item.key in self.claimed or item.key in self.recent:  # sent once per run
-                    settled += 1
+                    quiet += 1
                     continue
                 if self.limit is not None and sent >= self.limit:
                     return
@@ -124,5 +115,5 @@ class Pending:
                 frontier.sent(offset, item.key)
                 sent += 1
                 yield item
-            advance(settled)
+            advance(quiet)
             frontier.read_through(min(offset + BATCH_ROWS, self.source.n_rows))

@@ -176,6 +176,16 @@ class Cost:
         return cls(model, None, 0, 0, 0, 0, 0, 0, priced=False)
 
 
+def pusd_to_usd(pusd: int) -> float:
+    """Pico-USD as a float amount of USD, for people and float columns (sums stay in pico-USD)."""
+    return pusd / PUSD_PER_USD
+
+
+def usd_to_pusd(amount: float | str | Decimal) -> int:
+    """A USD amount (as a user wrote it) in whole pico-USD, exactly: 0.1 is 10**11."""
+    return int(Fraction(str(amount)) * PUSD_PER_USD)
+
+
 def usd(pusd: int) -> Decimal:
     """Pico-USD as an exact Decimal amount of USD (twelve decimal places)."""
     return Decimal(pusd).scaleb(-12)
@@ -354,3 +364,29 @@ def _validate(schema: type[_M], raw: Any, label: str) -> _M:
         problems = "\n  ".join(_describe(e) for e in exc.errors())
         msg = f"{label}: {exc.error_count()} problem(s) in the price table:\n  {problems}"
         raise SpecError(msg) from None
+
+
+def load_prices(
+    model: str,
+    *,
+    spec_models: Mapping[str, Mapping[str, Any]] | None = None,
+    prices_file: Path | None = None,
+    budget_usd: float | None = None,
+) -> PriceTable:
+    """The shipped price table with a spec's `[pricing.models]` and a --prices file applied.
+
+    A budget needs a price: with `budget_usd` set and no price for `model`, SpecError.
+    """
+    overrides: list[Mapping[str, Any] | Path] = []
+    if spec_models:
+        overrides.append({"models": dict(spec_models)})
+    if prices_file is not None:
+        overrides.append(prices_file)
+    table = PriceTable.load(overrides)
+    if budget_usd is not None and table.lookup(model) is None:
+        msg = (
+            f"[limits] max_cost_usd: model {model!r} has no price in the price table; "
+            f"add it under [pricing.models] or pass --prices FILE"
+        )
+        raise SpecError(msg)
+    return table

@@ -1,18 +1,27 @@
-"""Progress displays for the CLI: a tqdm bar on a terminal, plain log lines otherwise (cron)."""
+"""Progress displays: the callbacks a run makes, a tqdm bar on a terminal, log lines for cron."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+from .records import Result, RunCounts
 
-from .pool import PoolCounts
-from .runner import Progress
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger("batchrunner.progress")
+
+
+class Progress:
+    """Callbacks a display can implement; the default does nothing."""
+
+    def start(self, total_rows: int, counts: RunCounts) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def row_finished(self, result: Result) -> None: ...
+    def close(self) -> None: ...
 
 
 def _eta(remaining: int, rate: float) -> str:
@@ -29,10 +38,12 @@ class BarProgress(Progress):
     def __init__(self, job: str) -> None:
         self.job = job
         self.bar: tqdm[Any] | None = None
-        self.counts = PoolCounts()
+        self.counts = RunCounts()
         self._last = 0.0
 
-    def start(self, total_rows: int, counts: PoolCounts) -> None:
+    def start(self, total_rows: int, counts: RunCounts) -> None:
+        from tqdm import tqdm
+
         self.counts = counts
         self.bar = tqdm(total=total_rows, unit="row", desc=self.job, dynamic_ncols=True)
 
@@ -40,7 +51,7 @@ class BarProgress(Progress):
         if self.bar is not None and n:
             self.bar.update(n)
 
-    def row_finished(self, row: dict[str, Any]) -> None:
+    def row_finished(self, result: Result) -> None:
         if self.bar is None:
             return
         self.bar.update(1)
@@ -70,18 +81,18 @@ class LogProgress(Progress):
         self.every_s = every_s
         self.total = 0
         self.done = 0
-        self.counts = PoolCounts()
+        self.counts = RunCounts()
         self._t0 = time.monotonic()
         self._last = self._t0
 
-    def start(self, total_rows: int, counts: PoolCounts) -> None:
+    def start(self, total_rows: int, counts: RunCounts) -> None:
         self.total, self.counts = total_rows, counts
         self._t0 = self._last = time.monotonic()
 
     def advance(self, n: int) -> None:
         self.done += n
 
-    def row_finished(self, row: dict[str, Any]) -> None:
+    def row_finished(self, result: Result) -> None:
         self.done += 1
         now = time.monotonic()
         if now - self._last >= self.every_s:
@@ -128,7 +139,7 @@ class Both(Progress):
     def __init__(self, *displays: Progress) -> None:
         self.displays = displays
 
-    def start(self, total_rows: int, counts: PoolCounts) -> None:
+    def start(self, total_rows: int, counts: RunCounts) -> None:
         for d in self.displays:
             d.start(total_rows, counts)
 
@@ -136,9 +147,9 @@ class Both(Progress):
         for d in self.displays:
             d.advance(n)
 
-    def row_finished(self, row: dict[str, Any]) -> None:
+    def row_finished(self, result: Result) -> None:
         for d in self.displays:
-            d.row_finished(row)
+            d.row_finished(result)
 
     def close(self) -> None:
         for d in self.displays:

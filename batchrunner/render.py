@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import prompts, wire
+from . import prompts
 from .parameters import SEED_MAX, SeedColumn
+from .service import endpoint_path
 from .spec import JobSpec
 from .wire import Wire, for_protocol
 
@@ -85,8 +86,8 @@ class Renderer:
         self.spec = spec
         self.template = template
         self.wire: Wire = for_protocol(spec.api.protocol)
-        self.path = spec.path
-        self.multimodal = spec.model.path == wire.MULTIMODAL_PATH
+        self.path = endpoint_path(spec.model, spec.api)
+        self.multimodal = spec.model.multimodal
         self.parameters = spec.parameters.wire()
         self.media_base = spec.input.path.parent
         self.context = spec.prompt.context_text()

@@ -23,10 +23,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from typing import Any, Literal
 from . import spec as spec_module
 from .errors import StoreError
 from .pricing import format_usd
+from .store import Store
 
 BY_KEYS = ("model", "job", "day", "status")
 FORMATS = ("table", "csv", "json", "markdown")
@@ -157,72 +157,6 @@ def collect(paths: Iterable[Path]) -> list[Path]:
     return list(found.values())
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    """A read-only connection to a store; StoreError if it is not one."""
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
-        msg = f"{path}: cannot open the store read-only: {exc}"
-        raise StoreError(msg) from None
-    if "results" not in tables:
-        conn.close()
-        msg = f"{path}: not a batchrunner store (no results table)"
-        raise StoreError(msg)
-    return conn
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in conn.execute(f"PRAGMA table_info([{table}])")}
-
-
-def _job_name(conn: sqlite3.Connection, path: Path) -> str:
-    """The job name of the store's latest run, or the file's stem when it has none."""
-    if "job" in _columns(conn, "runs"):
-        row = conn.execute("SELECT job FROM runs WHERE job IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
-        if row:
-            return str(row[0])
-    return path.stem
-
-
-def _groups(conn: sqlite3.Connection, since: date | None, until: date | None) -> Iterable[tuple[Any, ...]]:
-    """Sums per (model, status, day) of one store's results, missing columns read as NULL."""
-    have = _columns(conn, "results")
-
-    def col(name: str) -> str:
-        return f"[{name}]" if name in have else "NULL"
-
-    used = f"coalesce({col('input_tokens')}, 0) + coalesce({col('output_tokens')}, 0) > 0"
-    select = [
-        col("model"),
-        col("status"),
-        f"date({col('finished_at')})",
-        "count(*)",
-        f"coalesce(sum({col('status')} = 'ok'), 0)",
-        f"coalesce(sum({col('status')} = 'failed'), 0)",
-        *(f"coalesce(sum({col(t)}), 0)" for t in TOKENS),
-        f"coalesce(sum({col('cost_pusd')} IS NULL AND {used}), 0)",
-        *(f"sum({col(c)})" for c in MONEY.values()),
-    ]
-    where, args = [], []
-    if since is not None:
-        where.append(f"date({col('finished_at')}) >= ?")
-        args.append(since.isoformat())
-    if until is not None:
-        where.append(f"date({col('finished_at')}) <= ?")
-        args.append(until.isoformat())
-    sql = f"SELECT {', '.join(select)} FROM results"
-    sql += f" WHERE {' AND '.join(where)}" if where else ""
-    return conn.execute(sql + " GROUP BY 1, 2, 3", args).fetchall()
-
-
-def _price_versions(conn: sqlite3.Connection) -> set[str]:
-    if "price_version" not in _columns(conn, "results"):
-        return set()
-    sql = "SELECT DISTINCT price_version FROM results WHERE price_version IS NOT NULL"
-    return {str(v) for (v,) in conn.execute(sql)}
-
-
 def build(
     paths: Sequence[Path], by: Sequence[str] = (), since: date | None = None, until: date | None = None
 ) -> Report:
@@ -238,20 +172,14 @@ def build(
     versions: set[str] = set()
     counters = [f.name for f in fields(ReportRow)][1:]
     for path in stores:
-        conn = _open(path)
-        try:
-            job = _job_name(conn, path)
-            versions |= _price_versions(conn)
-            for model, status, day, *sums in _groups(conn, since, until):
+        with Store(path, readonly=True) as store:
+            job = store.job_name()
+            versions |= store.price_versions()
+            for model, status, day, *sums in store.usage_sums(TOKENS, list(MONEY.values()), since, until):
                 found = {"model": model, "job": job, "day": day, "status": status}
                 group = tuple(None if found[k] is None else str(found[k]) for k in keys)
                 row = ReportRow(group, **dict(zip(counters, sums, strict=True)))
                 groups[group] = groups[group].plus(row, group) if group in groups else row
-        except sqlite3.DatabaseError as exc:
-            msg = f"{path}: cannot read the store: {exc}"
-            raise StoreError(msg) from None
-        finally:
-            conn.close()
     rows = tuple(sorted(groups.values(), key=lambda r: tuple((v is None, v or "") for v in r.group)))
     blank: tuple[str | None, ...] = (None,) * len(keys)
     totals = ReportRow(blank)
@@ -263,6 +191,15 @@ def build(
 # --------------------------------------------------------------------------- rendering
 
 Format = Literal["table", "csv", "json", "markdown"]
+
+
+def as_format(name: str) -> Format:
+    """A format name from the command line, checked."""
+    for fmt in ("table", "csv", "json", "markdown"):
+        if name == fmt:
+            return fmt
+    msg = f"unknown report format {name!r}; choose from {', '.join(FORMATS)}"
+    raise ValueError(msg)
 
 
 def render(report: Report, fmt: Format = "table") -> str:
@@ -353,3 +290,51 @@ def _grid(report: Report, *, markdown: bool) -> str:
             "has no price, or the store predates cost accounting); the USD columns leave them out."
         )
     return "\n".join(body) + "\n"
+
+
+# --------------------------------------------------------------------------- one job's state
+
+
+def _rate_line(store: Store, last: dict[str, Any]) -> str:
+    """Rate and ETA of the last run, from its rows in the store."""
+    start = datetime.fromisoformat(last["started_at"])
+    end = datetime.fromisoformat(last["ended_at"]) if last["ended_at"] else datetime.now(UTC)
+    seconds = max((end - start).total_seconds(), 1e-9)
+    rate = store.finished_in_run(last["id"]) / seconds
+    left = max(0, (last["rows_total"] or 0) - store.settled_count())
+    eta = "-" if not left or not rate else f"{left / rate / 60:.1f} min for about {left} requests left"
+    return f"rate {rate:.2f} rows/s over {seconds:.0f}s; ETA {eta}"
+
+
+def status_text(job: str, store: Store) -> str:
+    """Rows by status, failures by error code, and the last run: what `batchrunner status` shows."""
+    counts = store.counts()
+    lines = [
+        f"job {job}  store {store.path}",
+        "results: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"),
+    ]
+    lines += [f"  failed with {code}: {n}" for code, n in store.error_counts()]
+    runs = store.runs()
+    if runs:
+        last = runs[-1]
+        lines.append(
+            f"last run #{last['id']}: {last['status']}, exit {last['exit_code']}, "
+            f"started {last['started_at']}, ended {last['ended_at'] or '-'}, "
+            f"sent {last['sent'] or 0}, ok {last['ok'] or 0}, failed {last['failed'] or 0}"
+        )
+        lines.append("  " + _rate_line(store, last))
+    return "\n".join(lines) + "\n"
+
+
+def runs_text(runs: Sequence[dict[str, Any]]) -> str:
+    """The runs of a job as a table: what `batchrunner runs` shows."""
+    lines = [
+        f"{'run':>4} {'status':<11} {'exit':>4} {'started':<29} {'sent':>7} {'ok':>7} {'failed':>6} {'cost_usd':>10}"
+    ]
+    for r in runs:
+        exit_code = "-" if r["exit_code"] is None else r["exit_code"]
+        lines.append(
+            f"{r['id']:>4} {r['status']:<11} {exit_code:>4} {r['started_at']:<29} {r['sent'] or 0:>7} "
+            f"{r['ok'] or 0:>7} {r['failed'] or 0:>6} {(r['cost_usd'] or 0):>10.6f}"
+        )
+    return "\n".join(lines) + "\n"

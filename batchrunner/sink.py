@@ -16,7 +16,8 @@ from pathlib import Path
 import polars as pl
 
 from .errors import OutputError
-from .source import ROW_INDEX, Request, Source
+from .render import Request
+from .source import ROW_INDEX, Source
 from .spec import JobSpec
 from .store import Store
 
@@ -149,3 +150,11 @@ def export(
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     return out, tally
+
+
+def export_job(spec: JobSpec, path: Path | None = None) -> tuple[Path, dict[str, int]]:
+    """Check the input and write the job's output table from its store (read-only)."""
+    source = Source(spec)
+    source.check(reserved=result_columns(spec))
+    with Store(spec.db_path, readonly=True) as store:
+        return export(spec, store, source, path)

@@ -9,7 +9,7 @@ requests. CSV cells are read as text (no type guessing that could fail halfway t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import polars as pl
@@ -19,8 +19,6 @@ from .errors import InputError
 from .parameters import SEED_MAX, SeedColumn
 from .render import URL_PREFIXES, Renderer, Request, Skipped
 from .spec import JobSpec
-
-__all__ = ["ROW_INDEX", "Request", "Skipped", "Source"]
 
 ROW_INDEX = "__batchrunner_row__"
 
@@ -61,8 +59,11 @@ class Source:
 
     # ------------------------------------------------------------------ checks
 
-    def check(self) -> None:
-        """Open the table and check it against the spec. Raises InputError."""
+    def check(self, reserved: Sequence[str] = ()) -> None:
+        """Open the table and check it against the spec. Raises InputError.
+
+        `reserved` names the columns the output table adds (an input column may not have one
+        of those names)."""
         spec = self.spec
         where = spec.input.path
         if not where.is_file():
@@ -77,7 +78,7 @@ class Source:
         if self.n_rows == 0:
             msg = f"{where}: the table has no rows; there is nothing to run"
             raise InputError(msg)
-        self._check_columns()
+        self._check_columns(reserved)
         self._lazy = lazy.with_row_index(ROW_INDEX)
         try:
             self._check_ids()
@@ -90,7 +91,7 @@ class Source:
         msg = f"{self.spec.input.path}: {key} names column {wanted!r}, which the table lacks (columns: {shown})"
         return InputError(msg)
 
-    def _check_columns(self) -> None:
+    def _check_columns(self, reserved: Sequence[str]) -> None:
         spec = self.spec
         if spec.input.id_column and spec.input.id_column not in self.columns:
             raise self._missing(spec.input.id_column, "[input] id_column")
@@ -107,9 +108,7 @@ class Source:
         seed = spec.parameters.seed
         if isinstance(seed, SeedColumn) and seed.column not in self.columns:
             raise self._missing(seed.column, "[parameters] seed column")
-        from .sink import result_columns  # the sink owns the output column names
-
-        clash = [c for c in result_columns(spec) if c in self.columns]
+        clash = [c for c in reserved if c in self.columns]
         if clash:
             msg = (
                 f"{spec.input.path}: input column(s) {clash} would collide with output columns; "

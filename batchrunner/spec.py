@@ -92,12 +92,11 @@ class ModelSection(_Section):
     context_tokens: Annotated[int, Field(ge=1)] | None = None
 
     @property
-    def path(self) -> str:
-        if self.endpoint == "text":
-            return wire.TEXT_PATH
-        if self.endpoint == "multimodal":
-            return wire.MULTIMODAL_PATH
-        return wire.path_for_model(self.name)
+    def multimodal(self) -> bool:
+        """Whether the model is served by the multimodal endpoint (by name, unless set)."""
+        if self.endpoint != "auto":
+            return self.endpoint == "multimodal"
+        return wire.is_multimodal_model(self.name)
 
 
 class Limits(_Section):
@@ -142,10 +141,6 @@ class ApiSection(_Section):
     api_key_file: Path | None = None
     allow_insecure_http: bool = False
 
-    @property
-    def default_base_url(self) -> str:
-        return wire.base_url_for(self.region, self.protocol)
-
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
@@ -175,7 +170,7 @@ class JobSpec(_Section):
     @model_validator(mode="after")
     def _across_sections(self) -> JobSpec:
         problems = []
-        multimodal = self.path == wire.MULTIMODAL_PATH or self.api.protocol == "openai"
+        multimodal = self.model.multimodal or self.api.protocol == "openai"
         if (self.prompt.images or self.prompt.videos) and not multimodal:
             problems.append(
                 f"[prompt] images / videos need a multimodal model; {self.model.name!r} uses the text "
@@ -205,23 +200,10 @@ class JobSpec(_Section):
         return self
 
     @property
-    def path(self) -> str:
-        """The endpoint path for this job's model and protocol."""
-        if self.api.protocol == "openai":
-            return wire.OPENAI_CHAT_PATH
-        return self.model.path
-
-    @property
     def db_path(self) -> Path:
         if self.job.db is not None:
             return self.job.db
         return self.output.path.parent / f"{self.job.name}.sqlite"
-
-    @property
-    def base_url(self) -> str:
-        """The base URL in force: env DASHSCOPE_BASE_URL overrides the spec."""
-        env = os.environ.get("DASHSCOPE_BASE_URL", "").rstrip("/")
-        return env or self.api.base_url or self.api.default_base_url
 
     def with_overrides(
         self, *, db: Path | None = None, output: Path | None = None, max_cost_usd: float | None = None

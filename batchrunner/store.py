@@ -1,171 +1,42 @@
-"""The checkpoint store: one plain SQLite file per job, and the only module that knows its schema.
+"""The checkpoint store: one plain SQLite file per job, and the only module that writes SQL.
 
-Tables (open them with sqlite3, sqlite-utils or datasette):
+Tables (open them with sqlite3, sqlite-utils or datasette; the schema is in migrations.py):
 
     results   one row per distinct request (keyed by its hash): status ok | failed, the
-              answer, full usage (normalised columns plus the raw JSON), request_id,
-              attempts, latency, timestamps, model and parameters
+              answer, full usage (typed columns plus the raw JSON), request_id, attempts,
+              latency, timestamps, model, parameters and cost
     attempts  every HTTP attempt, including retries that may have been billed
     runs      one row per `batchrunner run`: start, end, counts, exit code, spec digest
     _batchrunner_migrations   the schema steps applied to this file
 
 The file is created readable by its owner only and runs in WAL mode, so readers (status,
-export, datasette) never block the run that writes it.
+export, report, datasette) never block the run that writes it. Writes come from one thread
+(the checkpoint writer); lookups made meanwhile use a second connection.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
 from .errors import StoreError
+from .migrations import migrate
+from .records import Attempt, Result, now
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
-migration = MIGRATIONS.append
-
-RESULT_USAGE_COLUMNS = (
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_creation_input_tokens",
-    "reasoning_tokens",
-    "image_tokens",
-    "video_tokens",
-    "audio_tokens",
-)
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-@migration
-def m001_initial(db: sqlite_utils.Database) -> None:
-    db.table("results").create(
-        {
-            "key": str,
-            "row_id": str,
-            "row_index": int,
-            "status": str,
-            "retryable": int,
-            "content": str,
-            "reasoning_content": str,
-            "finish_reason": str,
-            "tool_calls": str,
-            "error_code": str,
-            "error_message": str,
-            "http_status": int,
-            **{c: int for c in RESULT_USAGE_COLUMNS},
-            "usage": str,
-            "request_id": str,
-            "attempts": int,
-            "possibly_billed_attempts": int,
-            "latency_ms": int,
-            "started_at": str,
-            "finished_at": str,
-            "model": str,
-            "endpoint": str,
-            "parameters": str,
-            "run_id": int,
-        },
-        pk="key",
-    )
-    db.table("results").create_index(["status"])
-    db.table("attempts").create(
-        {
-            "id": int,
-            "key": str,
-            "run_id": int,
-            "attempt": int,
-            "started_at": str,
-            "latency_ms": int,
-            "http_status": int,
-            "outcome": str,
-            "error_code": str,
-            "error_message": str,
-            "possibly_billed": int,
-            "request_id": str,
-            "usage": str,
-        },
-        pk="id",
-    )
-    db.table("attempts").create_index(["key"])
-    db.table("runs").create(
-        {
-            "id": int,
-            "job": str,
-            "spec_digest": str,
-            "simulated": int,
-            "base_url": str,
-            "pid": int,
-            "host": str,
-            "started_at": str,
-            "ended_at": str,
-            "status": str,
-            "exit_code": int,
-            "rows_total": int,
-            "already_done": int,
-            "sent": int,
-            "ok": int,
-            "failed": int,
-            "skipped": int,
-            "attempts": int,
-            "retries": int,
-            "input_tokens": int,
-            "output_tokens": int,
-        },
-        pk="id",
-    )
-
-
-@migration
-def m002_samples_choices_logprobs(db: sqlite_utils.Database) -> None:
-    results = db.table("results")
-    for column, kind in (("sample", int), ("seed", int), ("choices", str), ("logprobs", str), ("parsed", str)):
-        results.add_column(column, kind)
-
-
-COST_COLUMNS = (
-    "cost_pusd",
-    "input_cost_pusd",
-    "cached_cost_pusd",
-    "cache_creation_cost_pusd",
-    "output_cost_pusd",
-    "saved_pusd",
-)
-
-
-@migration
-def m003_costs(db: sqlite_utils.Database) -> None:
-    """Cost per row in exact integer pico-USD (1e-12 USD), plus cost_usd for people."""
-    results = db.table("results")
-    for column in COST_COLUMNS:
-        results.add_column(column, int)
-    results.add_column("cost_usd", float)
-    results.add_column("price_version", str)
-    db.table("runs").add_column("cost_usd", float)
-
-
-@migration
-def m004_resume_points(db: sqlite_utils.Database) -> None:
-    """Where the next run of the same spec over the same input may start reading."""
-    runs = db.table("runs")
-    runs.add_column("input_signature", str)
-    runs.add_column("resume_offset", int)
+# records.settled, in SQL: ok, or failed and not to be retried.
+SETTLED_SQL = "(status = 'ok' OR (status = 'failed' AND NOT coalesce(retryable, 0)))"
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 10000")
@@ -188,7 +59,7 @@ class Store:
             if not readonly:
                 self.db.enable_wal()
                 self.db.execute("PRAGMA synchronous = NORMAL")
-                self._migrate()
+                migrate(self.db)
             elif "results" not in self.db.table_names():
                 msg = f"{self.path}: not a batchrunner store (no results table)"
                 raise StoreError(msg)
@@ -205,21 +76,19 @@ class Store:
             fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
 
-    def _migrate(self) -> None:
-        table = self.db.table("_batchrunner_migrations")
-        if not table.exists():
-            table.create({"name": str, "applied_at": str}, pk="name")
-        done = {row["name"] for row in table.rows}
-        for step in MIGRATIONS:
-            if step.__name__ not in done:
-                with self.db.atomic():
-                    step(self.db)
-                    table.insert({"name": step.__name__, "applied_at": now()})
-
     def close(self) -> None:
         if self._reader is not self.db.conn:
             self._reader.close()
         self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _columns(self, table: str) -> set[str]:
+        return set(self.db.table(table).columns_dict)
 
     # ------------------------------------------------------------------ runs
 
@@ -268,7 +137,61 @@ class Store:
     def runs(self) -> list[dict[str, Any]]:
         return list(self.db.table("runs").rows_where(order_by="id"))
 
-    # ------------------------------------------------------------------ results
+    def job_name(self) -> str:
+        """The job name of the latest run, or the file's stem when it has none."""
+        if "job" in self._columns("runs"):
+            row = self.db.execute("SELECT job FROM runs WHERE job IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+            if row:
+                return str(row[0])
+        return self.path.stem
+
+    # ------------------------------------------------------------------ writing results
+
+    def _insert_sql(self, table: str, *, replace: bool) -> tuple[str, list[str]]:
+        cached = self._sql.get(table)
+        if cached is None:
+            columns = [c for c in self.db.table(table).columns_dict if c != "id"]
+            names = ", ".join(f"[{c}]" for c in columns)
+            verb = "INSERT OR REPLACE" if replace else "INSERT"
+            sql = f"{verb} INTO [{table}] ({names}) VALUES ({', '.join('?' * len(columns))})"
+            cached = self._sql[table] = (sql, columns)
+        return cached
+
+    def write(
+        self,
+        results: Sequence[Result],
+        attempts: Sequence[Attempt],
+        *,
+        resume: tuple[int, int] | None = None,
+    ) -> None:
+        """Commit a group of finished requests and attempts (and the run's resume point) in one
+        transaction. A prepared statement per table (executemany) rather than sqlite-utils'
+        upsert_all: the columns are fixed by the schema, and this is the hot path of a run."""
+        conn = self.db.conn
+        with self.db.atomic():
+            if attempts:
+                sql, columns = self._insert_sql("attempts", replace=False)
+                conn.executemany(sql, [[getattr(a, c, None) for c in columns] for a in attempts])
+            if results:
+                sql, columns = self._insert_sql("results", replace=True)
+                conn.executemany(sql, [[getattr(r, c, None) for c in columns] for r in results])
+            if resume is not None:
+                run_id, offset = resume
+                conn.execute("UPDATE runs SET resume_offset = ? WHERE id = ?", [offset, run_id])
+
+    def requeue(self, codes: list[str] | None) -> int:
+        """Mark failed rows (with these error codes, or all) to be sent again by the next run."""
+        sql = "UPDATE results SET retryable = 1 WHERE status = 'failed'"
+        args: list[str] = []
+        if codes:
+            sql += f" AND error_code IN ({','.join('?' * len(codes))})"
+            args = codes
+        with self.db.atomic():
+            changed = self.db.execute(sql, args).rowcount
+            self.db.execute("UPDATE runs SET resume_offset = NULL")
+        return int(changed)
+
+    # ------------------------------------------------------------------ reading results
 
     def lookup(self, keys: list[str]) -> dict[str, tuple[str, int]]:
         """For the keys already stored: (status, retryable)."""
@@ -291,75 +214,82 @@ class Store:
                 found[row[0]] = tuple(row[1:])
         return found
 
-    def _insert_sql(self, table: str, *, replace: bool) -> tuple[str, list[str]]:
-        cached = self._sql.get(table)
-        if cached is None:
-            columns = [c for c in self.db.table(table).columns_dict if c != "id"]
-            names = ", ".join(f"[{c}]" for c in columns)
-            verb = "INSERT OR REPLACE" if replace else "INSERT"
-            sql = f"{verb} INTO [{table}] ({names}) VALUES ({', '.join('?' * len(columns))})"
-            cached = self._sql[table] = (sql, columns)
-        return cached
-
-    def write(
-        self,
-        results: list[dict[str, Any]],
-        attempts: list[dict[str, Any]],
-        *,
-        resume: tuple[int, int] | None = None,
-    ) -> None:
-        """Commit a group of finished rows and attempts in one transaction.
-
-        A prepared statement per table (executemany) rather than sqlite-utils' upsert_all:
-        the columns are fixed by the schema, and this is the hot path of a large run.
-        """
-        conn = self.db.conn
-        with self.db.atomic():
-            if attempts:
-                sql, columns = self._insert_sql("attempts", replace=False)
-                conn.executemany(sql, [[a.get(c) for c in columns] for a in attempts])
-            if results:
-                sql, columns = self._insert_sql("results", replace=True)
-                conn.executemany(sql, [[r.get(c) for c in columns] for r in results])
-            if resume is not None:
-                run_id, offset = resume
-                conn.execute("UPDATE runs SET resume_offset = ? WHERE id = ?", [offset, run_id])
-
-    def requeue(self, codes: list[str] | None) -> int:
-        """Mark failed rows (with these error codes, or all) to be sent again by the next run."""
-        sql = "UPDATE results SET retryable = 1 WHERE status = 'failed'"
-        args: list[str] = []
-        if codes:
-            sql += f" AND error_code IN ({','.join('?' * len(codes))})"
-            args = codes
-        with self.db.atomic():
-            changed = self.db.execute(sql, args).rowcount
-            self.db.execute("UPDATE runs SET resume_offset = NULL")
-        return int(changed)
-
     def settled_count(self) -> int:
-        """Requests that no run will send again (ok, or failed for good)."""
-        sql = "SELECT count(*) FROM results WHERE status = 'ok' OR (status = 'failed' AND NOT retryable)"
-        return int(self.db.execute(sql).fetchone()[0])
+        """Requests that no run will send again (see records.settled)."""
+        return int(self.db.execute(f"SELECT count(*) FROM results WHERE {SETTLED_SQL}").fetchone()[0])
 
     def counts(self) -> dict[str, int]:
+        """Stored requests by status."""
         sql = "SELECT status, count(*) FROM results GROUP BY status"
         return {status: n for status, n in self.db.execute(sql).fetchall()}
 
     def error_counts(self) -> list[tuple[str, int]]:
+        """Failed requests by error code, the most frequent first."""
         sql = (
             "SELECT error_code, count(*) AS n FROM results WHERE status = 'failed' GROUP BY error_code ORDER BY n DESC"
         )
         return [(code, n) for code, n in self.db.execute(sql).fetchall()]
 
+    def finished_in_run(self, run_id: int) -> int:
+        """Requests the run `run_id` finished (ok or failed)."""
+        return int(self.db.execute("SELECT count(*) FROM results WHERE run_id = ?", [run_id]).fetchone()[0])
+
+    def answered_averages(self) -> tuple[int, float | None, float | None]:
+        """(answered requests, their mean output tokens, their mean latency in ms)."""
+        row = self.db.execute("SELECT count(*), avg(output_tokens), avg(latency_ms) FROM results WHERE status = 'ok'")
+        n, out, latency = row.fetchone()
+        return int(n), out, latency
+
+    def price_versions(self) -> set[str]:
+        """The price-table versions the stored costs were computed with."""
+        if "price_version" not in self._columns("results"):
+            return set()
+        sql = "SELECT DISTINCT price_version FROM results WHERE price_version IS NOT NULL"
+        return {str(v) for (v,) in self.db.execute(sql)}
+
+    def usage_sums(
+        self, tokens: Sequence[str], money: Sequence[str], since: date | None, until: date | None
+    ) -> list[tuple[Any, ...]]:
+        """Sums per (model, status, day) of the results finished in [since, until]:
+
+            model, status, day, requests, ok, failed, *tokens, unpriced requests, *money
+
+        Columns this store lacks (it predates them) read as NULL; money sums are NULL when no
+        row of the group has a recorded cost, never 0. A request is unpriced when it used
+        tokens but has no recorded cost."""
+        have = self._columns("results")
+
+        def col(name: str) -> str:
+            return f"[{name}]" if name in have else "NULL"
+
+        used = f"coalesce({col('input_tokens')}, 0) + coalesce({col('output_tokens')}, 0) > 0"
+        select = [
+            col("model"),
+            col("status"),
+            f"date({col('finished_at')})",
+            "count(*)",
+            f"coalesce(sum({col('status')} = 'ok'), 0)",
+            f"coalesce(sum({col('status')} = 'failed'), 0)",
+            *(f"coalesce(sum({col(t)}), 0)" for t in tokens),
+            f"coalesce(sum({col('cost_pusd')} IS NULL AND {used}), 0)",
+            *(f"sum({col(c)})" for c in money),
+        ]
+        where, args = [], []
+        if since is not None:
+            where.append(f"date({col('finished_at')}) >= ?")
+            args.append(since.isoformat())
+        if until is not None:
+            where.append(f"date({col('finished_at')}) <= ?")
+            args.append(until.isoformat())
+        sql = f"SELECT {', '.join(select)} FROM results"
+        sql += f" WHERE {' AND '.join(where)}" if where else ""
+        try:
+            return list(self.db.execute(sql + " GROUP BY 1, 2, 3", args).fetchall())
+        except sqlite3.DatabaseError as exc:
+            msg = f"{self.path}: cannot read the store: {exc}"
+            raise StoreError(msg) from None
+
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def dumps(value: Any) -> str | None:
-    """JSON for a TEXT column (None stays NULL)."""
-    if value is None:
-        return None
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from helpers import merged, read_table, spec_text, write_job
 
-from batchrunner import SpecError, load_spec, run_job, wire
+from batchrunner import SpecError, load_spec, run_job, service, wire
 from batchrunner.render import derived_seed
 from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle, answer_for, serve_in_thread
 
@@ -99,12 +99,13 @@ def test_extra_parameters_pass_through_untouched(tmp_path: Path, sim: ThreadHand
 def test_regions_and_custom_base_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DASHSCOPE_BASE_URL", raising=False)
     write_job(tmp_path, ROWS, {"api": {"region": "cn"}})
-    assert load_spec(tmp_path / "job.toml").base_url == wire.CN_BASE_URL
+    assert service.base_url(load_spec(tmp_path / "job.toml").api) == wire.CN_BASE_URL
     write_job(tmp_path, ROWS, {"api": {"region": "cn", "protocol": "openai"}})
-    assert load_spec(tmp_path / "job.toml").base_url == "https://dashscope.aliyuncs.com/compatible-mode/v1"
+    assert service.base_url(load_spec(tmp_path / "job.toml").api) == "https://dashscope.aliyuncs.com/compatible-mode/v1"
     write_job(tmp_path, ROWS, {"api": {"base_url": "http://127.0.0.1:11434/v1", "protocol": "openai"}})
     spec = load_spec(tmp_path / "job.toml")
-    assert spec.base_url == "http://127.0.0.1:11434/v1" and spec.path == "/chat/completions"
+    assert service.base_url(spec.api) == "http://127.0.0.1:11434/v1"
+    assert service.endpoint_path(spec.model, spec.api) == "/chat/completions"
 
 
 # ----------------------------------------------------------------- streaming and thinking

@@ -178,7 +178,7 @@ def test_plain_http_is_refused_except_loopback_or_opt_in(tmp_path: Path, monkeyp
     monkeypatch.setenv("DASHSCOPE_BASE_URL", "http://dashscope.example.com/api/v1")
     with pytest.raises(SpecError, match="is not https: the API key would travel in clear text"):
         run_job(write_job(tmp_path, ROWS[:2]), handle_signals=False)
-    from batchrunner.credentials import check_base_url
+    from batchrunner.service import check_base_url
 
     check_base_url("http://127.0.0.1:8000/api/v1", allow_insecure_http=False)
     check_base_url("http://[::1]:8000/v1", allow_insecure_http=False)

@@ -11,7 +11,7 @@ import pytest
 from batchrunner import wire
 from batchrunner.client import CallFailed, DashScopeClient, TransportFailed
 from batchrunner.pacing import FlightGate, backoff_delay
-from batchrunner.source import Request
+from batchrunner.render import Request
 from batchrunner.wire import Outcome, Usage, classify, parse_completion, parse_error
 
 

@@ -27,6 +27,7 @@ from helpers import merged, spec_text
 
 from batchrunner.errors import StoreError
 from batchrunner.pricing import PriceTable
+from batchrunner.records import Result
 from batchrunner.report import COLUMNS, MONEY, ReportRow, build, collect, render
 from batchrunner.store import Store
 from batchrunner.wire import Usage
@@ -44,10 +45,10 @@ COST_COLUMNS = {
 PRICES = PriceTable.load()
 
 
-def result(key: str, model: str, status: str, finished_at: str, usage: Usage | None, explicit: bool = False) -> dict:
+def result(key: str, model: str, status: str, finished_at: str, usage: Usage | None, explicit: bool = False) -> Result:
     row: dict[str, Any] = {"key": key, "model": model, "status": status, "finished_at": finished_at}
     if usage is None:
-        return row
+        return record(row)
     row.update(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
@@ -67,10 +68,17 @@ def result(key: str, model: str, status: str, finished_at: str, usage: Usage | N
             saved_pusd=cost.saved_pusd,
             price_version=PRICES.version,
         )
-    return row
+    return record(row)
 
 
-def make_store(path: Path, job: str | None, rows: list[dict]) -> Path:
+def record(fields: dict[str, Any]) -> Result:
+    """A stored result with the given fields (the rest blank)."""
+    blank = dict(row_id=fields["key"], row_index=0, retryable=0, attempts=1, possibly_billed_attempts=0)
+    blank.update(latency_ms=1, started_at=fields["finished_at"], endpoint="/x", parameters=None, run_id=1)
+    return Result(**{**blank, **fields})
+
+
+def make_store(path: Path, job: str | None, rows: list[Result]) -> Path:
     """A store made by batchrunner's own Store, with the cost columns added if it lacks them."""
     store = Store(path)
     results = store.db.table("results")
@@ -125,10 +133,10 @@ def assert_reconciles(rows: tuple[ReportRow, ...], totals: ReportRow) -> None:
 
 def test_hand_computed_row_costs() -> None:
     costs = [
-        result("r1", "qwen-plus", "ok", "", Usage(2000, 100, cached_tokens=1024))["cost_pusd"],
-        result("r2", "qwen-plus", "ok", "", Usage(1000, 50))["cost_pusd"],
-        result("r5", "qwen-flash", "ok", "", Usage(10_000, 1000))["cost_pusd"],
-        result("r6", "qwen-plus", "ok", "", Usage(3010, 10, cached_tokens=3000), True)["cost_pusd"],
+        result("r1", "qwen-plus", "ok", "", Usage(2000, 100, cached_tokens=1024)).cost_pusd,
+        result("r2", "qwen-plus", "ok", "", Usage(1000, 50)).cost_pusd,
+        result("r5", "qwen-flash", "ok", "", Usage(10_000, 1000)).cost_pusd,
+        result("r6", "qwen-plus", "ok", "", Usage(3010, 10, cached_tokens=3000), True).cost_pusd,
     ]
     assert costs == [592_320_000, 1000 * 400_000 + 50 * 1_200_000, 10_000 * 50_000 + 1000 * 400_000, 136_000_000]
 
@@ -223,14 +231,20 @@ def test_totals_reconcile_exactly_across_two_stores(stores: tuple[Path, Path], t
         cost = odd.cost("odd", usage, thinking=False, explicit_cache=False)
         assert cost is not None
         rows.append(
-            {"key": f"k{i}", "model": "odd", "status": "ok", "finished_at": f"2026-11-{1 + i % 20:02d}T00:00:00Z"}
-            | {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
-            | {"cached_tokens": usage.cached_tokens, "cost_pusd": cost.total_pusd, "input_cost_pusd": cost.input_pusd}
-            | {
-                "cached_cost_pusd": cost.cached_pusd,
-                "output_cost_pusd": cost.output_pusd,
-                "saved_pusd": cost.saved_pusd,
-            }
+            record(
+                {"key": f"k{i}", "model": "odd", "status": "ok", "finished_at": f"2026-11-{1 + i % 20:02d}T00:00:00Z"}
+                | {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+                | {
+                    "cached_tokens": usage.cached_tokens,
+                    "cost_pusd": cost.total_pusd,
+                    "input_cost_pusd": cost.input_pusd,
+                }
+                | {
+                    "cached_cost_pusd": cost.cached_pusd,
+                    "output_cost_pusd": cost.output_pusd,
+                    "saved_pusd": cost.saved_pusd,
+                }
+            )
         )
     extra = make_store(tmp_path / "odd.sqlite", "odd", rows)
     report = build([*stores, extra], ["day", "model"])

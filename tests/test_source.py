@@ -11,8 +11,9 @@ from helpers import write_job
 
 from batchrunner import InputError, SpecError, load_spec
 from batchrunner.prompts import parse_template
-from batchrunner.render import request_key
-from batchrunner.source import Request, Skipped, Source
+from batchrunner.render import Request, Skipped, request_key
+from batchrunner.sink import result_columns
+from batchrunner.source import Source
 
 AWKWARD = [
     {"id": "a", "text": 'has "quotes", and commas'},
@@ -23,8 +24,10 @@ AWKWARD = [
 
 
 def checked(spec_path: Path) -> Source:
-    source = Source(load_spec(spec_path))
-    source.check()
+    """A source checked as a run checks it (its output columns reserved)."""
+    spec = load_spec(spec_path)
+    source = Source(spec)
+    source.check(reserved=result_columns(spec))
     return source
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import merged, spec_text, write_job
 
-from batchrunner import SpecError, load_spec, wire
+from batchrunner import SpecError, load_spec, service, wire
 
 
 def write_spec(tmp_path: Path, overrides: dict | None = None) -> Path:
@@ -27,7 +27,7 @@ def test_valid_spec_resolves_paths_relative_to_the_spec_file(tmp_path: Path) -> 
         "max_tokens": 32,
         "result_format": "message",
     }
-    assert spec.model.path == wire.TEXT_PATH
+    assert service.endpoint_path(spec.model, spec.api) == wire.TEXT_PATH
     assert len(spec.digest) == 64
 
 
@@ -127,13 +127,13 @@ def test_base_url_is_checked_and_env_overrides_it(tmp_path: Path, monkeypatch: p
     with pytest.raises(SpecError, match=r"\[api\] base_url: must be an http\(s\) URL"):
         load_spec(write_spec(tmp_path, {"api": {"base_url": "dashscope"}}))
     spec = load_spec(write_spec(tmp_path))
-    assert spec.base_url == wire.INTL_BASE_URL
+    assert service.base_url(spec.api) == wire.INTL_BASE_URL
     monkeypatch.setenv("DASHSCOPE_BASE_URL", "http://127.0.0.1:9/api/v1/")
-    assert spec.base_url == "http://127.0.0.1:9/api/v1"
+    assert service.base_url(spec.api) == "http://127.0.0.1:9/api/v1"
 
 
 def test_multimodal_models_route_to_the_multimodal_endpoint(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path, {"model": {"name": "qwen3-vl-plus"}}))
-    assert spec.model.path == wire.MULTIMODAL_PATH
+    assert service.endpoint_path(spec.model, spec.api) == wire.MULTIMODAL_PATH
     spec = load_spec(write_spec(tmp_path, {"model": {"name": "qwen3-vl-plus", "endpoint": "text"}}))
-    assert spec.model.path == wire.TEXT_PATH
+    assert service.endpoint_path(spec.model, spec.api) == wire.TEXT_PATH

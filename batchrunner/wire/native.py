@@ -42,12 +42,14 @@ MULTIMODAL_MODEL_PREFIXES: tuple[str, ...] = (
 NATIVE_ONLY_PARAMETERS = frozenset({"result_format", "incremental_output"})
 
 
+def is_multimodal_model(model: str) -> bool:
+    """Whether `model` is served by the multimodal-generation endpoint."""
+    return model.lower().startswith(MULTIMODAL_MODEL_PREFIXES)
+
+
 def path_for_model(model: str) -> str:
     """The endpoint path (relative to the base URL) that serves `model`."""
-    name = model.lower()
-    if any(name.startswith(prefix) for prefix in MULTIMODAL_MODEL_PREFIXES):
-        return MULTIMODAL_PATH
-    return TEXT_PATH
+    return MULTIMODAL_PATH if is_multimodal_model(model) else TEXT_PATH
 
 
 def build_body(model: str, messages: list[dict[str, Any]], parameters: dict[str, Any]) -> dict[str, Any]:

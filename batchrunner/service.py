@@ -1,27 +1,51 @@
-"""Where the API key comes from, and where it may be sent.
+"""Where a job's requests go and with which key: the endpoint, the base URL, the credentials.
 
 The key is read from the environment variable `[api] api_key_env`, or from `[api]
 api_key_file` (which must not be readable by other users). It is kept only in the HTTP
 client's headers: never in the store, logs, output or any message.
 
 Keys travel only over https, except to loopback addresses (the simulator, a local server) or
-when the spec sets `[api] allow_insecure_http = true`.
+when the spec sets `[api] allow_insecure_http = true`. The base URL is, in order: the
+environment variable DASHSCOPE_BASE_URL, `[api] base_url`, the region's default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from . import wire
 from .errors import SpecError
-from .spec import JobSpec
+from .spec import ApiSection, JobSpec, ModelSection
+
+BASE_URL_ENV = "DASHSCOPE_BASE_URL"
+SIMULATED_KEY = "sk-simulated"
 
 
-def api_key_for(spec: JobSpec) -> str:
+def endpoint_path(model: ModelSection, api: ApiSection) -> str:
+    """The endpoint path (relative to the base URL) for a model and protocol."""
+    if api.protocol == "openai":
+        return wire.OPENAI_CHAT_PATH
+    if model.endpoint == "text":
+        return wire.TEXT_PATH
+    if model.endpoint == "multimodal":
+        return wire.MULTIMODAL_PATH
+    return wire.path_for_model(model.name)
+
+
+def base_url(api: ApiSection) -> str:
+    """The base URL in force: DASHSCOPE_BASE_URL, else the spec's, else the region's default."""
+    env = os.environ.get(BASE_URL_ENV, "").rstrip("/")
+    return env or api.base_url or wire.base_url_for(api.region, api.protocol)
+
+
+def api_key(api: ApiSection) -> str:
     """The key for a real run, or SpecError saying how to provide it."""
-    api = spec.api
     if api.api_key_file is not None:
         path = api.api_key_file
         try:
@@ -68,3 +92,31 @@ def check_base_url(url: str, *, allow_insecure_http: bool) -> None:
         f"address, or set [api] allow_insecure_http = true if the network is trusted"
     )
     raise SpecError(msg)
+
+
+@dataclass(frozen=True)
+class Service:
+    """Where a run sends its requests, and the key it sends (never shown in its repr)."""
+
+    base_url: str
+    api_key: str
+    simulated: bool = False
+
+    def __repr__(self) -> str:
+        return f"Service(base_url={self.base_url!r}, simulated={self.simulated})"
+
+
+@contextlib.asynccontextmanager
+async def connect(spec: JobSpec, *, simulate: bool) -> AsyncIterator[Service]:
+    """The real service (key and URL checked), or a simulator served in this event loop."""
+    if not simulate:
+        url = base_url(spec.api)
+        check_base_url(url, allow_insecure_http=spec.api.allow_insecure_http)
+        yield Service(url, api_key(spec.api))
+        return
+    from .simulator import Simulator, SimulatorConfig
+
+    async with Simulator(SimulatorConfig()).serve(host="127.0.0.1", port=0) as url:
+        if spec.api.protocol == "openai":
+            url = wire.compatible_root(url)
+        yield Service(url, SIMULATED_KEY, simulated=True)

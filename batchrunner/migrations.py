@@ -1,0 +1,158 @@
+"""The store's schema, as a list of named steps applied in order (and recorded in the file).
+
+A step is never edited once released: a store records the names of the steps it has had
+(`_batchrunner_migrations`), and a new column or table is a new step at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import sqlite_utils
+
+# The typed usage columns of `results` (the same names as wire.Usage's fields).
+USAGE_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_input_tokens",
+    "reasoning_tokens",
+    "image_tokens",
+    "video_tokens",
+    "audio_tokens",
+)
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+migration = MIGRATIONS.append
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.table("results").create(
+        {
+            "key": str,
+            "row_id": str,
+            "row_index": int,
+            "status": str,
+            "retryable": int,
+            "content": str,
+            "reasoning_content": str,
+            "finish_reason": str,
+            "tool_calls": str,
+            "error_code": str,
+            "error_message": str,
+            "http_status": int,
+            **{c: int for c in USAGE_COLUMNS},
+            "usage": str,
+            "request_id": str,
+            "attempts": int,
+            "possibly_billed_attempts": int,
+            "latency_ms": int,
+            "started_at": str,
+            "finished_at": str,
+            "model": str,
+            "endpoint": str,
+            "parameters": str,
+            "run_id": int,
+        },
+        pk="key",
+    )
+    db.table("results").create_index(["status"])
+    db.table("attempts").create(
+        {
+            "id": int,
+            "key": str,
+            "run_id": int,
+            "attempt": int,
+            "started_at": str,
+            "latency_ms": int,
+            "http_status": int,
+            "outcome": str,
+            "error_code": str,
+            "error_message": str,
+            "possibly_billed": int,
+            "request_id": str,
+            "usage": str,
+        },
+        pk="id",
+    )
+    db.table("attempts").create_index(["key"])
+    db.table("runs").create(
+        {
+            "id": int,
+            "job": str,
+            "spec_digest": str,
+            "simulated": int,
+            "base_url": str,
+            "pid": int,
+            "host": str,
+            "started_at": str,
+            "ended_at": str,
+            "status": str,
+            "exit_code": int,
+            "rows_total": int,
+            "already_done": int,
+            "sent": int,
+            "ok": int,
+            "failed": int,
+            "skipped": int,
+            "attempts": int,
+            "retries": int,
+            "input_tokens": int,
+            "output_tokens": int,
+        },
+        pk="id",
+    )
+
+
+@migration
+def m002_samples_choices_logprobs(db: sqlite_utils.Database) -> None:
+    results = db.table("results")
+    for column, kind in (("sample", int), ("seed", int), ("choices", str), ("logprobs", str), ("parsed", str)):
+        results.add_column(column, kind)
+
+
+COST_COLUMNS = (
+    "cost_pusd",
+    "input_cost_pusd",
+    "cached_cost_pusd",
+    "cache_creation_cost_pusd",
+    "output_cost_pusd",
+    "saved_pusd",
+)
+
+
+@migration
+def m003_costs(db: sqlite_utils.Database) -> None:
+    """Cost per row in exact integer pico-USD (1e-12 USD), plus cost_usd for people."""
+    results = db.table("results")
+    for column in COST_COLUMNS:
+        results.add_column(column, int)
+    results.add_column("cost_usd", float)
+    results.add_column("price_version", str)
+    db.table("runs").add_column("cost_usd", float)
+
+
+@migration
+def m004_resume_points(db: sqlite_utils.Database) -> None:
+    """Where the next run of the same spec over the same input may start reading."""
+    runs = db.table("runs")
+    runs.add_column("input_signature", str)
+    runs.add_column("resume_offset", int)
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Apply the steps this store has not had yet, each in its own transaction."""
+    table = db.table("_batchrunner_migrations")
+    if not table.exists():
+        table.create({"name": str, "applied_at": str}, pk="name")
+    done = {row["name"] for row in table.rows}
+    for step in MIGRATIONS:
+        if step.__name__ not in done:
+            with db.atomic():
+                step(db)
+                table.insert(
+                    {"name": step.__name__, "applied_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+                )

@@ -1,0 +1,253 @@
+"""What a run records: one `Result` per finished request and one `Attempt` per HTTP attempt.
+
+Both are frozen values whose field names are the store's column names (store.py writes them
+as they are). A result is *settled* when no later run sends its request again: answered ok,
+or failed for a reason a rerun would not fix (`retryable` false). That rule lives here, in
+`settled`, and nowhere else (the store's SQL form of it is built from the same words).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from . import wire
+from .pricing import Cost, pusd_to_usd
+from .render import Request
+
+
+def now() -> str:
+    """A UTC timestamp as stored (ISO 8601, milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def dumps(value: Any) -> str | None:
+    """JSON for a TEXT column (None stays NULL)."""
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def settled(status: str, retryable: bool | int | None) -> bool:
+    """Whether a stored result is final: ok, or failed for good (not retryable)."""
+    return status == "ok" or (status == "failed" and not retryable)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why an attempt or a request failed, as the attempts and results tables keep it."""
+
+    error_code: str
+    error_message: str
+    http_status: int | None = None
+    request_id: str | None = None
+    possibly_billed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP attempt (retries included); `possibly_billed` when it may have been charged."""
+
+    key: str
+    run_id: int
+    attempt: int
+    started_at: str
+    latency_ms: int
+    outcome: str  # ok | retry | failed | abort | invalid_json | cancelled
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    possibly_billed: int = 0
+    request_id: str | None = None
+    usage: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A request that ended: answered, or failed (with the paid answer kept if there was one)."""
+
+    key: str
+    row_id: str
+    row_index: int
+    status: str  # ok | failed
+    retryable: int
+    attempts: int
+    possibly_billed_attempts: int
+    latency_ms: int
+    started_at: str
+    finished_at: str
+    model: str
+    endpoint: str
+    parameters: str | None
+    run_id: int
+    sample: int = 0
+    seed: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    http_status: int | None = None
+    request_id: str | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    finish_reason: str | None = None
+    tool_calls: str | None = None
+    logprobs: str | None = None
+    choices: str | None = None
+    parsed: str | None = None
+    usage: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    image_tokens: int | None = None
+    video_tokens: int | None = None
+    audio_tokens: int | None = None
+    cost_pusd: int | None = None
+    cost_usd: float | None = None
+    input_cost_pusd: int | None = None
+    cached_cost_pusd: int | None = None
+    cache_creation_cost_pusd: int | None = None
+    output_cost_pusd: int | None = None
+    saved_pusd: int | None = None
+    price_version: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        return settled(self.status, self.retryable)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class RunCounts:
+    """Live counters of one run (read by progress displays and the run's summary)."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    throttled: int = 0
+    possibly_billed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_pusd: int = 0  # exact, in pico-USD (1e-12 USD)
+
+    @property
+    def cost_usd(self) -> float:
+        return pusd_to_usd(self.cost_pusd)
+
+    def paid(self, usage: wire.Usage, cost: Cost | None) -> None:
+        """Count an answer that was paid for."""
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cached_tokens += usage.cached_tokens
+        self.cost_pusd += cost.total_pusd if cost is not None else 0
+
+
+RESULT_FIELDS = tuple(f.name for f in fields(Result))
+ATTEMPT_FIELDS = tuple(f.name for f in fields(Attempt))
+
+
+def _cost_fields(cost: Cost | None, price_version: str | None) -> dict[str, Any]:
+    if cost is None:
+        return {}
+    return {
+        "cost_pusd": cost.total_pusd,
+        "cost_usd": pusd_to_usd(cost.total_pusd),
+        "input_cost_pusd": cost.input_pusd,
+        "cached_cost_pusd": cost.cached_pusd,
+        "cache_creation_cost_pusd": cost.cache_creation_pusd,
+        "output_cost_pusd": cost.output_pusd,
+        "saved_pusd": cost.saved_pusd,
+        "price_version": price_version,
+    }
+
+
+def _answer_fields(completion: wire.Completion | None, parsed: str | None) -> dict[str, Any]:
+    if completion is None:
+        return {}
+    usage = completion.usage
+    choices = [c.to_json() for c in completion.choices] if len(completion.choices) > 1 else None
+    return {
+        "content": completion.content,
+        "reasoning_content": completion.reasoning_content,
+        "finish_reason": completion.finish_reason,
+        "tool_calls": dumps(completion.tool_calls),
+        "logprobs": dumps(completion.first.logprobs),
+        "choices": dumps(choices),
+        "parsed": parsed,
+        "request_id": completion.request_id,
+        "http_status": 200,
+        "usage": dumps(usage.raw),
+        **{name: getattr(usage, name) for name in wire.USAGE_FIELDS},
+    }
+
+
+def result_of(
+    request: Request,
+    *,
+    run_id: int,
+    started: str,
+    latency_ms: int,
+    attempts: int,
+    billed: int,
+    completion: wire.Completion | None = None,
+    failure: Failure | None = None,
+    retryable: bool = False,
+    parsed: str | None = None,
+    cost: Cost | None = None,
+    price_version: str | None = None,
+) -> Result:
+    """The result of a request that ended: answered (ok, or failed when its answer was unusable:
+    the answer and usage are kept, since they were paid for) or failed without an answer."""
+    failed: dict[str, Any] = {}
+    if failure is not None:
+        failed = {
+            "error_code": failure.error_code,
+            "error_message": failure.error_message,
+            "http_status": failure.http_status,
+            "request_id": failure.request_id,
+        }
+    return Result(
+        key=request.key,
+        row_id=request.row_id,
+        row_index=request.row_index,
+        status="ok" if failure is None else "failed",
+        retryable=int(retryable),
+        attempts=attempts,
+        possibly_billed_attempts=billed,
+        latency_ms=latency_ms,
+        started_at=started,
+        finished_at=now(),
+        model=wire.model_of(request.body),
+        endpoint=request.path,
+        parameters=dumps(wire.parameters_of(request.body)),
+        run_id=run_id,
+        sample=request.sample,
+        seed=request.seed,
+        **{**failed, **_cost_fields(cost, price_version), **_answer_fields(completion, parsed)},
+    )
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n?```\s*$", re.S)
+
+
+def parse_json_answer(content: str | None) -> tuple[str | None, str | None]:
+    """(the answer as canonical JSON, None) or (None, what is wrong). Code fences are allowed."""
+    text = content or ""
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")), None
