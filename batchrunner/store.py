@@ -352,6 +352,23 @@ class Store:
         )
         return [(code, n) for code, n in self.db.execute(sql).fetchall()]
 
+    # --- reads for benchmarks
+
+    def distinct_row_count(self) -> int:
+        """How many distinct input row ids have a stored result. Equal to the number of
+        results unless some row was stored under more than one request key."""
+        return int(self.db.execute("SELECT count(DISTINCT row_id) FROM results").fetchone()[0])
+
+    def attempt_counts(self, outcome: str | None = None) -> dict[str, int]:
+        """The number of stored attempts per request key (only those with `outcome`, such as
+        'ok', when given)."""
+        sql = "SELECT key, count(*) FROM attempts"
+        args: list[str] = []
+        if outcome is not None:
+            sql += " WHERE outcome = ?"
+            args = [outcome]
+        return {key: n for key, n in self.db.execute(sql + " GROUP BY key", args).fetchall()}
+
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
