@@ -289,6 +289,20 @@ class Store:
             msg = f"{self.path}: cannot read the store: {exc}"
             raise StoreError(msg) from None
 
+    def distinct_row_count(self) -> int:
+        """Input row ids with a stored result (fewer than the results when a row was stored
+        under more than one request key)."""
+        return int(self.db.execute("SELECT count(DISTINCT row_id) FROM results").fetchone()[0])
+
+    def attempt_counts(self, outcome: str | None = None) -> dict[str, int]:
+        """Stored attempts per request key (only those with `outcome`, e.g. 'ok', when given)."""
+        sql = "SELECT key, count(*) FROM attempts"
+        args: list[str] = []
+        if outcome is not None:
+            sql += " WHERE outcome = ?"
+            args = [outcome]
+        return {key: n for key, n in self.db.execute(sql + " GROUP BY key", args).fetchall()}
+
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchrunner.soak import soak
+from benchmarks.soak import soak
 
 
 def test_small_soak_passes_its_checks(tmp_path: Path) -> None:
@@ -15,5 +15,8 @@ def test_small_soak_passes_its_checks(tmp_path: Path) -> None:
         "one stored success per row": True,
         "re-bought only in flight / last moments": True,
     }
-    injected = figures["faults injected"]
-    assert isinstance(injected, dict) and injected.get("500", 0) > 0
+    assert figures["faults injected"]["500"] > 0
+    # every fault is retried, so the service saw more requests than there are rows, and the
+    # store kept an attempt for each retry it committed
+    assert figures["requests seen by the service"] > 400
+    assert figures["attempts stored"] > 400

@@ -1,7 +1,7 @@
 """The benchmark's child processes: one batchrunner job, or the dashscope SDK baseline.
 
-    python -m batchrunner.bench_child job SPEC RESULT_JSON [--limit N]
-    python -m batchrunner.bench_child sdk INPUT RESULT_JSON --threads N
+    python -m benchmarks.child job SPEC RESULT_JSON [--limit N]
+    python -m benchmarks.child sdk INPUT RESULT_JSON --threads N
 
 Each runs in a fresh interpreter started by the benchmark, with DASHSCOPE_BASE_URL pointing at
 a simulator in another process. Each measures its own work with `resource.getrusage(
@@ -88,7 +88,7 @@ def run_sdk_child(input_path: Path, threads: int) -> dict[str, Any]:
     import dashscope
     import polars as pl
 
-    from batchrunner.bench_data import MODEL, PARAMETERS, render_messages
+    from .data import MODEL, PARAMETERS, render_messages
 
     frame = pl.read_parquet(input_path) if input_path.suffix == ".parquet" else pl.read_csv(input_path)
     conversations = [render_messages(cat, text) for cat, text in zip(frame["category"], frame["text"], strict=True)]
@@ -123,7 +123,7 @@ def run_sdk_child(input_path: Path, threads: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, do the work, write the JSON result."""
-    parser = argparse.ArgumentParser(prog="python -m batchrunner.bench_child", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.child", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     job = sub.add_parser("job", help="run one batchrunner job")
     job.add_argument("spec", type=Path)
@@ -134,10 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     sdk.add_argument("result", type=Path)
     sdk.add_argument("--threads", type=int, default=64)
     args = parser.parse_args(argv)
-    if args.command == "job":
-        result = run_job_child(args.spec, args.limit)
-    else:
-        result = run_sdk_child(args.input, args.threads)
+    job_run = args.command == "job"
+    result = run_job_child(args.spec, args.limit) if job_run else run_sdk_child(args.input, args.threads)
     args.result.write_text(json.dumps(result), encoding="utf-8")
 
 

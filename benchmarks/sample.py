@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from .bench_proc import STOP_TIMEOUT_S, BenchError, SimulatorProcess, Stats
+from .proc import STOP_TIMEOUT_S, BenchError, SimulatorProcess, Stats
 
 CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 

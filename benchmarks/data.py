@@ -168,13 +168,13 @@ def write_inputs(wanted: Mapping[Path, int]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m batchrunner.bench_data ROWS:PATH ...`: write benchmark inputs.
+    """`python -m benchmarks.data ROWS:PATH ...`: write benchmark inputs.
 
     The benchmark generates its tables in this separate process so that its own memory stays
     small: a child's peak RSS as the kernel reports it never falls below its parent's RSS at
     the moment the child was started.
     """
-    parser = argparse.ArgumentParser(prog="python -m batchrunner.bench_data", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data", description=main.__doc__)
     parser.add_argument("targets", nargs="+", help="ROWS:PATH (.csv or .parquet)")
     args = parser.parse_args(argv)
     wanted: dict[Path, int] = {}

@@ -14,31 +14,27 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .bench_data import write_spec
-from .bench_proc import Exited, SimulatorProcess, Stats, child_env, launch, reap_or_kill, run_child
+from .data import write_spec
+from .harness import CONCURRENCY, HUGE_RPM, Harness
+from .proc import Exited, SimulatorProcess, Stats, child_env, launch, run_child
 
-if TYPE_CHECKING:
-    from .bench_scenarios import Bench
-
-HUGE_RPM = 10_000_000
-CONCURRENCY = 64
 RESUME_DONE = 0.9
 FIRST_REQUEST_TIMEOUT_S = 120.0
 RSS_TARGET_MB = 500.0
 RESUME_TARGET_S = 5.0
 
 
-def s3(bench: Bench) -> dict[str, Any]:
+def s3(h: Harness) -> dict[str, Any]:
     """Run every size; the verdict looks at the largest (peak RSS and resume start-up)."""
-    n = bench.sizes.s3_rows
+    n = h.sizes.s3_rows
     sizes = sorted({max(100, n // 100), max(100, n // 10), n})
-    bench.say(f"S3: generating {n} rows")
-    inputs = bench.inputs({bench.workdir / f"s3-{size}" / "input.parquet": size for size in sizes})
+    h.say(f"S3: generating {n} rows")
+    inputs = h.inputs({h.workdir / f"s3-{size}" / "input.parquet": size for size in sizes})
     out: dict[str, Any] = {}
     for data, size in inputs.items():
-        out[str(size)] = one_size(bench, data, size, resume=size == n)
+        out[str(size)] = one_size(h, data, size, resume=size == n)
     top = out[str(n)]
     rss_ok = top["peak_rss_mb"] < RSS_TARGET_MB
     start = top.get("resume_startup_s")
@@ -55,17 +51,17 @@ def s3(bench: Bench) -> dict[str, Any]:
     }
 
 
-def one_size(bench: Bench, data: Path, size: int, *, resume: bool) -> dict[str, Any]:
+def one_size(h: Harness, data: Path, size: int, *, resume: bool) -> dict[str, Any]:
     """Run one size (straight through, or 90% then a resume), then export it separately."""
     folder = data.parent
     spec = write_spec(
         folder, name=f"bench-s3-{size}", input_path=data, requests_per_minute=HUGE_RPM, concurrency=CONCURRENCY
     )
     figures: dict[str, Any] = {"rows": size, "input_mb": data.stat().st_size / 2**20}
-    with bench.sim(folder) as sim:
+    with h.sim(folder) as sim:
         if not resume:
-            bench.say(f"S3: {size} rows")
-            run = bench.job(spec, sim, size)
+            h.say(f"S3: {size} rows")
+            run = h.job(spec, sim, size)
             figures.update(
                 run_s=run.result["wall_s"],
                 peak_rss_mb=run.process.maxrss_mb,
@@ -75,10 +71,10 @@ def one_size(bench: Bench, data: Path, size: int, *, resume: bool) -> dict[str, 
             )
         else:
             done = int(size * RESUME_DONE)
-            bench.say(f"S3: {size} rows, first {done} (--limit)")
-            first = bench.job(spec, sim, done, limit=done)
-            bench.say(f"S3: resuming the last {size - done} rows with `python -m batchrunner run`")
-            startup, second = resume_run(bench, spec, sim, size - done)
+            h.say(f"S3: {size} rows, first {done} (--limit)")
+            first = h.job(spec, sim, done, limit=done)
+            h.say(f"S3: resuming the last {size - done} rows with `python -m batchrunner run`")
+            startup, second = resume_run(h, spec, sim, size - done)
             figures.update(
                 run_s=first.result["wall_s"] + second.wall_s,
                 first_run_s=first.result["wall_s"],
@@ -94,13 +90,13 @@ def one_size(bench: Bench, data: Path, size: int, *, resume: bool) -> dict[str, 
     store = spec.parent / "out" / f"bench-s3-{size}.sqlite"
     figures["store_mb"] = sum(p.stat().st_size for p in store.parent.glob(store.name + "*") if p.is_file()) / 2**20
     log = folder / "export.log"
-    bench.say(f"S3: export of {size} rows")
+    h.say(f"S3: export of {size} rows")
     exported = run_child(
         ["-m", "batchrunner", "export", str(spec)],
         env=child_env(),
         cwd=folder,
         log=log,
-        timeout_s=bench.timeout(size, 2000),
+        timeout_s=h.timeout(size, 2000),
     )
     text = log.read_text(encoding="utf-8", errors="replace")
     ok = re.search(r"\bok (\d+)", text)
@@ -116,27 +112,19 @@ def one_size(bench: Bench, data: Path, size: int, *, resume: bool) -> dict[str, 
     return figures
 
 
-def resume_run(bench: Bench, spec: Path, sim: SimulatorProcess, rows: int) -> tuple[float | None, Exited]:
+def resume_run(h: Harness, spec: Path, sim: SimulatorProcess, rows: int) -> tuple[float | None, Exited]:
     """Launch `python -m batchrunner run SPEC --quiet`; seconds until the simulator sees its
     first request (None if not within FIRST_REQUEST_TIMEOUT_S), and the finished run."""
+    log = spec.parent / "resume.log"
+    args = ["-m", "batchrunner", "run", str(spec), "--quiet"]
     stats = sim.stats()
     try:
         before = int(stats.get()["requests"])
-        proc, started = launch(
-            ["-m", "batchrunner", "run", str(spec), "--quiet"],
-            env=child_env(sim.base_url),
-            cwd=spec.parent,
-            log=spec.parent / "resume.log",
-        )
-        try:
-            startup = first_request(stats, before, proc.pid, started)
-        except BaseException:
-            proc.kill()
-            reap_or_kill(proc, started, 10.0, "the resumed run")
-            raise
+        with launch(args, env=child_env(sim.base_url), cwd=spec.parent, log=log, what="the resumed run") as child:
+            startup = first_request(stats, before, child.pid, child.started)
+            return startup, child.wait(h.timeout(rows))
     finally:
         stats.close()
-    return startup, reap_or_kill(proc, started, bench.timeout(rows), "the resumed run")
 
 
 def first_request(stats: Stats, before: int, pid: int, started: float) -> float | None:
