@@ -30,9 +30,10 @@ from .errors import AuthError
 from .pacing import FlightGate, RequestPacer, TokenBudget, backoff_delay
 from .pool import Stop
 from .pricing import Cost, PriceTable, usd_to_pusd
-from .records import Attempt, Failure, Result, RunCounts, dumps, now, parse_json_answer, result_of
+from .records import Attempt, Failure, Result, RunCounts, dumps, parse_json_answer, result_of
 from .render import Request
 from .spec import JobSpec, Limits
+from .store import now
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,7 +153,7 @@ def status(job: Path, db: Path | None) -> None:
     Example:
         batchrunner status jobs/reviews-summary.toml
     """
-    from .report import status_text
+    from .status import status_text
     from .store import Store
 
     spec = _spec(job, db=db)
@@ -173,7 +173,7 @@ def runs(job: Path, db: Path | None, fmt: str) -> None:
     Example:
         batchrunner runs jobs/reviews-summary.toml
     """
-    from .report import runs_text
+    from .status import runs_text
     from .store import Store
 
     spec = _spec(job, db=db)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import JobLocked
-from .records import now
+from .store import now
 
 
 class JobLock:

@@ -143,6 +143,10 @@ def m004_resume_points(db: sqlite_utils.Database) -> None:
     runs.add_column("resume_offset", int)
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     """Apply the steps this store has not had yet, each in its own transaction."""
     table = db.table("_batchrunner_migrations")

@@ -11,17 +11,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from typing import Any
 
 from . import wire
 from .pricing import Cost, pusd_to_usd
 from .render import Request
-
-
-def now() -> str:
-    """A UTC timestamp as stored (ISO 8601, milliseconds)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+from .store import now
 
 
 def dumps(value: Any) -> str | None:

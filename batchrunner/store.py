@@ -20,15 +20,23 @@ import os
 import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from .errors import StoreError
 from .migrations import migrate
-from .records import Attempt, Result, now
+
+if TYPE_CHECKING:
+    from .records import Attempt, Result
+
+
+def now() -> str:
+    """A UTC timestamp as stored (ISO 8601, milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
 
 # records.settled, in SQL: ok, or failed and not to be retried.
 SETTLED_SQL = "(status = 'ok' OR (status = 'failed' AND NOT coalesce(retryable, 0)))"
