@@ -40,38 +40,37 @@ class Pool(Generic[T]):
 
     async def run(self, items: AsyncIterator[T]) -> None:
         queue: asyncio.Queue[T | None] = asyncio.Queue(maxsize=self.concurrency)
-
-        async def produce() -> None:
-            try:
-                async for item in items:
-                    if self.stopping.requested:
-                        break
-                    await queue.put(item)
-            finally:
-                aclose = getattr(items, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            # Only on a normal end: a cancelled producer must not wait for room in the queue
-            # (the workers may be gone), so end-of-work markers are sent from here, not `finally`.
-            for _ in range(self.concurrency):
-                await queue.put(None)
-
-        async def drain() -> None:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if not self.stopping.requested:  # once stopping, drain the queue without sending
-                    await self.work(item)
-
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(produce())
+                group.create_task(self._produce(items, queue))
                 for _ in range(self.concurrency):
-                    group.create_task(drain())
+                    group.create_task(self._drain(queue))
         except BaseExceptionGroup as eg:
             # Surface the first real error (an AuthError, or a bug) rather than the group.
             first = eg.exceptions[0]
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
             raise first from None
+
+    async def _produce(self, items: AsyncIterator[T], queue: asyncio.Queue[T | None]) -> None:
+        try:
+            async for item in items:
+                if self.stopping.requested:
+                    break
+                await queue.put(item)
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        # Only on a normal end: a cancelled producer must not wait for room in the queue (the
+        # workers may be gone), so the end-of-work markers are sent here, not in `finally`.
+        for _ in range(self.concurrency):
+            await queue.put(None)
+
+    async def _drain(self, queue: asyncio.Queue[T | None]) -> None:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if not self.stopping.requested:  # once stopping, drain the queue without sending
+                await self.work(item)

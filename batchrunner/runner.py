@@ -140,7 +140,7 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
     source = Source(spec)
     source.check(reserved=sink.result_columns(spec))
     sink.check_writable(spec.output.path)
-    async with service.connect(spec, simulate=options.simulate) as svc:
+    async with service.connect(spec.api, simulate=options.simulate) as svc:
         with JobLock(spec.db_path) as lock:
             if lock.previous:
                 log.warning(

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from . import wire
 from .errors import SpecError
-from .spec import ApiSection, JobSpec, ModelSection
+from .spec import ApiSection, ModelSection
 
 BASE_URL_ENV = "DASHSCOPE_BASE_URL"
 SIMULATED_KEY = "sk-simulated"
@@ -107,16 +107,16 @@ class Service:
 
 
 @contextlib.asynccontextmanager
-async def connect(spec: JobSpec, *, simulate: bool) -> AsyncIterator[Service]:
+async def connect(api: ApiSection, *, simulate: bool) -> AsyncIterator[Service]:
     """The real service (key and URL checked), or a simulator served in this event loop."""
     if not simulate:
-        url = base_url(spec.api)
-        check_base_url(url, allow_insecure_http=spec.api.allow_insecure_http)
-        yield Service(url, api_key(spec.api))
+        url = base_url(api)
+        check_base_url(url, allow_insecure_http=api.allow_insecure_http)
+        yield Service(url, api_key(api))
         return
     from .simulator import Simulator, SimulatorConfig
 
     async with Simulator(SimulatorConfig()).serve(host="127.0.0.1", port=0) as url:
-        if spec.api.protocol == "openai":
+        if api.protocol == "openai":
             url = wire.compatible_root(url)
         yield Service(url, SIMULATED_KEY, simulated=True)

@@ -36,3 +36,11 @@ def test_spec_reference_lists_every_key() -> None:
         if f"`[{section}] {key}" not in README and f"/ `{key}`" not in README and f"`[{section}.{key}]`" not in README
     ]
     assert missing == []
+
+
+def test_readme_exit_code_table_matches_the_code() -> None:
+    from batchrunner.errors import ExitCode
+
+    table = README.split("Exit codes of `run`:", 1)[1].split("\n## ", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.M)}
+    assert documented == {int(code) for code in ExitCode}
