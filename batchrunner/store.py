@@ -24,12 +24,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
-
 from .errors import StoreError
 from .migrations import migrate
 
 if TYPE_CHECKING:
+    import sqlite_utils
+
     from .records import Attempt, Result
 
 
@@ -63,20 +63,34 @@ class Store:
         if not readonly:
             self._create_private()
         try:
-            self.db = sqlite_utils.Database(_connect(self.path, readonly=readonly))
+            self.conn = _connect(self.path, readonly=readonly)
             if not readonly:
-                self.db.enable_wal()
-                self.db.execute("PRAGMA synchronous = NORMAL")
-                migrate(self.db)
-            elif "results" not in self.db.table_names():
-                msg = f"{self.path}: not a batchrunner store (no results table)"
-                raise StoreError(msg)
+                import sqlite_utils  # writing only: reads need no more than sqlite3
+
+                self._db: sqlite_utils.Database | None = sqlite_utils.Database(self.conn)
+                self._db.enable_wal()
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+                migrate(self._db)
+            else:
+                self._db = None
+                tables = {name for (name,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "results" not in tables:
+                    msg = f"{self.path}: not a batchrunner store (no results table)"
+                    raise StoreError(msg)
         except sqlite3.DatabaseError as exc:
             msg = f"{self.path}: cannot open the store: {exc}"
             raise StoreError(msg) from None
         self._sql: dict[str, tuple[str, list[str]]] = {}
         # A second connection for lookups made while the writer thread commits.
-        self._reader = _connect(self.path, readonly=False) if not readonly else self.db.conn
+        self._reader = _connect(self.path, readonly=False) if not readonly else self.conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The sqlite-utils view of a writable store."""
+        if self._db is None:
+            msg = f"{self.path}: opened read-only"
+            raise StoreError(msg)
+        return self._db
 
     def _create_private(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,9 +99,9 @@ class Store:
             os.close(fd)
 
     def close(self) -> None:
-        if self._reader is not self.db.conn:
+        if self._reader is not self.conn:
             self._reader.close()
-        self.db.close()
+        self.conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -95,8 +109,8 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _columns(self, table: str) -> set[str]:
-        return set(self.db.table(table).columns_dict)
+    def _columns(self, table: str) -> list[str]:
+        return [row[1] for row in self.conn.execute(f"PRAGMA table_info([{table}])")]
 
     # ------------------------------------------------------------------ runs
 
@@ -143,12 +157,14 @@ class Store:
         return int(row[0]) if row else 0
 
     def runs(self) -> list[dict[str, Any]]:
-        return list(self.db.table("runs").rows_where(order_by="id"))
+        cursor = self.conn.execute("SELECT * FROM runs ORDER BY id")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def job_name(self) -> str:
         """The job name of the latest run, or the file's stem when it has none."""
         if "job" in self._columns("runs"):
-            row = self.db.execute("SELECT job FROM runs WHERE job IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+            row = self.conn.execute("SELECT job FROM runs WHERE job IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
             if row:
                 return str(row[0])
         return self.path.stem
@@ -158,7 +174,7 @@ class Store:
     def _insert_sql(self, table: str, *, replace: bool) -> tuple[str, list[str]]:
         cached = self._sql.get(table)
         if cached is None:
-            columns = [c for c in self.db.table(table).columns_dict if c != "id"]
+            columns = [c for c in self._columns(table) if c != "id"]
             names = ", ".join(f"[{c}]" for c in columns)
             verb = "INSERT OR REPLACE" if replace else "INSERT"
             sql = f"{verb} INTO [{table}] ({names}) VALUES ({', '.join('?' * len(columns))})"
@@ -175,7 +191,7 @@ class Store:
         """Commit a group of finished requests and attempts (and the run's resume point) in one
         transaction. A prepared statement per table (executemany) rather than sqlite-utils'
         upsert_all: the columns are fixed by the schema, and this is the hot path of a run."""
-        conn = self.db.conn
+        conn = self.conn
         with self.db.atomic():
             if attempts:
                 sql, columns = self._insert_sql("attempts", replace=False)
@@ -224,27 +240,27 @@ class Store:
 
     def settled_count(self) -> int:
         """Requests that no run will send again (see records.settled)."""
-        return int(self.db.execute(f"SELECT count(*) FROM results WHERE {SETTLED_SQL}").fetchone()[0])
+        return int(self.conn.execute(f"SELECT count(*) FROM results WHERE {SETTLED_SQL}").fetchone()[0])
 
     def counts(self) -> dict[str, int]:
         """Stored requests by status."""
         sql = "SELECT status, count(*) FROM results GROUP BY status"
-        return {status: n for status, n in self.db.execute(sql).fetchall()}
+        return {status: n for status, n in self.conn.execute(sql).fetchall()}
 
     def error_counts(self) -> list[tuple[str, int]]:
         """Failed requests by error code, the most frequent first."""
         sql = (
             "SELECT error_code, count(*) AS n FROM results WHERE status = 'failed' GROUP BY error_code ORDER BY n DESC"
         )
-        return [(code, n) for code, n in self.db.execute(sql).fetchall()]
+        return [(code, n) for code, n in self.conn.execute(sql).fetchall()]
 
     def finished_in_run(self, run_id: int) -> int:
         """Requests the run `run_id` finished (ok or failed)."""
-        return int(self.db.execute("SELECT count(*) FROM results WHERE run_id = ?", [run_id]).fetchone()[0])
+        return int(self.conn.execute("SELECT count(*) FROM results WHERE run_id = ?", [run_id]).fetchone()[0])
 
     def answered_averages(self) -> tuple[int, float | None, float | None]:
         """(answered requests, their mean output tokens, their mean latency in ms)."""
-        row = self.db.execute("SELECT count(*), avg(output_tokens), avg(latency_ms) FROM results WHERE status = 'ok'")
+        row = self.conn.execute("SELECT count(*), avg(output_tokens), avg(latency_ms) FROM results WHERE status = 'ok'")
         n, out, latency = row.fetchone()
         return int(n), out, latency
 
@@ -253,7 +269,7 @@ class Store:
         if "price_version" not in self._columns("results"):
             return set()
         sql = "SELECT DISTINCT price_version FROM results WHERE price_version IS NOT NULL"
-        return {str(v) for (v,) in self.db.execute(sql)}
+        return {str(v) for (v,) in self.conn.execute(sql)}
 
     def usage_sums(
         self, tokens: Sequence[str], money: Sequence[str], since: date | None, until: date | None
@@ -292,7 +308,7 @@ class Store:
         sql = f"SELECT {', '.join(select)} FROM results"
         sql += f" WHERE {' AND '.join(where)}" if where else ""
         try:
-            return list(self.db.execute(sql + " GROUP BY 1, 2, 3", args).fetchall())
+            return list(self.conn.execute(sql + " GROUP BY 1, 2, 3", args).fetchall())
         except sqlite3.DatabaseError as exc:
             msg = f"{self.path}: cannot read the store: {exc}"
             raise StoreError(msg) from None
@@ -300,7 +316,7 @@ class Store:
     def distinct_row_count(self) -> int:
         """Input row ids with a stored result (fewer than the results when a row was stored
         under more than one request key)."""
-        return int(self.db.execute("SELECT count(DISTINCT row_id) FROM results").fetchone()[0])
+        return int(self.conn.execute("SELECT count(DISTINCT row_id) FROM results").fetchone()[0])
 
     def attempt_counts(self, outcome: str | None = None) -> dict[str, int]:
         """Stored attempts per request key (only those with `outcome`, e.g. 'ok', when given)."""
@@ -309,7 +325,7 @@ class Store:
         if outcome is not None:
             sql += " WHERE outcome = ?"
             args = [outcome]
-        return {key: n for key, n in self.db.execute(sql + " GROUP BY key", args).fetchall()}
+        return {key: n for key, n in self.conn.execute(sql + " GROUP BY key", args).fetchall()}
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
