@@ -8,6 +8,7 @@ they are written under `[parameters.extra]`, which is passed through to the serv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -135,38 +136,85 @@ class Parameters(_Strict):
         return {**body, **self.extra}
 
 
-def _combination_problems(p: Parameters) -> list[str]:
+_Rule = tuple[Callable[[Parameters, bool], bool], str]
+
+# (broken, message): `broken(parameters, thinking)` is true when the combination is refused.
+# The order is the order of the messages.
+_RULES: tuple[_Rule, ...] = (
+    (
+        lambda p, thinking: thinking and p.result_format != "message",
+        'enable_thinking = true needs result_format = "message"',
+    ),
+    (lambda p, thinking: bool(p.tools) and p.result_format != "message", 'tools need result_format = "message"'),
+    (
+        lambda p, thinking: _several(p) and thinking,
+        "n > 1 is only available without thinking (enable_thinking = false)",
+    ),
+    (
+        lambda p, thinking: _several(p) and bool(p.tools),
+        "n > 1 cannot be combined with tools (the service fixes n at 1)",
+    ),
+    (
+        lambda p, thinking: p.top_logprobs is not None and not p.logprobs,
+        "top_logprobs only takes effect with logprobs = true",
+    ),
+    (
+        lambda p, thinking: thinking and p.json_mode,
+        "json_object / json_schema output is not supported with enable_thinking = true",
+    ),
+    (
+        lambda p, thinking: p.thinking_budget is not None and not thinking,
+        "thinking_budget needs enable_thinking = true",
+    ),
+    (
+        lambda p, thinking: bool(p.enable_code_interpreter) and not thinking,
+        "enable_code_interpreter works only in thinking mode (enable_thinking = true)",
+    ),
+    (
+        lambda p, thinking: (p.tool_choice is not None or p.parallel_tool_calls is not None) and not p.tools,
+        "tool_choice and parallel_tool_calls need tools",
+    ),
+)
+
+# Checked after the tool_choice names (see `_tool_choice_problems`).
+_STREAM_RULES: tuple[_Rule, ...] = (
+    (
+        lambda p, thinking: thinking and p.stream and p.incremental_output is False,
+        "streaming with enable_thinking = true needs incremental_output = true",
+    ),
+    (
+        lambda p, thinking: p.incremental_output is not None and not p.stream,
+        "incremental_output only applies with stream = true",
+    ),
+)
+
+
+def _several(p: Parameters) -> bool:
+    return p.n is not None and p.n > 1
+
+
+def _broken(rules: tuple[_Rule, ...], p: Parameters, thinking: bool) -> list[str]:
+    return [message for broken, message in rules if broken(p, thinking)]
+
+
+def _tool_choice_problems(p: Parameters, thinking: bool) -> list[str]:
+    """A forced tool must be one of the tools, and cannot be forced in thinking mode."""
+    if not isinstance(p.tool_choice, ToolChoice) or not p.tools:
+        return []
     problems: list[str] = []
+    names = [t.function.name for t in p.tools]
+    if p.tool_choice.function.name not in names:
+        problems.append(f"tool_choice names {p.tool_choice.function.name!r}, which is not in tools {names}")
+    if thinking:
+        problems.append("thinking mode cannot force a specific tool (tool_choice)")
+    return problems
+
+
+def _combination_problems(p: Parameters) -> list[str]:
     thinking = bool(p.enable_thinking)
-    if thinking and p.result_format != "message":
-        problems.append('enable_thinking = true needs result_format = "message"')
-    if p.tools and p.result_format != "message":
-        problems.append('tools need result_format = "message"')
-    if p.n is not None and p.n > 1:
-        if thinking:
-            problems.append("n > 1 is only available without thinking (enable_thinking = false)")
-        if p.tools:
-            problems.append("n > 1 cannot be combined with tools (the service fixes n at 1)")
-    if p.top_logprobs is not None and not p.logprobs:
-        problems.append("top_logprobs only takes effect with logprobs = true")
-    if thinking and p.json_mode:
-        problems.append("json_object / json_schema output is not supported with enable_thinking = true")
-    if p.thinking_budget is not None and not thinking:
-        problems.append("thinking_budget needs enable_thinking = true")
-    if p.enable_code_interpreter and not thinking:
-        problems.append("enable_code_interpreter works only in thinking mode (enable_thinking = true)")
-    if (p.tool_choice is not None or p.parallel_tool_calls is not None) and not p.tools:
-        problems.append("tool_choice and parallel_tool_calls need tools")
-    if isinstance(p.tool_choice, ToolChoice) and p.tools:
-        names = [t.function.name for t in p.tools]
-        if p.tool_choice.function.name not in names:
-            problems.append(f"tool_choice names {p.tool_choice.function.name!r}, which is not in tools {names}")
-        if thinking:
-            problems.append("thinking mode cannot force a specific tool (tool_choice)")
-    if thinking and p.stream and p.incremental_output is False:
-        problems.append("streaming with enable_thinking = true needs incremental_output = true")
-    if p.incremental_output is not None and not p.stream:
-        problems.append("incremental_output only applies with stream = true")
+    problems = _broken(_RULES, p, thinking)
+    problems += _tool_choice_problems(p, thinking)
+    problems += _broken(_STREAM_RULES, p, thinking)
     clash = sorted(set(p.extra) & set(Parameters.model_fields))
     if clash:
         problems.append(f"[parameters.extra] repeats known parameters {clash}; set them in [parameters]")

@@ -155,10 +155,7 @@ class Source:
         """True for rows with an empty prompt cell (None when empty cells are simply sent)."""
         if self.spec.prompt.on_empty == "send":
             return None
-        if self.template is not None:
-            cols = self.template.columns
-        else:
-            cols = (self.spec.prompt.messages_column or "",)
+        cols = self.template.columns if self.template is not None else (self.spec.prompt.messages_column or "",)
         if not cols:
             return None
         return pl.any_horizontal([pl.col(c).is_null() | pl.col(c).cast(pl.String).str.contains(r"^\s*$") for c in cols])

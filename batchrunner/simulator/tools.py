@@ -50,6 +50,22 @@ def _check_tool(tool: Any, position: int) -> dict[str, Any]:
     return function
 
 
+def _forced(choice: Any, functions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The function `tool_choice` forces, or None for "auto", "none" or no choice."""
+    if not isinstance(choice, dict):
+        if choice not in (None, "auto", "none"):
+            raise _invalid(BAD_CHOICE)
+        return None
+    target = choice.get("function")
+    name = target.get("name") if isinstance(target, dict) else None
+    if choice.get("type") != "function" or not isinstance(name, str):
+        raise _invalid(BAD_CHOICE)
+    forced = next((f for f in functions if f["name"] == name), None)
+    if forced is None:
+        raise _invalid(f"tool_choice names the function {name!r}, which is not in tools")
+    return forced
+
+
 def check_tools(params: dict[str, Any], model: str, result_format: str, last_role: str) -> list[dict[str, Any]] | None:
     """Validate the tool parameters; the `function` objects to call, [] to answer with text,
     or None when the request has no tools."""
@@ -67,17 +83,7 @@ def check_tools(params: dict[str, Any], model: str, result_format: str, last_rol
     if parallel is not None and not isinstance(parallel, bool):
         raise _invalid("parallel_tool_calls must be a boolean")
     choice = params.get("tool_choice")
-    forced: dict[str, Any] | None = None
-    if isinstance(choice, dict):
-        target = choice.get("function")
-        name = target.get("name") if isinstance(target, dict) else None
-        if choice.get("type") != "function" or not isinstance(name, str):
-            raise _invalid(BAD_CHOICE)
-        forced = next((f for f in functions if f["name"] == name), None)
-        if forced is None:
-            raise _invalid(f"tool_choice names the function {name!r}, which is not in tools")
-    elif choice not in (None, "auto", "none"):
-        raise _invalid(BAD_CHOICE)
+    forced = _forced(choice, functions)
     if last_role == "tool" or choice == "none":
         return []
     if forced is not None:

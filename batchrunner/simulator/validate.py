@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,33 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_part(part: Any, multimodal: bool, media: Media | None) -> None:
+    """One entry of a list `content`: a media part (multimodal) or a text part."""
+    if not isinstance(part, dict):
+        raise invalid(BAD_MODAL if multimodal else NOT_STRING)
+    if not multimodal:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise invalid(NOT_STRING)
+        return
+    if not MEDIA_KEYS.intersection(part):
+        raise invalid(BAD_MODAL)
+    if media is not None and ("image" in part or "video" in part):
+        add_part(part, media)
+
+
+def _check_message(message: Any, multimodal: bool, media: Media | None) -> None:
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise invalid(BAD_ROLE)
+    content = message.get("content")
+    if isinstance(content, list):
+        for part in content:
+            _check_part(part, multimodal, media)
+    elif content is not None and not isinstance(content, str):
+        raise invalid(BAD_MODAL if multimodal else NOT_STRING)
+    elif message["role"] == "user" and not content:
+        raise invalid(BAD_ROLE)
+
+
 def check_messages(messages: Any, multimodal: bool, media: Media | None = None) -> list[dict[str, Any]]:
     """The message list if every message is well formed for the endpoint; images and video
     of multimodal messages are checked and tallied into `media`."""
@@ -105,72 +133,67 @@ def check_messages(messages: Any, multimodal: bool, media: Media | None = None) 
     if not messages:
         raise invalid("[] is too short")
     for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise invalid(BAD_ROLE)
-        content = message.get("content")
-        if isinstance(content, list):
-            for part in content:
-                if not isinstance(part, dict):
-                    raise invalid(BAD_MODAL if multimodal else NOT_STRING)
-                if multimodal:
-                    if not MEDIA_KEYS.intersection(part):
-                        raise invalid(BAD_MODAL)
-                    if media is not None and ("image" in part or "video" in part):
-                        add_part(part, media)
-                elif part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise invalid(NOT_STRING)
-        elif content is not None and not isinstance(content, str):
-            raise invalid(BAD_MODAL if multimodal else NOT_STRING)
-        elif message["role"] == "user" and not content:
-            raise invalid(BAD_ROLE)
+        _check_message(message, multimodal, media)
     last = messages[-1]
     if last["role"] not in ("user", "tool") and not (last["role"] == "assistant" and last.get("partial") is True):
         raise SimError(500, "InternalError.Algo", "list index out of range")
     return messages
 
 
-def check_parameters(call: Call, max_output: int) -> None:
-    """Range checks on `call.params`; fills the typed fields of `call`."""
+# (parameter, ok, message), checked in this order when the parameter is given: the first
+# whose `ok(value)` is false is the error.
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("temperature", _number, "'temperature' must be Float"),
+    ("temperature", lambda v: 0.0 <= v < 2.0, "Temperature should be in [0.0, 2.0)"),
+    ("top_p", lambda v: _number(v) and 0.0 < v <= 1.0, "Range of top_p should be (0.0, 1.0]"),
+    ("top_k", lambda v: _number(v) and v >= 0, "Parameter top_k be greater than or equal to 0"),
+    ("repetition_penalty", lambda v: _number(v) and v > 0, "Repetition_penalty should be greater than 0.0"),
+    ("presence_penalty", lambda v: _number(v) and -2.0 <= v <= 2.0, "Presence_penalty should be in [-2.0, 2.0]"),
+)
+
+
+def _check_ranges(p: dict[str, Any]) -> None:
+    for name, ok, message in _RANGES:
+        value = p.get(name)
+        if value is not None and not ok(value):
+            raise invalid(message)
+
+
+def _integer_in(p: dict[str, Any], name: str, low: int, high: int, message: str) -> int | None:
+    """The integer parameter `name` if given: it must lie in [low, high]."""
+    value = p.get(name)
+    if value is not None and not (_integer(value) and low <= value <= high):
+        raise invalid(message)
+    return value
+
+
+def _check_counts(call: Call, max_output: int) -> None:
+    """n, seed, max_tokens and thinking_budget; fills them (and `thinking`) into `call`."""
     p = call.params
-    value = p.get("temperature")
-    if value is not None:
-        if not _number(value):
-            raise invalid("'temperature' must be Float")
-        if not 0.0 <= value < 2.0:
-            raise invalid("Temperature should be in [0.0, 2.0)")
-    value = p.get("top_p")
-    if value is not None and not (_number(value) and 0.0 < value <= 1.0):
-        raise invalid("Range of top_p should be (0.0, 1.0]")
-    value = p.get("top_k")
-    if value is not None and not (_number(value) and value >= 0):
-        raise invalid("Parameter top_k be greater than or equal to 0")
-    value = p.get("repetition_penalty")
-    if value is not None and not (_number(value) and value > 0):
-        raise invalid("Repetition_penalty should be greater than 0.0")
-    value = p.get("presence_penalty")
-    if value is not None and not (_number(value) and -2.0 <= value <= 2.0):
-        raise invalid("Presence_penalty should be in [-2.0, 2.0]")
-    value = p.get("n")
-    if value is not None:
-        if not (_integer(value) and 1 <= value <= 4):
-            raise invalid("Range of n should be [1, 4]")
-        call.n = value
-    value = p.get("seed")
-    if value is not None:
-        if not (_integer(value) and 0 <= value <= SEED_MAX):
-            raise invalid(f"Range of seed should be [0, {SEED_MAX}]")
-        call.seed = value
-    value = p.get("max_tokens")
-    if value is not None:
-        if not (_integer(value) and 1 <= value <= max_output):
-            raise invalid(f"Range of max_tokens should be [1, {max_output}]")
-        call.max_tokens = value
+    n = _integer_in(p, "n", 1, 4, "Range of n should be [1, 4]")
+    if n is not None:
+        call.n = n
+    seed = _integer_in(p, "seed", 0, SEED_MAX, f"Range of seed should be [0, {SEED_MAX}]")
+    if seed is not None:
+        call.seed = seed
+    max_tokens = _integer_in(p, "max_tokens", 1, max_output, f"Range of max_tokens should be [1, {max_output}]")
+    if max_tokens is not None:
+        call.max_tokens = max_tokens
     call.thinking = p.get("enable_thinking") is True
-    value = p.get("thinking_budget")
-    if value is not None:
-        if not (_integer(value) and 0 < value <= max_output):
-            raise invalid(f"The thinking_budget parameter must be a positive integer and not greater than {max_output}")
-        call.thinking_budget = value
+    budget = _integer_in(
+        p,
+        "thinking_budget",
+        1,
+        max_output,
+        f"The thinking_budget parameter must be a positive integer and not greater than {max_output}",
+    )
+    if budget is not None:
+        call.thinking_budget = budget
+
+
+def _check_output_mode(call: Call) -> None:
+    """result_format and incremental_output, and what thinking mode requires of them."""
+    p = call.params
     value = p.get("result_format")
     if value is not None and value not in ("message", "text"):
         raise invalid()
@@ -181,23 +204,39 @@ def check_parameters(call: Call, max_output: int) -> None:
     call.incremental = p.get("incremental_output") is True
     if call.stream and call.thinking and not call.incremental:
         raise invalid('The incremental_output parameter must be "true" when enable_thinking is true')
-    fmt = p.get("response_format")
-    if fmt is not None:
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        if kind not in ("text", "json_object", "json_schema"):
-            raise invalid()
-        call.json_mode = kind != "text"
-        if call.json_mode and call.thinking:
-            raise invalid("Json mode response is not supported when enable_thinking is true")
-        if kind == "json_object" and not any("json" in text_of(m.get("content")).lower() for m in call.messages):
-            raise invalid(
-                "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
-            )
-    stop = p.get("stop")
+
+
+def _check_response_format(call: Call) -> None:
+    fmt = call.params.get("response_format")
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise invalid()
+    call.json_mode = kind != "text"
+    if call.json_mode and call.thinking:
+        raise invalid("Json mode response is not supported when enable_thinking is true")
+    if kind == "json_object" and not any("json" in text_of(m.get("content")).lower() for m in call.messages):
+        raise invalid(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
+        )
+
+
+def _set_stop(call: Call) -> None:
+    stop = call.params.get("stop")
     if isinstance(stop, str):
         call.stop = [stop] if stop else []
     elif isinstance(stop, list):
         call.stop = [s for s in stop if isinstance(s, str) and s]
+
+
+def check_parameters(call: Call, max_output: int) -> None:
+    """Range checks on `call.params`; fills the typed fields of `call`."""
+    _check_ranges(call.params)
+    _check_counts(call, max_output)
+    _check_output_mode(call)
+    _check_response_format(call)
+    _set_stop(call)
     _check_extras(call)
 
 
@@ -229,8 +268,8 @@ def _check_extras(call: Call) -> None:
         raise invalid(THINKING_N)
 
 
-def check_request(path: str, body: dict[str, Any], stream: bool, max_output: int) -> Call:
-    """Validate one parsed generation request sent to `path` (TEXT_PATH or MULTIMODAL_PATH)."""
+def _check_model(path: str, body: dict[str, Any]) -> str:
+    """The model name, if it is known and served at `path`."""
     model = body.get("model")
     if model is None or model == "":
         raise error_for_code("BadRequest.EmptyModel")
@@ -240,6 +279,33 @@ def check_request(path: str, body: dict[str, Any], stream: bool, max_output: int
         raise error_for_code("ModelNotFound")
     if path_for_model(model) != path:
         raise invalid("url error, please check url!")
+    return model
+
+
+def _given_messages(input_: dict[str, Any]) -> Any:
+    """`input.messages` as given, or a single user message made from `input.prompt`."""
+    messages = input_.get("messages")
+    if messages is not None:
+        return messages
+    prompt = input_.get("prompt")
+    if prompt is None:
+        raise invalid('Either "prompt" or "messages" must exist and cannot both be none')
+    if not isinstance(prompt, str) or not prompt:
+        raise invalid(BAD_ROLE)
+    return [{"role": "user", "content": prompt}]
+
+
+def _last_user(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message ("" when there is none)."""
+    for message in reversed(messages):
+        if message["role"] == "user":
+            return text_of(message.get("content"))
+    return ""
+
+
+def check_request(path: str, body: dict[str, Any], stream: bool, max_output: int) -> Call:
+    """Validate one parsed generation request sent to `path` (TEXT_PATH or MULTIMODAL_PATH)."""
+    model = _check_model(path, body)
     input_ = body.get("input")
     if not isinstance(input_, dict) or not input_:
         raise error_for_code("BadRequest.EmptyInput")
@@ -249,21 +315,8 @@ def check_request(path: str, body: dict[str, Any], stream: bool, max_output: int
     elif not isinstance(params, dict):
         raise invalid()
     multimodal = path == MULTIMODAL_PATH
-    messages = input_.get("messages")
-    if messages is None:
-        prompt = input_.get("prompt")
-        if prompt is None:
-            raise invalid('Either "prompt" or "messages" must exist and cannot both be none')
-        if not isinstance(prompt, str) or not prompt:
-            raise invalid(BAD_ROLE)
-        messages = [{"role": "user", "content": prompt}]
     media = Media() if multimodal else None
-    messages = check_messages(messages, multimodal, media)
-    last_user = ""
-    for message in reversed(messages):
-        if message["role"] == "user":
-            last_user = text_of(message.get("content"))
-            break
+    messages = check_messages(_given_messages(input_), multimodal, media)
     call = Call(
         model=model,
         body=body,
@@ -271,7 +324,7 @@ def check_request(path: str, body: dict[str, Any], stream: bool, max_output: int
         params=params,
         multimodal=multimodal,
         result_format=default_result_format(model.lower(), multimodal),
-        prompt=last_user,
+        prompt=_last_user(messages),
         stream=stream,
         media=media,
     )
