@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -152,7 +153,8 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
                 )
             with Store(spec.db_path) as store:
                 run = _Run(spec, prices, source, store, svc, options, progress)
-                summary = await run.go()
+                with _signals(run.interrupt, spec.limits.grace_s, enabled=options.handle_signals):
+                    summary = await run.go()
                 summary.elapsed_s = time.monotonic() - t0
                 return summary
 
@@ -174,6 +176,20 @@ class _Run:
         self.svc, self.options, self.progress = svc, options, progress
         self.rows_total = source.n_rows * spec.job.repeat
         self.stop = Stop()
+        self.interrupted = False
+        self._task: asyncio.Task[None] | None = None
+
+    def interrupt(self, first: bool) -> None:
+        """A signal: stop dispatching; cancel what is in flight after grace_s (first) or now."""
+        self.interrupted = True
+        self.stop.request()
+        task = self._task
+        if task is None:
+            return
+        if first:
+            asyncio.get_running_loop().call_later(self.spec.limits.grace_s, task.cancel)
+        else:
+            task.cancel()
 
     async def go(self) -> RunSummary:
         spec, store, options = self.spec, self.store, self.options
@@ -273,21 +289,20 @@ class _Run:
             )
             pool: Pool[Request] = Pool(attempts.process, concurrency=spec.limits.concurrency, stop=self.stop)
             self.progress.start(self.rows_total, attempts.counts)
-            task = asyncio.create_task(pool.run(pending.requests(frontier, self.progress.advance)))
-            with _signals(self.stop, task, spec.limits.grace_s, enabled=self.options.handle_signals) as interrupted:
-                try:
-                    await task
-                    return attempts, _ending(attempts, interrupted())
-                except AuthError as exc:
-                    message = (
-                        f"the service refused the request: {exc}. Check the key in ${spec.api.api_key_env}, "
-                        f"the workspace and your access to model {spec.model.name!r}; nothing was marked failed."
-                    )
-                    return attempts, ("aborted", ExitCode.AUTH, message)
-                except asyncio.CancelledError:
-                    if not interrupted():
-                        raise
-                    return attempts, _ending(attempts, True)
+            self._task = task = asyncio.create_task(pool.run(pending.requests(frontier, self.progress.advance)))
+            try:
+                await task
+                return attempts, _ending(attempts, self.interrupted)
+            except AuthError as exc:
+                message = (
+                    f"the service refused the request: {exc}. Check the key in ${spec.api.api_key_env}, "
+                    f"the workspace and your access to model {spec.model.name!r}; nothing was marked failed."
+                )
+                return attempts, ("aborted", ExitCode.AUTH, message)
+            except asyncio.CancelledError:
+                if not self.interrupted:
+                    raise
+                return attempts, _ending(attempts, True)
 
 
 def _ending(attempts: Attempts, interrupted: bool) -> tuple[str, ExitCode, str]:
@@ -303,28 +318,48 @@ def _ending(attempts: Attempts, interrupted: bool) -> tuple[str, ExitCode, str]:
     return "finished", ExitCode.OK, ""
 
 
+WATCHDOG_MARGIN_S = 5.0  # how long an orderly stop may take beyond the grace period
+
+
+def _hard_exit(reason: str) -> None:
+    """The watchdog's last resort: the run did not end in time, so the process ends now.
+    Answers already committed are safe; the next run resumes from the store."""
+    os.write(2, f"batchrunner: {reason}; exiting now (exit 130). Run again to resume.\n".encode())
+    os._exit(int(ExitCode.INTERRUPTED))
+
+
 @contextlib.contextmanager
-def _signals(stop: Stop, task: asyncio.Task[None], grace_s: float, *, enabled: bool) -> Iterator[Callable[[], bool]]:
-    """First SIGINT/SIGTERM: stop dispatching, cancel after grace_s. Second: cancel now."""
+def _signals(interrupt: Callable[[bool], None], grace_s: float, *, enabled: bool) -> Iterator[None]:
+    """First SIGINT/SIGTERM: `interrupt(True)` (stop dispatching, cancel what is in flight after
+    grace_s). Second: `interrupt(False)` (cancel now). A watchdog thread ends the process if the
+    run has not ended by then (grace_s plus a margin after the first signal, the margin after
+    the second), whatever the event loop is doing: these Python-level handlers run even while
+    a callback blocks the loop."""
     loop = asyncio.get_running_loop()
     hits = [0]
+    watchdogs: list[threading.Timer] = []
 
-    def on_signal() -> None:
+    def watchdog(after_s: float, reason: str) -> None:
+        timer = threading.Timer(after_s, _hard_exit, args=(reason,))
+        timer.daemon = True
+        timer.start()
+        watchdogs.append(timer)
+
+    def on_signal(signum: int, frame: object) -> None:
         hits[0] += 1
-        stop.request()
-        if hits[0] == 1:
-            loop.call_later(grace_s, task.cancel)
-        else:
-            task.cancel()
+        first = hits[0] == 1
+        after = grace_s + WATCHDOG_MARGIN_S if first else WATCHDOG_MARGIN_S
+        watchdog(after, f"still running {after:g} s after {'a' if first else 'a second'} signal")
+        loop.call_soon_threadsafe(interrupt, first)
 
-    installed: list[signal.Signals] = []
-    if enabled:
+    previous: dict[signal.Signals, Any] = {}
+    if enabled and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, on_signal)
-                installed.append(sig)
+            previous[sig] = signal.signal(sig, on_signal)
     try:
-        yield lambda: hits[0] > 0
+        yield
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for timer in watchdogs:
+            timer.cancel()

@@ -45,7 +45,21 @@ def base_url(api: ApiSection) -> str:
 
 
 def api_key(api: ApiSection) -> str:
-    """The key for a real run, or SpecError saying how to provide it."""
+    """The key for a real run, or SpecError saying how to provide it (the key is never shown)."""
+    key, where = _read_key(api)
+    bad = next((c for c in key if not (c.isascii() and c.isprintable())), None)
+    if bad is not None:
+        kind = "a line break" if bad in "\r\n" else "a control character" if bad.isascii() else "a non-ASCII character"
+        msg = (
+            f"the API key in {where} holds {kind}, which cannot be sent in an HTTP header; "
+            f"copy the key again (DashScope keys are plain ASCII, like sk-...)"
+        )
+        raise SpecError(msg)
+    return key
+
+
+def _read_key(api: ApiSection) -> tuple[str, str]:
+    """(the key, where it came from)."""
     if api.api_key_file is not None:
         path = api.api_key_file
         try:
@@ -60,7 +74,7 @@ def api_key(api: ApiSection) -> str:
         if not key:
             msg = f"[api] api_key_file: {path} is empty"
             raise SpecError(msg)
-        return key
+        return key, f"[api] api_key_file {path}"
     key = os.environ.get(api.api_key_env, "").strip()
     if not key:
         msg = (
@@ -68,7 +82,7 @@ def api_key(api: ApiSection) -> str:
             f"([api] api_key_env names the variable, or set [api] api_key_file), or try the job with --simulate"
         )
         raise SpecError(msg)
-    return key
+    return key, f"environment variable {api.api_key_env}"
 
 
 def is_loopback(host: str) -> bool:

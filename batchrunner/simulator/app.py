@@ -88,6 +88,10 @@ class Simulator:
         answered (valid 200 answers) and the input/output tokens of those answers."""
         return self._ledger.stats()
 
+    def wait_for_in_flight(self, n: int, timeout: float) -> bool:
+        """Block until at least `n` requests are being served at once; False on timeout."""
+        return self._ledger.wait_held(n, timeout)
+
     def wait_for_requests(self, n: int, timeout: float) -> bool:
         """Block until at least `n` requests got a valid 200 answer; False on timeout."""
         return self._ledger.wait_for(n, timeout)
@@ -186,6 +190,13 @@ class Simulator:
 
     async def _handle(self, request: web.Request, path: str | None) -> web.StreamResponse:
         """Serve one generation request; `path` None means the OpenAI-compatible endpoint."""
+        self._ledger.enter()
+        try:
+            return await self._serve(request, path)
+        finally:
+            self._ledger.leave()
+
+    async def _serve(self, request: web.Request, path: str | None) -> web.StreamResponse:
         arrived = time.time()
         request_id = str(uuid.uuid4())
         openai = path is None

@@ -20,6 +20,7 @@ class Ledger:
         self.keep_log = keep_log
         self.cond = threading.Condition()
         self.log: list[RequestRecord] = []
+        self._held = 0  # requests being served now (not reset by clear: they are still there)
         self.clear()
 
     def clear(self) -> None:
@@ -86,6 +87,23 @@ class Ledger:
                 "input_tokens": self._input_tokens,
                 "output_tokens": self._output_tokens,
             }
+
+    def enter(self) -> None:
+        """A request arrived and is being served."""
+        with self.cond:
+            self._held += 1
+            self.cond.notify_all()
+
+    def leave(self) -> None:
+        """A request was answered, refused, dropped, or its client went away."""
+        with self.cond:
+            self._held -= 1
+            self.cond.notify_all()
+
+    def wait_held(self, n: int, timeout: float) -> bool:
+        """Block until at least `n` requests are being served at once; False on timeout."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self._held >= n, timeout)
 
     def wait_for(self, n: int, timeout: float) -> bool:
         """Block until at least `n` valid answers were counted; False on timeout."""
