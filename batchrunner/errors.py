@@ -29,6 +29,7 @@ class ExitCode(enum.IntEnum):
     AUTH = 3  # the service refused the key, account or model; the run stopped
     BUDGET = 4  # stopped by a budget limit; resumable
     OUTAGE = 5  # stopped by the circuit breaker (the service looks down); resumable
+    STORE = 6  # the store could not be written (disk full, I/O error); answers kept aside; resumable
     LOCKED = 75  # the job is already running elsewhere; nothing was done (EX_TEMPFAIL)
     INTERRUPTED = 130  # stopped by a signal; every answer received is saved; resumable
 
@@ -40,6 +41,7 @@ EXIT_CODE_HELP = {
     ExitCode.AUTH: "aborted by an authentication or permission error",
     ExitCode.BUDGET: "stopped by a budget limit (resumable)",
     ExitCode.OUTAGE: "stopped by the circuit breaker, the service looks down (resumable)",
+    ExitCode.STORE: "the store could not be written; answers kept in a side file (resumable)",
     ExitCode.LOCKED: "the job is already running elsewhere (nothing done)",
     ExitCode.INTERRUPTED: "interrupted (resumable)",
 }

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +41,7 @@ from .render import Request
 from .source import Source
 from .spec import JobSpec, load
 from .store import Store
-from .writer import CheckpointWriter
+from .writer import CheckpointWriter, load_spilled
 
 log = logging.getLogger("batchrunner")
 
@@ -51,7 +52,7 @@ class RunSummary:
 
     run_id: int
     exit_code: int
-    status: str  # finished | interrupted | aborted | budget | outage
+    status: str  # finished | interrupted | aborted | budget | outage | store_failed
     db_path: Path
     output_path: Path | None
     rows_total: int
@@ -193,6 +194,7 @@ class _Run:
 
     async def go(self) -> RunSummary:
         spec, store, options = self.spec, self.store, self.options
+        load_spilled(store)
         signature = self.source.signature()
         start = 0 if options.retry_failed else store.resume_point(spec.digest, signature)
         run_id = store.start_run(
@@ -212,10 +214,11 @@ class _Run:
 
         writer = CheckpointWriter(
             store,
-            interval_s=spec.limits.commit_interval_ms / 1000,
             run_id=run_id,
+            min_interval_s=spec.limits.commit_interval_ms / 1000,
             resume_point=frontier.point,
             on_commit=committed,
+            on_error=lambda exc: self.stop.request(),
         )
         writer_task = asyncio.create_task(writer.run())
         try:
@@ -224,6 +227,8 @@ class _Run:
             await writer.close()
             writer_task.cancel()
             self.progress.close()
+        if writer.error is not None or writer.pending:
+            status, exit_code, message = "store_failed", ExitCode.STORE, _store_failure(writer)
         table: dict[str, int] = {}
         output_path: Path | None = None
         if status in ("finished", "budget", "outage") or (status == "interrupted" and options.write_partial):
@@ -231,7 +236,8 @@ class _Run:
             if status == "finished":
                 exit_code = ExitCode.FAILED_ROWS if table.get("failed") else ExitCode.OK
         c = attempts.counts
-        store.finish_run(
+        _finish_run(
+            store,
             run_id,
             status=status,
             exit_code=int(exit_code),
@@ -303,6 +309,23 @@ class _Run:
                 if not self.interrupted:
                     raise
                 return attempts, _ending(attempts, True)
+
+
+def _store_failure(writer: CheckpointWriter) -> str:
+    cause = writer.error or "the store stayed locked by another connection"
+    kept = f"kept in {writer.spilled}, which the next run loads first" if writer.spilled else "NOT kept (see above)"
+    return (
+        f"the store {writer.store.path} could not be written ({cause}); sending stopped. Answers not committed: "
+        f"{kept}. Free the disk (or the lock) and run again to go on"
+    )
+
+
+def _finish_run(store: Store, run_id: int, **fields: Any) -> None:
+    """Record how the run ended, if the store can still be written."""
+    try:
+        store.finish_run(run_id, **fields)
+    except sqlite3.Error as exc:
+        log.error("%s: cannot record the end of run %d (%s)", store.path, run_id, exc)
 
 
 def _ending(attempts: Attempts, interrupted: bool) -> tuple[str, ExitCode, str]:

@@ -108,7 +108,7 @@ class Limits(_Section):
     backoff_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     grace_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
-    commit_interval_ms: Annotated[int, Field(ge=1, le=10_000)] = 50
+    commit_interval_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
     max_cost_usd: Annotated[float, Field(gt=0)] | None = None
     max_requests: Annotated[int, Field(ge=1)] | None = None
     max_tokens_total: Annotated[int, Field(ge=1)] | None = None

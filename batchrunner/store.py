@@ -42,19 +42,22 @@ def now() -> str:
 SETTLED_SQL = "(status = 'ok' OR (status = 'failed' AND NOT coalesce(retryable, 0)))"
 
 
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+BUSY_TIMEOUT_MS = 10_000  # how long a statement waits for another connection's write lock
+
+
+def _connect(path: Path, *, readonly: bool, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     return conn
 
 
 class Store:
     """A job's SQLite checkpoint. One writer connection; reads may use a second one."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, busy_timeout_ms: int | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
         if readonly and not self.path.is_file():
@@ -63,7 +66,8 @@ class Store:
         if not readonly:
             self._create_private()
         try:
-            self.conn = _connect(self.path, readonly=readonly)
+            timeout = BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
+            self.conn = _connect(self.path, readonly=readonly, busy_timeout_ms=timeout)
             if not readonly:
                 import sqlite_utils  # writing only: reads need no more than sqlite3
 

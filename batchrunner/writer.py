@@ -1,12 +1,18 @@
-"""The checkpoint writer: groups finished requests and attempts into one commit every few ms.
+"""The checkpoint writer: group commit of finished requests and attempts, on one thread.
 
-Workers hand records over with `add_result` / `add_attempt` (no I/O on their path). A single
-writer task wakes when something arrives, waits `interval_s` so a group can form, and commits
-the group in one transaction on a dedicated thread, so the event loop never waits on disk.
+Workers hand records over with `add_result` / `add_attempt` (no I/O on their path). The writer
+task sleeps until something arrives, takes everything waiting, commits it in one transaction on
+a dedicated thread (so the event loop never waits on disk) and loops: at a low rate each answer
+is committed at once, at a high rate commits batch themselves while the previous one runs.
 Each commit also records the run's resume point, read from `resume_point()`; after it,
-`on_commit` is told which results are now stored. A SIGKILL therefore loses at most the
-answers of the last interval; `close()` commits whatever is left on every orderly exit (end
-of job, Ctrl-C, SIGTERM, abort).
+`on_commit` is told which results are stored. A SIGKILL loses only the answers of the commit
+under way; `close()` commits whatever is left on every orderly exit.
+
+Records leave the buffer only once their commit succeeded. While another connection holds the
+write lock, the writer keeps them and tries again (SQLite's busy timeout, then a backoff). Any
+other failure (disk full, I/O error, a read-only file) is reported through `on_error` at once,
+so the run stops buying, and the writer keeps trying; if `close()` still cannot commit, the
+records go to a side file beside the store (`spill_path`), which the next run loads first.
 """
 
 from __future__ import annotations
@@ -14,40 +20,77 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
 
 from .records import Attempt, Result
 from .store import Store
 
+log = logging.getLogger("batchrunner")
+
 IDLE_CHECK_S = 1.0  # how often an idle writer looks whether the resume point moved
+RETRY_S = (0.05, 0.2, 1.0, 2.0)  # pauses between tries of a failed commit
+CLOSE_TRIES_S = 30.0  # how long close() keeps trying a failing commit before spilling
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether a commit failed only because another connection holds the write lock."""
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
+
+
+def _spill_dirs(store_path: Path) -> list[Path]:
+    """Where unsaved records may be kept: beside the store, else (its disk full) the temp folder."""
+    return [store_path.parent, Path(tempfile.gettempdir()) / "batchrunner-unsaved"]
+
+
+def _spill_stem(store_path: Path) -> str:
+    digest = hashlib.blake2b(str(store_path.resolve()).encode(), digest_size=4).hexdigest()
+    return f"{store_path.name}.{digest}.unsaved"
 
 
 class CheckpointWriter:
-    """Buffers records in memory and commits them in groups."""
+    """Buffers records in memory and commits them in groups, losing none."""
 
     def __init__(
         self,
         store: Store,
         *,
-        interval_s: float,
         run_id: int,
+        min_interval_s: float = 0.0,
         resume_point: Callable[[], int] | None = None,
         on_commit: Callable[[Sequence[Result]], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.store = store
-        self.interval_s = interval_s
         self.run_id = run_id
+        self.min_interval_s = min_interval_s
         self.resume_point = resume_point
         self.on_commit = on_commit
+        self.on_error = on_error
         self.commits = 0
+        self.error: BaseException | None = None  # the last failure that was not a held lock
+        self.spilled: Path | None = None
         self._results: list[Result] = []
         self._attempts: list[Attempt] = []
         self._saved_point: int | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closed = False
+        self._failures = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrunner-store")
+
+    @property
+    def pending(self) -> int:
+        """Records received and not committed yet."""
+        return len(self._results) + len(self._attempts)
 
     def add_result(self, result: Result) -> None:
         self._results.append(result)
@@ -58,12 +101,16 @@ class CheckpointWriter:
         self._wake.set()
 
     async def run(self) -> None:
-        """The writer task: commit a group every `interval_s` while there is anything to write."""
+        """The writer task: commit whatever is waiting, as soon as the previous commit is done."""
         while not self._closed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), IDLE_CHECK_S)
-            await asyncio.sleep(self.interval_s)
-            await self.flush()
+            if self._closed:
+                return
+            if not await self.flush():
+                await asyncio.sleep(RETRY_S[min(self._failures, len(RETRY_S)) - 1])
+            elif self.min_interval_s:
+                await asyncio.sleep(self.min_interval_s)
 
     def _moved_point(self) -> tuple[int, int] | None:
         if self.resume_point is None:
@@ -73,28 +120,100 @@ class CheckpointWriter:
             return None
         return self.run_id, point
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Commit everything waiting; False if the commit failed (the records are kept)."""
         async with self._lock:
             self._wake.clear()
-            results, self._results = self._results, []
-            attempts, self._attempts = self._attempts, []
+            results, attempts = list(self._results), list(self._attempts)
             resume = self._moved_point()
             if not results and not attempts and resume is None:
-                return
+                return True
             loop = asyncio.get_running_loop()
             write = functools.partial(self.store.write, results, attempts, resume=resume)
-            # Shielded: a cancelled run must still finish writing what it had been paid for.
-            await asyncio.shield(loop.run_in_executor(self._executor, write))
+            try:
+                # Shielded: a cancelled run must still finish writing what it had been paid for.
+                await asyncio.shield(loop.run_in_executor(self._executor, write))
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                return False
+            del self._results[: len(results)]
+            del self._attempts[: len(attempts)]
+            self._failures = 0
             if resume is not None:
                 self._saved_point = resume[1]
             self.commits += 1
             if self.on_commit is not None and results:
                 self.on_commit(results)
+            return True
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        self._failures += 1
+        if is_busy(exc):
+            if self._failures == 1:
+                log.warning(
+                    "%s: the store is locked by another connection; keeping answers until it is free", self.store.path
+                )
+            return
+        if self.error is None:
+            log.error("%s: cannot commit to the store (%s); the run stops sending", self.store.path, exc)
+            if self.on_error is not None:
+                self.on_error(exc)
+        self.error = exc
 
     async def close(self) -> None:
-        """Commit everything still buffered and stop the writer thread."""
+        """Commit everything still buffered (trying for a while), spill what cannot be, stop."""
         self._closed = True
         self._wake.set()
-        await self.flush()
-        await self.flush()  # the resume point moved by the last commit
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_TRIES_S
+        while not (await self.flush() and await self.flush()):  # the 2nd: the point the 1st moved
+            if loop.time() >= deadline or (self.error is not None and self._failures >= len(RETRY_S)):
+                self._spill()
+                break
+            await asyncio.sleep(RETRY_S[min(self._failures, len(RETRY_S)) - 1])
         self._executor.shutdown(wait=True)
+
+    def _spill(self) -> None:
+        """Keep the records that could not be committed in a side file the next run loads."""
+        if not self._results and not self._attempts:
+            return
+        lines = [json.dumps({"result": asdict(r)}) for r in self._results]
+        lines += [json.dumps({"attempt": asdict(a)}) for a in self._attempts]
+        text = "\n".join(lines) + "\n"
+        for folder in _spill_dirs(self.store.path):
+            path = folder / f"{_spill_stem(self.store.path)}-run{self.run_id}.jsonl"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    out.write(text)
+            except OSError as exc:
+                log.error("%s: cannot keep %d unsaved records in %s (%s)", self.store.path, len(lines), path, exc)
+                path.unlink(missing_ok=True)
+                continue
+            self.spilled = path
+            log.error("%s: %d records kept in %s; the next run loads them", self.store.path, len(lines), path)
+            return
+
+
+def load_spilled(store: Store) -> int:
+    """Commit the records earlier runs could not (their side files), then remove the files.
+    Returns how many records were loaded."""
+    loaded = 0
+    found = [p for folder in _spill_dirs(store.path) for p in folder.glob(f"{_spill_stem(store.path)}-run*.jsonl")]
+    for path in sorted(found):
+        results: list[Result] = []
+        attempts: list[Attempt] = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if "result" in item:
+                results.append(Result(**item["result"]))
+            else:
+                attempts.append(Attempt(**item["attempt"]))
+        store.write(results, attempts)
+        path.unlink()
+        loaded += len(results) + len(attempts)
+        log.warning("%s: loaded %d records an earlier run could not save (%s)", store.path, loaded, path.name)
+    return loaded
