@@ -24,7 +24,7 @@ class ExitCode(enum.IntEnum):
     """The exit codes of `batchrunner run` (and of the other commands where they apply)."""
 
     OK = 0  # every row ok
-    FAILED_ROWS = 1  # finished, some rows failed (see `status`, `retry`)
+    FAILED_ROWS = 1  # finished, some rows failed (see `status`, `retry`) or are still pending
     BAD_INPUT = 2  # bad spec, input, output or store; nothing was sent
     AUTH = 3  # the service refused the key, account or model; the run stopped
     BUDGET = 4  # stopped by a budget limit; resumable
@@ -36,7 +36,7 @@ class ExitCode(enum.IntEnum):
 
 EXIT_CODE_HELP = {
     ExitCode.OK: "all rows ok",
-    ExitCode.FAILED_ROWS: "finished with failed rows",
+    ExitCode.FAILED_ROWS: "finished with failed (or still pending) rows",
     ExitCode.BAD_INPUT: "bad spec, input, output or store (nothing sent)",
     ExitCode.AUTH: "aborted by an authentication or permission error",
     ExitCode.BUDGET: "stopped by a budget limit (resumable)",

@@ -75,6 +75,24 @@ class Pending:
         self.claimed.difference_update(keys)
         self.recent.update(keys)
 
+    def checked_start(self, start: int, samples: int = 16) -> int:
+        """`start` if the rows before it are still settled in the store, else 0.
+
+        A resume point is only valid while the rows before it render to the same requests as
+        when it was recorded; a changed context file, media file or anything else that goes
+        into a request makes new keys. So a sample of those rows (the first, the last, and
+        some spread between) is rendered again and looked up before the point is trusted."""
+        if start <= 0:
+            return 0
+        n = min(samples, start)
+        offsets = sorted({0, start - 1, *(start * k // n for k in range(n))})
+        items = [i for o in offsets for i in self.source.requests(self.source.batch_at(o, 1))]
+        keys = [i.key for i in items if isinstance(i, Request)]
+        stored = self.store.lookup(keys)
+        if all(settled(*stored.get(key, ("", 0))) for key in keys):
+            return start
+        return 0
+
     def _prepare(self, offset: int) -> tuple[list[Request | Skipped], dict[str, tuple[str, int]]]:
         items = list(self.source.requests(self.source.batch_at(offset, BATCH_ROWS)))
         return items, self.store.lookup([i.key for i in items if isinstance(i, Request)])

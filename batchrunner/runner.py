@@ -15,19 +15,16 @@ committed, and the run ends with exit code 130 and a store that the next run res
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import service, sink
+from . import service, signals, sink
 from .attempts import Attempts, Policy
 from .client import DashScopeClient
 from .errors import AuthError, ExitCode
@@ -154,7 +151,7 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
                 )
             with Store(spec.db_path) as store:
                 run = _Run(spec, prices, source, store, svc, options, progress)
-                with _signals(run.interrupt, spec.limits.grace_s, enabled=options.handle_signals):
+                with signals.handled(run.interrupt, spec.limits.grace_s, enabled=options.handle_signals):
                     summary = await run.go()
                 summary.elapsed_s = time.monotonic() - t0
                 return summary
@@ -206,6 +203,14 @@ class _Run:
             input_signature=signature,
         )
         pending = Pending(self.source, store, retry_failed=options.retry_failed, limit=options.limit)
+        if start and not pending.checked_start(start):
+            log.warning(
+                "%s: the rows before the resume point (%d) now make other requests (a context or media "
+                "file changed?); reading the input from its first row",
+                spec.job.name,
+                start,
+            )
+            start = 0
         frontier = Frontier(start)
 
         def committed(results: Sequence[Result]) -> None:
@@ -234,7 +239,7 @@ class _Run:
         if status in ("finished", "budget", "outage") or (status == "interrupted" and options.write_partial):
             output_path, table = sink.export(spec, store, self.source)
             if status == "finished":
-                exit_code = ExitCode.FAILED_ROWS if table.get("failed") else ExitCode.OK
+                exit_code, message = _finished(table, limited=options.limit is not None)
         c = attempts.counts
         _finish_run(
             store,
@@ -311,6 +316,17 @@ class _Run:
                 return attempts, _ending(attempts, True)
 
 
+def _finished(table: dict[str, int], *, limited: bool) -> tuple[ExitCode, str]:
+    """The exit code of a run that went through its input: 0 only when every row is settled."""
+    if table.get("failed"):
+        return ExitCode.FAILED_ROWS, f"{table['failed']} row(s) failed: see `batchrunner status` and `retry`"
+    if table.get("pending") and not limited:
+        return ExitCode.FAILED_ROWS, (
+            f"{table['pending']} row(s) are still pending (the input changed during the run?); run again to send them"
+        )
+    return ExitCode.OK, ""
+
+
 def _store_failure(writer: CheckpointWriter) -> str:
     cause = writer.error or "the store stayed locked by another connection"
     kept = f"kept in {writer.spilled}, which the next run loads first" if writer.spilled else "NOT kept (see above)"
@@ -339,50 +355,3 @@ def _ending(attempts: Attempts, interrupted: bool) -> tuple[str, ExitCode, str]:
     if attempts.budget.exhausted is not None:
         return "budget", ExitCode.BUDGET, attempts.budget.message() + "; raise the limit and run again to go on"
     return "finished", ExitCode.OK, ""
-
-
-WATCHDOG_MARGIN_S = 5.0  # how long an orderly stop may take beyond the grace period
-
-
-def _hard_exit(reason: str) -> None:
-    """The watchdog's last resort: the run did not end in time, so the process ends now.
-    Answers already committed are safe; the next run resumes from the store."""
-    os.write(2, f"batchrunner: {reason}; exiting now (exit 130). Run again to resume.\n".encode())
-    os._exit(int(ExitCode.INTERRUPTED))
-
-
-@contextlib.contextmanager
-def _signals(interrupt: Callable[[bool], None], grace_s: float, *, enabled: bool) -> Iterator[None]:
-    """First SIGINT/SIGTERM: `interrupt(True)` (stop dispatching, cancel what is in flight after
-    grace_s). Second: `interrupt(False)` (cancel now). A watchdog thread ends the process if the
-    run has not ended by then (grace_s plus a margin after the first signal, the margin after
-    the second), whatever the event loop is doing: these Python-level handlers run even while
-    a callback blocks the loop."""
-    loop = asyncio.get_running_loop()
-    hits = [0]
-    watchdogs: list[threading.Timer] = []
-
-    def watchdog(after_s: float, reason: str) -> None:
-        timer = threading.Timer(after_s, _hard_exit, args=(reason,))
-        timer.daemon = True
-        timer.start()
-        watchdogs.append(timer)
-
-    def on_signal(signum: int, frame: object) -> None:
-        hits[0] += 1
-        first = hits[0] == 1
-        after = grace_s + WATCHDOG_MARGIN_S if first else WATCHDOG_MARGIN_S
-        watchdog(after, f"still running {after:g} s after {'a' if first else 'a second'} signal")
-        loop.call_soon_threadsafe(interrupt, first)
-
-    previous: dict[signal.Signals, Any] = {}
-    if enabled and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for timer in watchdogs:
-            timer.cancel()

@@ -1,0 +1,67 @@
+"""A resume never trusts a stale resume point, and exit 0 means every row is settled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import read_table, write_job
+
+from batchrunner import Progress, pending, run_job
+from batchrunner.records import Result
+from batchrunner.simulator import ThreadHandle
+from batchrunner.store import Store
+
+ROWS = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(300)]
+
+
+@pytest.fixture(autouse=True)
+def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pending, "BATCH_ROWS", 50)  # six slices: the resume point moves along
+
+
+@pytest.fixture
+def sim(sim_thread: ThreadHandle, monkeypatch: pytest.MonkeyPatch) -> ThreadHandle:
+    monkeypatch.setenv("DASHSCOPE_BASE_URL", sim_thread.base_url)
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-resume")
+    return sim_thread
+
+
+def test_a_changed_context_file_is_seen_and_every_row_is_sent_again(tmp_path: Path, sim: ThreadHandle) -> None:
+    context = tmp_path / "manual.md"
+    context.write_text("Version one of the manual.", encoding="utf-8")
+    limits = {"requests_per_minute": 600_000, "concurrency": 64}
+    spec = write_job(tmp_path, ROWS, {"prompt": {"context_file": "manual.md"}, "limits": limits})
+    first = run_job(spec)
+    assert first.exit_code == 0
+    with Store(first.db_path, readonly=True) as store:
+        assert store.runs()[-1]["resume_offset"] == len(ROWS)  # a resume would start at the end
+    context.write_text("Version two of the manual.", encoding="utf-8")  # every request changes
+    sim.sim.reset()
+    again = run_job(spec)
+    assert again.exit_code == 0, again.message
+    assert sim.sim.stats()["answered"] == len(ROWS)
+    assert read_table(again.output_path)["status"].unique().to_list() == ["ok"]
+
+
+class GrowsTheInput(Progress):
+    """Appends rows to the input file while the run goes (another process writing it)."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.done = False
+
+    def row_finished(self, result: Result) -> None:
+        if not self.done:
+            self.done = True
+            with self.data.open("a", encoding="utf-8") as out:
+                out.writelines(f"new{i},late row {i}\n" for i in range(5))
+
+
+def test_rows_added_to_the_input_during_the_run_make_it_exit_1(tmp_path: Path, sim: ThreadHandle) -> None:
+    spec = write_job(tmp_path, ROWS[:20])
+    summary = run_job(spec, progress=GrowsTheInput(tmp_path / "data.csv"))
+    assert summary.table == {"ok": 20, "pending": 5}
+    assert summary.exit_code == 1
+    assert "5 row(s) are still pending" in summary.message
+    assert run_job(spec).exit_code == 0  # the next run picks them up
