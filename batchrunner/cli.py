@@ -153,12 +153,13 @@ def status(job: Path, db: Path | None) -> None:
     Example:
         batchrunner status jobs/reviews-summary.toml
     """
+    from .lock import live_holder
     from .status import status_text
     from .store import Store
 
     spec = _spec(job, db=db)
     with Store(spec.db_path, readonly=True) as store:
-        click.echo(status_text(spec.job.name, store), nl=False)
+        click.echo(status_text(spec.job.name, store, live_holder(spec.db_path)), nl=False)
 
 
 @cli.command()
@@ -173,13 +174,18 @@ def runs(job: Path, db: Path | None, fmt: str) -> None:
     Example:
         batchrunner runs jobs/reviews-summary.toml
     """
-    from .status import runs_text
+    from .lock import live_holder
+    from .status import runs_text, shown_status
     from .store import Store
 
     spec = _spec(job, db=db)
     with Store(spec.db_path, readonly=True) as store:
         rows = store.runs()
-    click.echo(json.dumps(rows, indent=2) if fmt == "json" else runs_text(rows), nl=fmt == "json")
+    holder = live_holder(spec.db_path)
+    if fmt == "json":
+        click.echo(json.dumps([{**r, "status": shown_status(r, holder)} for r in rows], indent=2))
+    else:
+        click.echo(runs_text(rows, holder), nl=False)
 
 
 @cli.command()
@@ -188,19 +194,27 @@ def runs(job: Path, db: Path | None, fmt: str) -> None:
 @click.option("--codes", help="Only rows that failed with these error codes (comma-separated).")
 @_reports_errors
 def retry(job: Path, db: Path | None, codes: str | None) -> None:
-    """Re-queue failed rows of JOB, so that the next `run` sends them again.
+    """Re-queue failed rows of JOB (all, or those with the --codes given), so that the next
+    `run` sends them again. `status` lists the error codes present.
 
     \b
     Example:
-        batchrunner retry jobs/reviews-summary.toml --codes DataInspectionFailed,InvalidJSON
+        batchrunner retry jobs/reviews-summary.toml
         batchrunner run jobs/reviews-summary.toml
     """
     from .lock import JobLock
     from .store import Store
 
     spec = _spec(job, db=db)
-    Store(spec.db_path, readonly=True).close()  # StoreError when there is no store yet
+    with Store(spec.db_path, readonly=True) as store:  # StoreError when there is no store yet
+        present = dict(store.error_counts())
     wanted = [c.strip() for c in codes.split(",") if c.strip()] if codes else None
+    unknown = sorted(set(wanted or ()) - set(present))
+    if unknown:
+        have = ", ".join(f"{code} ({n})" for code, n in present.items()) or "none: no row has failed"
+        raise click.BadParameter(
+            f"no failed row has code(s) {', '.join(unknown)}; codes present: {have}", param_hint="--codes"
+        )
     with JobLock(spec.db_path), Store(spec.db_path) as store:
         n = store.requeue(wanted)
     click.echo(f"re-queued {n} failed row(s); run `batchrunner run {job}` to send them")

@@ -68,6 +68,24 @@ class JobLock:
         self.release()
 
 
+def live_holder(db_path: Path) -> dict[str, object] | None:
+    """Who runs the job now ({"pid", "host", "started_at"}, possibly empty), or None when no
+    process holds its lock. Takes nothing: a shared probe, released at once."""
+    try:
+        fd = os.open(Path(f"{db_path}.lock"), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read(fd: int) -> dict[str, object]:
     try:
         raw = os.pread(fd, 4096, 0)

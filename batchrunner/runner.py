@@ -150,6 +150,9 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
                     lock.previous.get("started_at"),
                 )
             with Store(spec.db_path) as store:
+                killed = store.mark_killed()
+                if killed:
+                    log.warning("%s: %d earlier run(s) had not ended cleanly; marked killed", spec.job.name, killed)
                 run = _Run(spec, prices, source, store, svc, options, progress)
                 with signals.handled(run.interrupt, spec.limits.grace_s, enabled=options.handle_signals):
                     summary = await run.go()

@@ -23,27 +23,53 @@ def _rate_line(store: Store, last: dict[str, Any]) -> str:
     return f"rate {rate:.2f} rows/s over {seconds:.0f}s; ETA {eta}"
 
 
-def status_text(job: str, store: Store) -> str:
-    """Rows by status, failures by error code, and the last run: what `batchrunner status` shows."""
+def shown_status(run: dict[str, Any], holder: dict[str, object] | None) -> str:
+    """A run's status as people should read it: a `running` run whose lock is free was killed."""
+    if run["status"] == "running" and holder is None:
+        return "killed"
+    return str(run["status"])
+
+
+def _results_line(store: Store) -> str:
     counts = store.counts()
-    lines = [
-        f"job {job}  store {store.path}",
-        "results: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"),
-    ]
-    lines += [f"  failed with {code}: {n}" for code, n in store.error_counts()]
-    runs = store.runs()
-    if runs:
-        last = runs[-1]
-        lines.append(
-            f"last run #{last['id']}: {last['status']}, exit {last['exit_code']}, "
+    queued = store.queued_count()
+    parts = [f"{k} {v}" for k, v in sorted(counts.items())]
+    if queued:
+        parts.append(f"{queued} of the failed queued for the next run")
+    return "results: " + (", ".join(parts) or "none yet")
+
+
+def _last_run(store: Store, last: dict[str, Any], holder: dict[str, object] | None) -> list[str]:
+    status = shown_status(last, holder)
+    if status == "running":
+        tally = store.run_tally(last["id"])
+        who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
+        head = (
+            f"run #{last['id']} is running ({who}), started {last['started_at']}; so far "
+            f"ok {tally.get('ok', 0)}, failed {tally.get('failed', 0)}"
+        )
+    else:
+        exit_code = "-" if last["exit_code"] is None else last["exit_code"]
+        head = (
+            f"last run #{last['id']}: {status}, exit {exit_code}, "
             f"started {last['started_at']}, ended {last['ended_at'] or '-'}, "
             f"sent {last['sent'] or 0}, ok {last['ok'] or 0}, failed {last['failed'] or 0}"
         )
-        lines.append("  " + _rate_line(store, last))
+    return [head, "  " + _rate_line(store, last)]
+
+
+def status_text(job: str, store: Store, holder: dict[str, object] | None = None) -> str:
+    """Rows by status, failures by error code, and the last (or live) run: `batchrunner status`.
+    `holder` is who holds the job's lock now (lock.live_holder), None when no run is going."""
+    lines = [f"job {job}  store {store.path}", _results_line(store)]
+    lines += [f"  failed with {code}: {n}" for code, n in store.error_counts()]
+    runs = store.runs()
+    if runs:
+        lines += _last_run(store, runs[-1], holder)
     return "\n".join(lines) + "\n"
 
 
-def runs_text(runs: Sequence[dict[str, Any]]) -> str:
+def runs_text(runs: Sequence[dict[str, Any]], holder: dict[str, object] | None = None) -> str:
     """The runs of a job as a table: what `batchrunner runs` shows."""
     lines = [
         f"{'run':>4} {'status':<11} {'exit':>4} {'started':<29} {'sent':>7} {'ok':>7} {'failed':>6} {'cost_usd':>10}"
@@ -51,7 +77,7 @@ def runs_text(runs: Sequence[dict[str, Any]]) -> str:
     for r in runs:
         exit_code = "-" if r["exit_code"] is None else r["exit_code"]
         lines.append(
-            f"{r['id']:>4} {r['status']:<11} {exit_code:>4} {r['started_at']:<29} {r['sent'] or 0:>7} "
+            f"{r['id']:>4} {shown_status(r, holder):<11} {exit_code:>4} {r['started_at']:<29} {r['sent'] or 0:>7} "
             f"{r['ok'] or 0:>7} {r['failed'] or 0:>6} {(r['cost_usd'] or 0):>10.6f}"
         )
     return "\n".join(lines) + "\n"

@@ -160,6 +160,13 @@ class Store:
         ).fetchone()
         return int(row[0]) if row else 0
 
+    def mark_killed(self) -> int:
+        """Mark the runs still `running` as `killed`: call it holding the job's lock, when no
+        other run can be going. Returns how many there were."""
+        with self.db.atomic():
+            sql = "UPDATE runs SET status = 'killed', ended_at = coalesce(ended_at, ?) WHERE status = 'running'"
+            return int(self.db.execute(sql, [now()]).rowcount)
+
     def runs(self) -> list[dict[str, Any]]:
         cursor = self.conn.execute("SELECT * FROM runs ORDER BY id")
         names = [d[0] for d in cursor.description]
@@ -257,6 +264,16 @@ class Store:
             "SELECT error_code, count(*) AS n FROM results WHERE status = 'failed' GROUP BY error_code ORDER BY n DESC"
         )
         return [(code, n) for code, n in self.conn.execute(sql).fetchall()]
+
+    def queued_count(self) -> int:
+        """Failed requests that the next run sends again (retryable, or re-queued by `retry`)."""
+        sql = "SELECT count(*) FROM results WHERE status = 'failed' AND coalesce(retryable, 0)"
+        return int(self.conn.execute(sql).fetchone()[0])
+
+    def run_tally(self, run_id: int) -> dict[str, int]:
+        """The requests the run `run_id` finished so far, by status."""
+        sql = "SELECT status, count(*) FROM results WHERE run_id = ? GROUP BY status"
+        return {status: n for status, n in self.conn.execute(sql, [run_id]).fetchall()}
 
     def finished_in_run(self, run_id: int) -> int:
         """Requests the run `run_id` finished (ok or failed)."""
