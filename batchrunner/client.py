@@ -14,6 +14,8 @@ keeps the httpx API and runs the same load at a fraction of the CPU (see the ben
 
 from __future__ import annotations
 
+import errno
+
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
@@ -32,19 +34,25 @@ class CallFailed(Exception):
 
 
 class TransportFailed(Exception):
-    """No usable answer. `possibly_billed` is true when the request had been sent in full."""
+    """No usable answer. `possibly_billed` is true when the request had been sent in full;
+    `unreachable` when no connection was made at all (refused, unknown host, TLS failure, out
+    of file descriptors): on a run's first requests, that is a configuration error."""
 
-    def __init__(self, code: str, message: str, *, possibly_billed: bool) -> None:
+    def __init__(self, code: str, message: str, *, possibly_billed: bool, unreachable: bool = False) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.possibly_billed = possibly_billed
+        self.unreachable = unreachable
 
 
 def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
     """The one place that picks the HTTP transport (see the module docstring)."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     return AiohttpTransport(limits=limits)
+
+
+NOT_SENT: dict[str, bool] = {"possibly_billed": False, "unreachable": True}
 
 
 def _transport_failure(exc: Exception) -> TransportFailed:
@@ -58,8 +66,15 @@ def _transport_failure(exc: Exception) -> TransportFailed:
     name = type(exc).__name__
     if isinstance(exc, httpx.ReadTimeout) or isinstance(cause, aiohttp.SocketTimeoutError):
         return TransportFailed("ReadTimeout", "no answer within timeout_s", possibly_billed=True)
+    if isinstance(cause, aiohttp.ClientSSLError):
+        return TransportFailed(
+            "TLSError", f"TLS handshake failed ({cause}): is the base URL's scheme right?", **NOT_SENT
+        )
+    if isinstance(cause, aiohttp.ClientConnectorError) and cause.os_error.errno in (errno.EMFILE, errno.ENFILE):
+        msg = "too many open files: lower [limits] concurrency or raise the limit (ulimit -n)"
+        return TransportFailed("TooManyOpenFiles", msg, **NOT_SENT)
     if isinstance(cause, aiohttp.ClientConnectorError) or (cause is None and isinstance(exc, httpx.ConnectError)):
-        return TransportFailed("ConnectError", str(cause or exc) or name, possibly_billed=False)
+        return TransportFailed("ConnectError", str(cause or exc) or name, **NOT_SENT)
     if isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError):
         return TransportFailed("ConnectionDropped", str(cause) or type(cause).__name__, possibly_billed=True)
     if isinstance(exc, httpx.TimeoutException) and cause is None:

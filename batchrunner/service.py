@@ -97,6 +97,9 @@ def is_loopback(host: str) -> bool:
 def check_base_url(url: str, *, allow_insecure_http: bool) -> None:
     """Refuse to send the key in clear text to anything but loopback, unless opted in."""
     parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        msg = f"base URL {url!r} is not an http(s) URL; it looks like https://dashscope-intl.aliyuncs.com/api/v1"
+        raise SpecError(msg)
     if parts.scheme == "https" or allow_insecure_http:
         return
     if parts.scheme == "http" and is_loopback(parts.hostname or ""):
