@@ -165,12 +165,10 @@ class DashScopeClient:
                 if response.status_code != 200:
                     body = await response.aread()
                     raise CallFailed(wire.parse_error(response.status_code, body, dict(response.headers)))
-                async for line in response.aiter_lines():
-                    event = parser.line(line)
-                    if event is not None:
+                async for chunk in response.aiter_bytes():  # decoded from gzip etc. by httpx
+                    for event in parser.feed(chunk):
                         assembler.feed(event)
-                event = parser.line("")  # a last event not followed by a blank line
-                if event is not None:
+                for event in parser.close():
                     assembler.feed(event)
             return assembler.result()
         except httpx.TransportError as exc:

@@ -132,7 +132,13 @@ class Parameters(_Strict):
 
         The seed is left out: it may differ per row, and `source` adds it.
         """
-        body = self.model_dump(exclude_none=True, by_alias=True, exclude={"seed", "stream", "extra"})
+        left_out = {"seed", "stream", "extra"}
+        if not self.stream:
+            # incremental_output only shapes a stream: the service accepts it on a plain call
+            # and ignores it there, so it is accepted but not sent. The body, and so the request
+            # key, is then the same as without it (adding or removing it does not re-send rows).
+            left_out.add("incremental_output")
+        body = self.model_dump(exclude_none=True, by_alias=True, exclude=left_out)
         return {**body, **self.extra}
 
 
@@ -181,10 +187,6 @@ _STREAM_RULES: tuple[_Rule, ...] = (
     (
         lambda p, thinking: thinking and p.stream and p.incremental_output is False,
         "streaming with enable_thinking = true needs incremental_output = true",
-    ),
-    (
-        lambda p, thinking: p.incremental_output is not None and not p.stream,
-        "incremental_output only applies with stream = true",
     ),
 )
 

@@ -107,6 +107,19 @@ def parse_messages_cell(raw: Any, system: str | None = None) -> list[dict[str, A
     return messages
 
 
+def mentions(messages: list[dict[str, Any]], word: str) -> bool:
+    """Whether the text of some message holds `word`, in any case. The service refuses a
+    json_object request whose messages do not mention JSON this way."""
+    word = word.lower()
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(str(item.get("text", "")) for item in content if isinstance(item, dict))
+        if isinstance(content, str) and word in content.lower():
+            return True
+    return False
+
+
 def estimate_tokens(messages: list[dict[str, Any]]) -> int:
     """A cheap upper-leaning estimate of input tokens, for the tokens-per-minute limiter.
 

@@ -115,7 +115,8 @@ class Renderer:
                 items.append({"video": media_uri(str(cell), self.media_base)})
         return items
 
-    def messages(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+    def messages(self, row: dict[str, Any], *, media: bool = True) -> list[dict[str, Any]]:
+        """A row's messages; `media=False` leaves media items out (no file is read)."""
         system = self.system_message()
         if self.template is None:
             cell = row[self.spec.prompt.messages_column or ""]
@@ -128,7 +129,8 @@ class Renderer:
         if self.context:
             marker = {"cache_control": CACHE_MARK} if self.spec.prompt.cache == "context" else {}
             items.append({"text": self.context, **marker})
-        items.extend(self.media_items(row))
+        if media:
+            items.extend(self.media_items(row))
         content: Any = [*items, {"text": text}] if items else text
         return [m for m in (system, {"role": "user", "content": content}) if m is not None]
 

@@ -2,7 +2,8 @@
 
 `Source.check()` runs before any request is sent and raises InputError for every problem a
 user can fix in the file or the spec (missing file or column, empty table, null or duplicate
-ids, empty prompt cells, broken messages JSON, bad encoding). `Source.batches()` then reads
+ids, empty prompt cells, broken messages JSON, bad encoding, rows the service would refuse
+for lacking the word JSON under json_object output). `Source.batches()` then reads
 the table a slice at a time, so a million-row file never sits in memory as a million
 requests. CSV cells are read as text (no type guessing that could fail halfway through).
 """
@@ -21,6 +22,7 @@ from .render import URL_PREFIXES, Renderer, Request, Skipped
 from .spec import JobSpec
 
 ROW_INDEX = "__batchrunner_row__"
+JSON_WORD = "json"
 
 
 def _scan(spec: JobSpec) -> pl.LazyFrame:
@@ -176,29 +178,20 @@ class Source:
             self._check_messages(column)
         self._check_seed_column()
         self._check_media()
+        self._check_json_word()
 
     def _check_messages(self, column: str) -> None:
         assert self._lazy is not None
         where = self.spec.input.path
-        json_mode = self.spec.parameters.response_format is not None and (
-            self.spec.parameters.response_format.type == "json_object"
-        )
-        system_says_json = "json" in (self.spec.prompt.system or "").lower()
         cells = self._frame().select(ROW_INDEX, column).collect()
         for index, cell in cells.iter_rows():
             if cell is None or (isinstance(cell, str) and not cell.strip()):
                 continue
             try:
-                messages = prompts.parse_messages_cell(cell, None)
+                prompts.parse_messages_cell(cell, None)
             except ValueError as exc:
                 msg = f"{where}: row {index + 1}, column {column!r}: {exc}"
                 raise InputError(msg) from None
-            if json_mode and not system_says_json and "json" not in str(messages).lower():
-                msg = (
-                    f"{where}: row {index + 1}: response_format json_object needs the word JSON in the "
-                    f"messages; add it to [prompt] system"
-                )
-                raise InputError(msg)
 
     def _check_seed_column(self) -> None:
         seed = self.spec.parameters.seed
@@ -238,6 +231,62 @@ class Source:
                             f"send inline (over 10 MB as base64); host it and put its URL in the cell"
                         )
                         raise InputError(msg)
+
+    def _check_json_word(self, size: int = 5000) -> None:
+        """json_object output needs the word JSON in the messages sent: the service refuses a
+        request whose messages lack it (any case, in any message). So each row's messages are
+        rendered (a slice at a time, media left out) and checked here, before anything is sent.
+        Rows need no rendering when the template's fixed text says JSON (then every row does)
+        or when one of their template cells does (its text is in the user message)."""
+        fmt = self.spec.parameters.response_format
+        if fmt is None or fmt.type != "json_object":
+            return
+        prompt, template = self.spec.prompt, self.template
+        columns = template.columns if template is not None else (prompt.messages_column or "",)
+        if template is not None:
+            fixed = [prompt.system or "", self.renderer.context or "", *(text for text, _ in template.parts)]
+            if any(JSON_WORD in text.lower() for text in fixed):
+                return
+            schema = self._frame().collect_schema()
+            said = [pl.col(c).str.contains(f"(?i){JSON_WORD}") for c in columns if schema[c] == pl.String]
+            unsure = ~pl.any_horizontal(said).fill_null(False) if said else pl.lit(True)
+        else:
+            unsure = pl.lit(True)
+        empty = self._empty_condition() if prompt.on_empty == "skip" else None
+        if empty is not None:  # rows left out are never sent
+            unsure = unsure & ~empty
+        if not self._frame().filter(unsure).select(pl.len()).collect(engine="streaming").item():
+            return
+        lacking: list[int] = []
+        for offset in range(0, self.n_rows, size):
+            frame = self._frame().slice(offset, size).filter(unsure).select(ROW_INDEX, *columns)
+            lacking += self._without_word(frame.collect())
+            if len(lacking) >= 5:
+                break
+        if lacking:
+            where = (
+                "[prompt] system or template"
+                if template is not None
+                else "those rows' messages (or to [prompt] system, if they have no system message)"
+            )
+            msg = (
+                f"{self.spec.input.path}: row(s) {_rows(lacking[:5])}: response_format json_object needs the word "
+                f"JSON in the messages sent, and these rows' messages lack it (the service would refuse them); "
+                f'add it to {where} (e.g. "Reply in JSON.")'
+            )
+            raise InputError(msg)
+
+    def _without_word(self, batch: pl.DataFrame) -> list[int]:
+        """The row indexes of the rows whose rendered messages lack the word JSON."""
+        lacking: list[int] = []
+        for row in batch.iter_rows(named=True):
+            try:
+                messages = self.renderer.messages(row, media=False)
+            except ValueError:
+                continue  # an empty messages cell sent as it is: the service judges it
+            if not prompts.mentions(messages, JSON_WORD):
+                lacking.append(int(row[ROW_INDEX]))
+        return lacking
 
     # ------------------------------------------------------------------ reading
 

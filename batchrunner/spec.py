@@ -179,13 +179,6 @@ class JobSpec(_Section):
         p = self.parameters
         if (p.vl_high_resolution_images or p.vl_enable_image_hw_output) and not multimodal:
             problems.append("[parameters] vl_* options apply to vision models on the multimodal endpoint")
-        if p.response_format is not None and p.response_format.type == "json_object" and self.prompt.template:
-            fixed = (self.prompt.system or "") + self.prompt.template + (self.prompt.context or "")
-            if "json" not in fixed.lower():
-                problems.append(
-                    "[parameters] response_format json_object needs the word JSON in the prompt: "
-                    'add it to [prompt] system or template (e.g. "Reply in JSON.")'
-                )
         if self.limits.max_cost_usd is not None:
             if p.max_tokens is None:
                 problems.append(

@@ -262,7 +262,7 @@ class Simulator:
                 chunks = compat.chunks(call, answer, details, request_id, options)
             else:
                 chunks = stream.frames(call, answer, details, request_id)
-            response = await stream.write(request, chunks, request_id, malformed)
+            response = await stream.write(request, chunks, request_id, config, malformed)
         else:
             if options is not None:
                 payload = _dumps(compat.body(call, answer, details, request_id, options))

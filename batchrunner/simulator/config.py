@@ -22,6 +22,11 @@ MIX_KINDS = frozenset({"500", "503", "429", DROP, MALFORMED, SLOW})
 
 ALWAYS = "always:"
 
+# How streamed events are separated: by a blank line, or not at all (see SimulatorConfig).
+BLANK = "blank"
+COMPACT = "compact"
+FRAMINGS = frozenset({BLANK, COMPACT})
+
 
 @dataclass(frozen=True, slots=True)
 class Fault:
@@ -107,6 +112,10 @@ class SimulatorConfig:
     faults: scripted FaultRules. keep_log: record each request in `Simulator.log`.
     retry_after_s: when set, 429 answers carry `Retry-After` (the real service sends none).
     max_output_tokens: the upper bound of `max_tokens` for every model.
+    sse_framing: "blank" puts a blank line after every streamed event (the usual framing);
+    "compact" writes each event straight after the previous one, as some real DashScope
+    streams do. sse_crlf: end stream lines with CRLF. sse_bom: start a stream with a UTF-8
+    byte-order mark. sse_gzip: send streams gzip-compressed (Content-Encoding: gzip).
     """
 
     rpm: int | None = None
@@ -121,6 +130,10 @@ class SimulatorConfig:
     keep_log: bool = True
     retry_after_s: float | None = None
     max_output_tokens: int = 32768
+    sse_framing: str = BLANK
+    sse_crlf: bool = False
+    sse_bom: bool = False
+    sse_gzip: bool = False
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm"):
@@ -128,6 +141,9 @@ class SimulatorConfig:
             if value is not None and value <= 0:
                 msg = f"SimulatorConfig.{name} must be positive or None, got {value}"
                 raise ValueError(msg)
+        if self.sse_framing not in FRAMINGS:
+            msg = f"SimulatorConfig.sse_framing must be one of {sorted(FRAMINGS)}, got {self.sse_framing!r}"
+            raise ValueError(msg)
         unknown = set(self.fault_mix) - MIX_KINDS
         if unknown:
             msg = f"unknown fault_mix kinds {sorted(unknown)}; use {sorted(MIX_KINDS)}"

@@ -7,12 +7,15 @@ is the string "null" until a choice's last frame; usage is cumulative in every f
 n > 1 the choices stream one after the other. Tool calls, when the answer makes them, are in
 the last frame's message (whole, in both modes), and `image_hw` in the last frame's output.
 With logprobs, each frame's choice carries the token entries of its own text (incremental)
-or of all that choice's content so far.
+or of all that choice's content so far. `write` frames the events as the config says: a
+blank line after each (the usual), or none ("compact"); CRLF, a byte-order mark, gzip.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,7 @@ from aiohttp import web
 
 from . import reply
 from .answers import pieces
+from .config import COMPACT, SimulatorConfig
 from .reply import Answer
 from .validate import Call
 
@@ -117,18 +121,36 @@ def frames(call: Call, answer: Answer, details: dict[str, Any], request_id: str)
     return out
 
 
+def reframe(chunks: list[bytes], config: SimulatorConfig) -> list[bytes]:
+    """The events as the config frames them: without the blank line after each event
+    ("compact"), with CRLF line ends, after a byte-order mark. Event payloads are one-line
+    JSON, so the only blank lines are the ones between events."""
+    out = list(chunks)
+    if config.sse_framing == COMPACT:
+        out = [chunk.replace(b"\n\n", b"\n") for chunk in out]
+    if config.sse_crlf:
+        out = [chunk.replace(b"\n", b"\r\n") for chunk in out]
+    if config.sse_bom and out:
+        out[0] = codecs.BOM_UTF8 + out[0]
+    return out
+
+
 async def write(
-    request: web.Request, chunks: list[bytes], request_id: str, malformed: bool = False
+    request: web.Request, chunks: list[bytes], request_id: str, config: SimulatorConfig, malformed: bool = False
 ) -> web.StreamResponse:
-    """Send `chunks` as a text/event-stream answer; `malformed` cuts the last one's JSON short."""
-    response = web.StreamResponse(
-        status=200,
-        headers={"Content-Type": "text/event-stream;charset=UTF-8", "x-request-id": request_id},
-    )
+    """Send `chunks` as a text/event-stream answer, framed as `config` says; `malformed` cuts
+    the last one's JSON short. Compressed streams are flushed event by event."""
+    headers = {"Content-Type": "text/event-stream;charset=UTF-8", "x-request-id": request_id}
+    gzip = zlib.compressobj(wbits=31) if config.sse_gzip else None  # wbits 31: the gzip container
+    if gzip is not None:
+        headers["Content-Encoding"] = "gzip"
+    response = web.StreamResponse(status=200, headers=headers)
     await response.prepare(request)
     if malformed:
         chunks[-1] = chunks[-1][: len(chunks[-1]) // 2]
-    for chunk in chunks:
-        await response.write(chunk)
+    for chunk in reframe(chunks, config):
+        await response.write(chunk if gzip is None else gzip.compress(chunk) + gzip.flush(zlib.Z_SYNC_FLUSH))
+    if gzip is not None:
+        await response.write(gzip.flush())
     await response.write_eof()
     return response

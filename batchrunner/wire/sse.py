@@ -5,6 +5,15 @@ HTTP status of an error event in a comment line (`:HTTP_STATUS/429`); OpenAI-sty
 write `data: {...}` and end with `data: [DONE]`. `SSEParser` reads both, keeping that comment,
 which generic SSE clients drop.
 
+Events are read line by line, as the official DashScope SDK reads them: each `data:` line is
+one complete event, carrying the `event:` name and `:HTTP_STATUS/` comment written before it.
+So events separated by a blank line and events written straight after one another (some
+real DashScope streams have no blank line between events) read the same. Lines end in LF,
+CRLF or CR (only those: httpx's `aiter_lines` also splits on U+2028 and U+0085, which JSON
+text may hold raw); a leading byte-order mark is dropped; the text must be UTF-8. A `data:`
+payload written over several lines (legal SSE, sent by neither dialect) would be read as
+several events.
+
 An assembler (one per dialect, in native.py and openai.py) is fed every event of one answer
 and, at the end, returns the same Completion a non-streamed call would have given. An error
 event raises StreamError; a stream that ends before its last chunk raises MalformedResponse
@@ -13,11 +22,16 @@ event raises StreamError; a stream that ends before its last chunk raises Malfor
 
 from __future__ import annotations
 
+import codecs
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import ServiceError, parse_error, status_for
-from .types import Choice, Completion
+from .types import Choice, Completion, MalformedResponse
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_STATUS_COMMENT = ":HTTP_STATUS/"
 
 
 @dataclass(slots=True)
@@ -28,31 +42,54 @@ class SSEEvent:
 
 
 class SSEParser:
-    """Feed lines (without their newline); complete events come back from `line`."""
+    """Feed the body's bytes as they arrive (`feed`), then `close()`; each returns the events
+    completed so far. `line` reads one line (without its line end)."""
 
     def __init__(self) -> None:
-        self._event = SSEEvent()
-        self._data: list[str] = []
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
+        self._rest = ""  # an unterminated line (and a CR that may be half of a CRLF)
+        self._event = "message"
+        self._status: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        try:
+            text = self._rest + self._decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            msg = f"stream is not UTF-8 text: {exc}"
+            raise MalformedResponse(msg) from None
+        lines = _LINE_END.split(text[:-1] if text.endswith("\r") else text)
+        self._rest = lines.pop() + ("\r" if text.endswith("\r") else "")
+        return [e for e in map(self.line, lines) if e is not None]
+
+    def close(self) -> list[SSEEvent]:
+        """The events of a last line not followed by a line end."""
+        events = self.feed(b"")
+        try:
+            self._decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            msg = f"stream ends inside a UTF-8 character: {exc}"
+            raise MalformedResponse(msg) from None
+        rest, self._rest = self._rest.removesuffix("\r"), ""
+        event = self.line(rest) if rest else None
+        return [*events, event] if event is not None else events
 
     def line(self, line: str) -> SSEEvent | None:
-        if not line:
-            if not self._data:
-                self._event = SSEEvent()
-                return None
-            event, self._event = self._event, SSEEvent()
-            event.data, self._data = "\n".join(self._data), []
-            return event
-        if line.startswith(":"):
-            if line.startswith(":HTTP_STATUS/"):
-                digits = line[len(":HTTP_STATUS/") :].strip()
-                self._event.status = int(digits) if digits.isdigit() else None
+        if not line:  # a blank line ends an event: what was set for it is forgotten
+            self._event, self._status = "message", None
+            return None
+        if line[0] == ":":
+            if line.startswith(_STATUS_COMMENT):
+                digits = line[len(_STATUS_COMMENT) :].strip()
+                self._status = int(digits) if digits.isdigit() else None
             return None
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
         if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event.event = value
+            event = SSEEvent(self._event, value, self._status)
+            self._event, self._status = "message", None
+            return event
+        if name == "event":
+            self._event = value
         return None
 
 
