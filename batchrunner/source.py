@@ -9,41 +9,64 @@ requests. CSV cells are read as text (no type guessing that could fail halfway t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
-from . import prompts
+from . import inputfile, prompts
 from .errors import InputError
 from .parameters import SEED_MAX, SeedColumn
 from .render import URL_PREFIXES, Renderer, Request, Skipped
 from .spec import JobSpec
 
 ROW_INDEX = "__batchrunner_row__"
+log = logging.getLogger("batchrunner")
 
 
-def _scan(spec: JobSpec) -> pl.LazyFrame:
+def _scan(spec: JobSpec, readable: inputfile.Readable | None = None) -> pl.LazyFrame:
     src = spec.input
     fmt = src.table_format
+    path = readable.path if readable is not None else src.path
     if fmt == "csv":
-        return pl.scan_csv(src.path, separator=src.separator, infer_schema=False, encoding=src.encoding)
+        # other encodings are read from a UTF-8 copy
+        encoding: Literal["utf8", "utf8-lossy"] = "utf8-lossy" if src.encoding == "utf8-lossy" else "utf8"
+        return pl.scan_csv(path, separator=src.separator, infer_schema=False, encoding=encoding)
     if fmt == "parquet":
-        return pl.scan_parquet(src.path)
-    return pl.scan_ndjson(src.path, infer_schema_length=None)
+        return pl.scan_parquet(path)
+    return pl.scan_ndjson(path, infer_schema_length=None)
 
 
-def _explain(spec: JobSpec, exc: Exception) -> InputError:
+def _explain(spec: JobSpec, exc: Exception, readable: inputfile.Readable | None = None) -> InputError:
+    """What polars' refusal means, naming the line when it can be found."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    where = spec.input.path
+    where, fmt = spec.input.path, spec.input.table_format
+    path = readable.path if readable is not None else where
     if "utf-8" in text.lower() or "utf8" in text.lower():
+        found = inputfile.bad_byte_text(path, "utf8") or text
         msg = (
-            f"{where}: the file is not valid UTF-8 ({text}). Convert it, e.g. "
-            f'`iconv -f cp1252 -t utf-8 in.csv > out.csv`, or set [input] encoding = "utf8-lossy" '
-            f"to replace the bad bytes."
+            f"{where}: the file is not valid UTF-8 ({found}). If it comes from Excel or Windows, set "
+            f'[input] encoding = "cp1252" (or encoding = "latin1"); encoding = "utf8-lossy" replaces the bad '
+            f"bytes instead (and reports how many cells it changed). Or convert it: "
+            f"`iconv -f cp1252 -t utf-8 in.csv > out.csv`."
         )
         return InputError(msg)
-    return InputError(f"{where}: cannot read the {spec.input.table_format} table: {text}")
+    if fmt == "jsonl":
+        bad = inputfile.bad_json_line(path)
+        if bad is not None:
+            msg = f"{where}: line {bad[0]} is {bad[1]}; fix or remove that line (one JSON object a line)"
+            return InputError(msg)
+    if fmt == "csv" and "more fields" in text:
+        ragged = inputfile.ragged_record(path, spec.input.separator)
+        if ragged is not None:
+            line, fields, width = ragged
+            msg = (
+                f"{where}: line {line} has {fields} fields but the header has {width} (a {spec.input.separator!r} "
+                f"inside a cell that is not quoted?); quote that cell or remove the extra field"
+            )
+            return InputError(msg)
+    return InputError(f"{where}: cannot read the {fmt} table: {text}")
 
 
 class Source:
@@ -51,9 +74,12 @@ class Source:
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
-        self.template = prompts.parse_template(spec.prompt.template) if spec.prompt.template is not None else None
+        template, where = spec.prompt.template, f"{spec.source_path}: [prompt] template"
+        self.template = prompts.parse_template(template, where=where) if template is not None else None
         self.columns: list[str] = []
+        self.schema: dict[str, pl.DataType] = {}
         self.n_rows = 0
+        self.file: inputfile.Readable | None = None
         self.renderer = Renderer(spec, self.template)
         self._lazy: pl.LazyFrame | None = None
 
@@ -69,26 +95,80 @@ class Source:
         if not where.is_file():
             msg = f"{where}: input file not found (set [input] path, relative to the spec file)"
             raise InputError(msg)
+        self.file = inputfile.Readable(where, spec.input.table_format, spec.input.encoding)
         try:
-            lazy = _scan(spec)
-            self.columns = list(lazy.collect_schema().names())
+            lazy = _scan(spec, self.file)
+            self.schema = dict(lazy.collect_schema())
+            self.columns = list(self.schema)
             self.n_rows = int(lazy.select(pl.len()).collect().item())
         except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-            raise _explain(spec, exc) from None
+            raise _explain(spec, exc, self.file) from None
         if self.n_rows == 0:
             msg = f"{where}: the table has no rows; there is nothing to run"
             raise InputError(msg)
+        self._check_names()
         self._check_columns(reserved)
         self._lazy = lazy.with_row_index(ROW_INDEX)
         try:
+            if spec.input.table_format == "csv":  # every field parsed once: a ragged line shows now
+                lazy.select(pl.all().null_count()).collect(engine="streaming")
             self._check_ids()
             self._check_cells()
+            self._note_replaced()
         except pl.exceptions.PolarsError as exc:
-            raise _explain(spec, exc) from None
+            raise _explain(spec, exc, self.file) from None
+
+    def _check_names(self) -> None:
+        """A column name given twice is refused: polars would read only the first."""
+        spec, file = self.spec, self.file
+        assert file is not None
+        where = spec.input.path
+        if spec.input.table_format == "csv":
+            twice = inputfile.duplicate_names(inputfile.csv_header(file.path, spec.input.separator))
+            if twice:
+                name, columns = next(iter(twice.items()))
+                msg = (
+                    f"{where}: column {name!r} appears {len(columns)} times in the header (columns "
+                    f"{', '.join(map(str, columns))}); rename all but one: only the first would be read"
+                )
+                raise InputError(msg)
+        elif spec.input.table_format == "jsonl":
+            found = inputfile.duplicate_json_key(file.path)
+            if found is not None:
+                msg = f"{where}: line {found[0]} gives key {found[1]!r} twice; keep one (only the first would be read)"
+                raise InputError(msg)
+
+    def _note_replaced(self) -> None:
+        """With encoding = "utf8-lossy": say how many cells had bytes replaced, and where."""
+        spec = self.spec
+        if spec.input.encoding != "utf8-lossy" or not inputfile.first_bad_byte(spec.input.path, "utf8"):
+            return
+        text = [c for c, dtype in self.schema.items() if dtype == pl.String]
+        if not text:
+            return
+        hit = [pl.col(c).str.contains("\ufffd", literal=True).fill_null(False) for c in text]
+        cells = int(self._frame().select(pl.sum_horizontal(hit).sum()).collect(engine="streaming").item() or 0)
+        if not cells:
+            return
+        rows = self._frame().filter(pl.any_horizontal(hit))
+        n_rows = int(rows.select(pl.len()).collect(engine="streaming").item())
+        first = [self.row_id(r) for r in rows.head(5).collect().iter_rows(named=True)]
+        log.warning(
+            "%s: %d cell(s) in %d row(s) held bytes that are not UTF-8, replaced by U+FFFD (encoding = "
+            '"utf8-lossy"); first row id(s): %s. If the file comes from Excel or Windows, set [input] encoding = '
+            '"cp1252" (or "latin1") to read those characters as written',
+            spec.input.path,
+            cells,
+            n_rows,
+            ", ".join(first),
+        )
 
     def _missing(self, wanted: str, key: str) -> InputError:
         shown = ", ".join(self.columns[:20]) + (" ..." if len(self.columns) > 20 else "")
-        msg = f"{self.spec.input.path}: {key} names column {wanted!r}, which the table lacks (columns: {shown})"
+        msg = (
+            f"{self.spec.input.path}: {key} names column {wanted!r}, which the table lacks (columns: {shown}); "
+            f"fix it in {self.spec.source_path}, or the table"
+        )
         return InputError(msg)
 
     def _check_columns(self, reserved: Sequence[str]) -> None:
@@ -99,6 +179,13 @@ class Source:
             for column in self.template.columns:
                 if column not in self.columns:
                     raise self._missing(column, f"[prompt] template placeholder {{{column}}}")
+                if self.schema[column] == pl.Binary:
+                    msg = (
+                        f"{spec.input.path}: [prompt] template placeholder {{{column}}} names a binary column; "
+                        f"bytes cannot go into a text prompt. Store text in it (images: paths or URLs, with "
+                        f"[prompt] images)"
+                    )
+                    raise InputError(msg)
         if spec.prompt.messages_column and spec.prompt.messages_column not in self.columns:
             raise self._missing(spec.prompt.messages_column, "[prompt] messages_column")
         for key, names in (("images", spec.prompt.images), ("videos", spec.prompt.videos)):
@@ -121,7 +208,7 @@ class Source:
         parquet file, a LazyFrame that already ran a query slices ~70x slower and holds on to
         far more memory (polars keeps state from earlier queries)."""
         assert self._lazy is not None, "call check() first"
-        return _scan(self.spec).with_row_index(ROW_INDEX)
+        return _scan(self.spec, self.file).with_row_index(ROW_INDEX)
 
     def _rows_where(self, condition: pl.Expr, limit: int = 5) -> list[int]:
         assert self._lazy is not None
@@ -158,7 +245,16 @@ class Source:
         cols = self.template.columns if self.template is not None else (self.spec.prompt.messages_column or "",)
         if not cols:
             return None
-        return pl.any_horizontal([pl.col(c).is_null() | pl.col(c).cast(pl.String).str.contains(r"^\s*$") for c in cols])
+        return pl.any_horizontal([self._blank(c) for c in cols])
+
+    def _blank(self, column: str) -> pl.Expr:
+        """True for an empty cell: null, blank text, or an empty list."""
+        cell, dtype = pl.col(column), self.schema.get(column)
+        if isinstance(dtype, pl.List):
+            return cell.is_null() | (cell.list.len() == 0)
+        if dtype is not None and (dtype.is_nested() or dtype == pl.Binary):
+            return cell.is_null()
+        return cell.is_null() | cell.cast(pl.String).str.contains(r"^\s*$")
 
     def _check_cells(self) -> None:
         where = self.spec.input.path

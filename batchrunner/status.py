@@ -12,26 +12,27 @@ from typing import Any
 from .store import Store
 
 
-def _rate_line(store: Store, last: dict[str, Any]) -> str:
+def _rate_line(store: Store, last: dict[str, Any], job: str) -> str:
     """Rate and ETA of the last run, from its rows in the store."""
     start = datetime.fromisoformat(last["started_at"])
     end = datetime.fromisoformat(last["ended_at"]) if last["ended_at"] else datetime.now(UTC)
     seconds = max((end - start).total_seconds(), 1e-9)
     rate = store.finished_in_run(last["id"]) / seconds
-    left = max(0, (last["rows_total"] or 0) - store.settled_count())
+    left = max(0, (last["rows_total"] or 0) - store.settled_count(job))
     eta = "-" if not left or not rate else f"{left / rate / 60:.1f} min for about {left} requests left"
     return f"rate {rate:.2f} rows/s over {seconds:.0f}s; ETA {eta}"
 
 
 def status_text(job: str, store: Store) -> str:
-    """Rows by status, failures by error code, and the last run: what `batchrunner status` shows."""
-    counts = store.counts()
+    """Rows by status, failures by error code, and the last run: what `batchrunner status` shows.
+    Only the rows and runs of `job` count: specs may share one store."""
+    counts = store.counts(job)
     lines = [
         f"job {job}  store {store.path}",
         "results: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"),
     ]
-    lines += [f"  failed with {code}: {n}" for code, n in store.error_counts()]
-    runs = store.runs()
+    lines += [f"  failed with {code}: {n}" for code, n in store.error_counts(job)]
+    runs = store.runs(job)
     if runs:
         last = runs[-1]
         lines.append(
@@ -39,7 +40,7 @@ def status_text(job: str, store: Store) -> str:
             f"started {last['started_at']}, ended {last['ended_at'] or '-'}, "
             f"sent {last['sent'] or 0}, ok {last['ok'] or 0}, failed {last['failed'] or 0}"
         )
-        lines.append("  " + _rate_line(store, last))
+        lines.append("  " + _rate_line(store, last, job))
     return "\n".join(lines) + "\n"
 
 
