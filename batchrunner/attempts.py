@@ -48,6 +48,7 @@ class Policy:
     parse_json: bool = False
     json_retries: int = 0
     context_limit: int | None = None
+    job: str | None = None  # stamped on each result: specs may share one store
 
     @classmethod
     def of(cls, spec: JobSpec, prices: PriceTable | None) -> Policy:
@@ -62,6 +63,7 @@ class Policy:
             parse_json=spec.output.parse_json,
             json_retries=spec.output.json_retries,
             context_limit=context,
+            job=spec.job.name,
         )
 
 
@@ -379,6 +381,7 @@ class Attempts:
             parsed=parsed,
             cost=cost,
             price_version=self.prices.version if self.prices else None,
+            job=self.policy.job,
         )
         if completion is not None:
             self.counts.paid(completion.usage, cost)

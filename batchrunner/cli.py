@@ -6,9 +6,11 @@ Heavy modules (polars, httpx, aiohttp) are imported inside the commands that use
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .errors import EXIT_CODE_HELP, BatchRunnerError
+from .errors import EXIT_CODE_HELP, BatchRunnerError, ExitCode
 
 if TYPE_CHECKING:
     from .spec import JobSpec
@@ -35,6 +37,9 @@ def _reports_errors(func: F) -> F:
         except BatchRunnerError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(int(exc.exit_code))
+        except sqlite3.DatabaseError as exc:  # a store damaged where opening it could not tell
+            click.echo(f"error: the store could not be read ({exc}); see `--db` and the store's file", err=True)
+            sys.exit(int(ExitCode.BAD_INPUT))
 
     return wrapper  # type: ignore[return-value]
 
@@ -91,6 +96,11 @@ def cli() -> None:
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also write log lines to this file.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress display; only warnings and errors on stderr.")
+@click.option(
+    "--new-store",
+    is_flag=True,
+    help="Start a new store in an empty store file (0 bytes, or no tables) instead of refusing it.",
+)
 @_reports_errors
 def run(
     job: Path,
@@ -105,6 +115,7 @@ def run(
     log_file: Path | None,
     log_format: str,
     quiet: bool,
+    new_store: bool,
 ) -> None:
     """Run JOB (a TOML spec): send every row not yet done, then write the output table.
 
@@ -131,6 +142,7 @@ def run(
         prices=prices,
         write_partial=write_partial,
         handle_signals=True,
+        new_store=new_store,
     )
     log.info(summary.line(), extra={"fields": summary.fields()})
     if summary.message:
@@ -180,7 +192,7 @@ def runs(job: Path, db: Path | None, fmt: str) -> None:
 
     spec = _spec(job, db=db)
     with Store(spec.db_path, readonly=True) as store:
-        rows = store.runs()
+        rows = store.runs(spec.job.name)
     holder = live_holder(spec.db_path)
     if fmt == "json":
         click.echo(json.dumps([{**r, "status": shown_status(r, holder)} for r in rows], indent=2))
@@ -207,7 +219,7 @@ def retry(job: Path, db: Path | None, codes: str | None) -> None:
 
     spec = _spec(job, db=db)
     with Store(spec.db_path, readonly=True) as store:  # StoreError when there is no store yet
-        present = dict(store.error_counts())
+        present = dict(store.error_counts(spec.job.name))
     wanted = [c.strip() for c in codes.split(",") if c.strip()] if codes else None
     unknown = sorted(set(wanted or ()) - set(present))
     if unknown:
@@ -216,7 +228,7 @@ def retry(job: Path, db: Path | None, codes: str | None) -> None:
             f"no failed row has code(s) {', '.join(unknown)}; codes present: {have}", param_hint="--codes"
         )
     with JobLock(spec.db_path), Store(spec.db_path) as store:
-        n = store.requeue(wanted)
+        n = store.requeue(wanted, spec.job.name)
     click.echo(f"re-queued {n} failed row(s); run `batchrunner run {job}` to send them")
 
 
@@ -304,6 +316,7 @@ def report(paths: tuple[Path, ...], by: str, since: Any, until: Any, fmt: str) -
     type=click.FloatRange(0, 1),
     help="Share of requests answered 500.",
 )
+@_reports_errors
 def simulate(host: str, port: int, rpm: int | None, tpm: int | None, latency_ms: float, fail_rate: float) -> None:
     """Serve the DashScope simulator until Ctrl-C.
 
@@ -315,12 +328,17 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, latency_ms:
     from .simulator import SimulatorConfig, run_simulator
 
     config = SimulatorConfig(rpm=rpm, tpm=tpm, latency_ms=latency_ms, fail_rate=fail_rate, keep_log=False)
-    run_simulator(
-        config,
-        host=host,
-        port=port,
-        on_ready=lambda url: click.echo(f"DashScope simulator at {url} (set DASHSCOPE_BASE_URL to it)"),
-    )
+    try:
+        run_simulator(
+            config,
+            host=host,
+            port=port,
+            on_ready=lambda url: click.echo(f"DashScope simulator at {url} (set DASHSCOPE_BASE_URL to it)"),
+        )
+    except OSError as exc:
+        reason = "it is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        msg = f"cannot listen on {host}:{port} ({reason}); pick another --port (0 picks a free one)"
+        raise BatchRunnerError(msg) from None
 
 
 def main() -> None:

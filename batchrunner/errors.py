@@ -4,7 +4,8 @@
     ├── SpecError               the job spec is unreadable or invalid              (exit 2)
     ├── InputError              the input table cannot be used as it is            (exit 2)
     ├── OutputError             the output table cannot be written                 (exit 2)
-    ├── StoreError              the SQLite store is missing or not ours            (exit 2)
+    ├── StoreError              the store is missing, damaged, empty, not ours     (exit 2)
+    │                           or not writable (nor its folder or lock file)
     ├── AuthError               the service refused the key, account or model      (exit 3)
     └── JobLocked               another process is running the same job            (exit 75)
 
@@ -66,7 +67,7 @@ class OutputError(BatchRunnerError):
 
 
 class StoreError(BatchRunnerError):
-    """The checkpoint store is missing or not a batchrunner store."""
+    """The checkpoint store is missing, damaged, empty, not a batchrunner store, or not writable."""
 
 
 class AuthError(BatchRunnerError):

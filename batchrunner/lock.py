@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-from .errors import JobLocked
+from .errors import JobLocked, StoreError
 from .store import now
 
 
@@ -26,11 +26,21 @@ class JobLock:
     def __init__(self, db_path: Path) -> None:
         self.path = Path(f"{db_path}.lock")
         self.previous: dict[str, object] | None = None  # a dead holder whose lock was taken over
+        self.created = False  # whether this lock made the lock file
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.created = not self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            msg = (
+                f"{self.path}: cannot open the job's lock file ({exc.strerror}). The store's folder must be "
+                "writable, and the lock file (if there) readable and writable by you: fix the permissions "
+                "(no run of this job may be going when you remove it), or point [job] db / --db elsewhere"
+            )
+            raise StoreError(msg) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -51,6 +61,13 @@ class JobLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+
+    def discard(self) -> None:
+        """Release, and remove the lock file if this lock made it: the store beside it turned out
+        not to be usable (a foreign file, say), so nothing of ours should stay there."""
+        if self._fd is not None and self.created:
+            self.path.unlink(missing_ok=True)
+        self.release()
 
     def release(self) -> None:
         if self._fd is None:

@@ -160,3 +160,16 @@ def migrate(db: sqlite_utils.Database) -> None:
                 table.insert(
                     {"name": step.__name__, "applied_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
                 )
+
+
+# Steps after m004 are appended here, below `migrate` (they run in the order they are defined).
+
+
+@migration
+def m006_result_job(db: sqlite_utils.Database) -> None:
+    """The job that made each result: two specs may share one store. Earlier rows get the job
+    of the run that made them."""
+    results = db.table("results")
+    results.add_column("job", str)
+    db.execute("UPDATE results SET job = (SELECT runs.job FROM runs WHERE runs.id = results.run_id)")
+    results.create_index(["job", "status"])

@@ -2,13 +2,14 @@
 
 A template holds literal text and `{column}` placeholders, nothing else: no attribute or
 index access, no conversions or format specs (so a cell can never reach Python objects).
-`{{` and `}}` stand for literal braces.
+`{{` and `}}` stand for literal braces. A list or struct cell is rendered as JSON.
 
 Rows become full requests (media, seeds, samples, request key) in `render`.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import string
 from dataclasses import dataclass
@@ -48,6 +49,19 @@ def _cell_text(value: Any) -> str:
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value)) if abs(value) < 1e15 else str(value)
+    if isinstance(value, list | tuple | dict):  # a list or struct cell (Parquet, a JSONL object): JSON
+        return cell_json(value)
+    return str(value)
+
+
+def cell_json(value: Any) -> str:
+    """A nested cell as JSON text (bytes as base64, dates and the like as their text)."""
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
     return str(value)
 
 

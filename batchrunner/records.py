@@ -80,6 +80,7 @@ class Result:
     run_id: int
     sample: int = 0
     seed: int | None = None
+    job: str | None = None  # the job (spec name) that made it: specs may share one store
     error_code: str | None = None
     error_message: str | None = None
     http_status: int | None = None
@@ -200,6 +201,7 @@ def result_of(
     parsed: str | None = None,
     cost: Cost | None = None,
     price_version: str | None = None,
+    job: str | None = None,
 ) -> Result:
     """The result of a request that ended: answered (ok, or failed when its answer was unusable:
     the answer and usage are kept, since they were paid for) or failed without an answer."""
@@ -228,6 +230,7 @@ def result_of(
         run_id=run_id,
         sample=request.sample,
         seed=request.seed,
+        job=job,
         **{**failed, **_cost_fields(cost, price_version), **_answer_fields(completion, parsed)},
     )
 

@@ -1,6 +1,7 @@
 """Usage and cost reports over finished requests, read from one or more stores (read-only).
 
-`build` sums the `results` rows of every store, grouped by any of model, job, day (UTC date of
+`build` sums the `results` rows of every store, grouped by any of model, job (the job that made
+the row; for a store older than that column, the job of its run), day (UTC date of
 finished_at) and status, and `render` prints a report as a terminal table, CSV, JSON or
 Markdown. Money is summed in whole pico-USD and converted to USD only for display, so the
 totals equal the sum of the rows exactly.
@@ -173,10 +174,10 @@ def build(
     counters = [f.name for f in fields(ReportRow)][1:]
     for path in stores:
         with Store(path, readonly=True) as store:
-            job = store.job_name()
+            job = store.job_name()  # for rows whose job is not recorded
             versions |= store.price_versions()
-            for model, status, day, *sums in store.usage_sums(TOKENS, list(MONEY.values()), since, until):
-                found = {"model": model, "job": job, "day": day, "status": status}
+            for model, status, day, made_by, *sums in store.usage_sums(TOKENS, list(MONEY.values()), since, until):
+                found = {"model": model, "job": made_by or job, "day": day, "status": status}
                 group = tuple(None if found[k] is None else str(found[k]) for k in keys)
                 row = ReportRow(group, **dict(zip(counters, sums, strict=True)))
                 groups[group] = groups[group].plus(row, group) if group in groups else row

@@ -27,7 +27,7 @@ from typing import Any
 from . import service, signals, sink
 from .attempts import Attempts, Policy
 from .client import DashScopeClient
-from .errors import AuthError, ExitCode
+from .errors import AuthError, ExitCode, OutputError, StoreError
 from .lock import JobLock
 from .pending import Frontier, Pending
 from .pool import Pool, Stop
@@ -95,6 +95,7 @@ class RunOptions:
     retry_failed: bool = False
     write_partial: bool = False
     handle_signals: bool = False
+    new_store: bool = False
 
 
 def run_job(
@@ -110,17 +111,21 @@ def run_job(
     prices: Path | None = None,
     max_cost_usd: float | None = None,
     write_partial: bool = False,
+    new_store: bool = False,
 ) -> RunSummary:
     """Run a job to completion (or interruption) and write its output table.
 
     Raises SpecError / InputError / OutputError before sending anything when the spec or
     the input is unusable; an authentication or permission error ends the run with
-    exit_code 3 in the summary (no row is marked failed for it).
+    exit_code 3 in the summary (no row is marked failed for it). StoreError when the store
+    cannot be used (damaged, not a store, not writable, or an empty file without `new_store`);
+    OutputError when the output table cannot be written at the end (the run is recorded as
+    `output_failed`; every answer is in the store, and `batchrunner export` writes the table).
     """
     job = spec if isinstance(spec, JobSpec) else load(spec)
     job = job.with_overrides(db=db, output=output, max_cost_usd=max_cost_usd)
     table = prices_for(job, prices)
-    options = RunOptions(limit, simulate, retry_failed, write_partial, handle_signals)
+    options = RunOptions(limit, simulate, retry_failed, write_partial, handle_signals, new_store)
     return asyncio.run(_run(job, table, options, progress or Progress()))
 
 
@@ -139,6 +144,9 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
     source = Source(spec)
     source.check(reserved=sink.result_columns(spec))
     sink.check_writable(spec.output.path)
+    note = sink.conversion_note(spec.output.path, source.schema)
+    if note:
+        log.warning(note)
     async with service.connect(spec.api, simulate=options.simulate) as svc:
         with JobLock(spec.db_path) as lock:
             if lock.previous:
@@ -149,7 +157,12 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
                     lock.previous.get("host"),
                     lock.previous.get("started_at"),
                 )
-            with Store(spec.db_path) as store:
+            try:
+                store = Store(spec.db_path, new_store=options.new_store)
+            except StoreError:
+                lock.discard()
+                raise
+            with store:
                 killed = store.mark_killed()
                 if killed:
                     log.warning("%s: %d earlier run(s) had not ended cleanly; marked killed", spec.job.name, killed)
@@ -194,17 +207,20 @@ class _Run:
 
     async def go(self) -> RunSummary:
         spec, store, options = self.spec, self.store, self.options
-        load_spilled(store)
         signature = self.source.signature()
-        start = 0 if options.retry_failed else store.resume_point(spec.digest, signature)
-        run_id = store.start_run(
-            job=spec.job.name,
-            spec_digest=spec.digest,
-            simulated=self.svc.simulated,
-            base_url=self.svc.base_url,
-            rows_total=self.rows_total,
-            input_signature=signature,
-        )
+        try:
+            load_spilled(store)
+            start = 0 if options.retry_failed else store.resume_point(spec.digest, signature)
+            run_id = store.start_run(
+                job=spec.job.name,
+                spec_digest=spec.digest,
+                simulated=self.svc.simulated,
+                base_url=self.svc.base_url,
+                rows_total=self.rows_total,
+                input_signature=signature,
+            )
+        except sqlite3.Error as exc:  # before anything is sent: the store cannot be written
+            raise StoreError(f"{store.path}: cannot write the store ({exc}); nothing was sent") from None
         pending = Pending(self.source, store, retry_failed=options.retry_failed, limit=options.limit)
         if start and not pending.checked_start(start):
             log.warning(
@@ -239,8 +255,12 @@ class _Run:
             status, exit_code, message = "store_failed", ExitCode.STORE, _store_failure(writer)
         table: dict[str, int] = {}
         output_path: Path | None = None
+        unwritten: OutputError | None = None
         if status in ("finished", "budget", "outage") or (status == "interrupted" and options.write_partial):
-            output_path, table = sink.export(spec, store, self.source)
+            try:
+                output_path, table = sink.export(spec, store, self.source)
+            except OutputError as exc:
+                unwritten, status, exit_code = exc, "output_failed", ExitCode.BAD_INPUT
             if status == "finished":
                 exit_code, message = _finished(table, limited=options.limit is not None)
         c = attempts.counts
@@ -261,6 +281,8 @@ class _Run:
             output_tokens=c.output_tokens,
             cost_usd=c.cost_usd,
         )
+        if unwritten is not None:
+            raise unwritten
         return RunSummary(
             run_id=run_id,
             exit_code=int(exit_code),

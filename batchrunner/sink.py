@@ -3,23 +3,34 @@
 Rows come out in input order, failed rows included (and `skipped` / `pending` rows, so the
 table always has one line per input row). The table is built a slice at a time: each slice
 of the input is joined with its stored results and written as a parquet part, then polars
-streams the parts into the final file, which replaces the old one atomically.
+streams the parts into the final file, which replaces the old one atomically. Parts and
+temporary files carry the writer's pid: those an export killed midway left behind (they hold
+answers) are removed by the next export. A CSV output holds list and struct cells as JSON text
+and bytes as base64 (JSONL: bytes as base64); `conversion_note` says so before a run sends.
 """
 
 from __future__ import annotations
 
+import base64
+import glob
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import polars as pl
 
+from .cells import ROW_INDEX
 from .errors import OutputError
+from .prompts import cell_json
 from .render import Request
-from .source import ROW_INDEX, Source
+from .source import Source
 from .spec import JobSpec
 from .store import Store
+
+log = logging.getLogger("batchrunner")
 
 # (output column, dtype); the order here is the order in the output table. Output columns
 # are named as the store's columns.
@@ -74,72 +85,123 @@ def result_columns(spec: JobSpec) -> list[str]:
 
 
 def check_writable(path: Path) -> None:
-    """Fail now, before any request, if the output table cannot be written at `path`."""
+    """Fail now, before any request, if the output table cannot be written at `path`. Creates
+    nothing: the folders are made when the table is written."""
     if path.is_dir():
         msg = f"{path}: [output] path is a folder; name a file ending in .csv, .parquet or .jsonl"
         raise OutputError(msg)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    problem = None
+    if not folder.is_dir():
+        problem = f"{folder} is a file, not a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"{folder} is not writable"
+    elif folder == path.parent:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".check"):
+                pass
+        except OSError as exc:
+            problem = str(exc.strerror)
+    if problem is not None:
+        msg = f"{path}: cannot write the output table there ({problem}); fix [output] path or the folder's permissions"
+        raise OutputError(msg)
+
+
+def _nested(dtype: pl.DataType, binary: bool = False) -> bool:
+    """Whether a column of `dtype` holds lists or structs (or, with `binary`, bytes anywhere)."""
+    if isinstance(dtype, pl.List | pl.Array):
+        return not binary or _nested(dtype.inner, binary)  # type: ignore[arg-type]
+    if isinstance(dtype, pl.Struct):
+        return not binary or any(_nested(f.dtype, binary) for f in dtype.fields)  # type: ignore[arg-type]
+    return binary and dtype == pl.Binary
+
+
+def converted_columns(out: Path, schema: dict[str, pl.DataType]) -> dict[str, str]:
+    """Input columns the output format cannot hold as they are -> how they are written instead:
+    in a CSV, list and struct cells as JSON text and bytes as base64; in JSONL, bytes as base64."""
+    fmt = out.suffix.lower()
+    found: dict[str, str] = {}
+    for name, dtype in schema.items():
+        if fmt == ".parquet":
+            break
+        if dtype == pl.Binary:
+            found[name] = "base64 text"
+        elif _nested(dtype, binary=fmt != ".csv"):
+            found[name] = "JSON text"
+    return found
+
+
+def conversion_note(out: Path, schema: dict[str, pl.DataType]) -> str | None:
+    """What `converted_columns` will do, for a warning before anything is sent."""
+    found = converted_columns(out, schema)
+    if not found:
+        return None
+    shown = ", ".join(f"{name!r} as {how}" for name, how in found.items())
+    return (
+        f"{out}: a {out.suffix.lower()[1:].upper()} table cannot hold nested or binary cells as they are: "
+        f"input column(s) {shown} will be written that way (a .parquet output keeps them as they are)"
+    )
+
+
+def _converted(frame: pl.DataFrame, columns: dict[str, str]) -> pl.DataFrame:
+    def text(value: object, how: str) -> str | None:
+        if value is None:
+            return None
+        if how == "base64 text" and isinstance(value, bytes):
+            return base64.b64encode(value).decode("ascii")
+        return cell_json(value)
+
+    return frame.with_columns(
+        pl.Series(name, [text(v, how) for v in frame[name].to_list()], dtype=pl.String) for name, how in columns.items()
+    )
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove what an export killed midway left beside the table: its parts (which hold
+    answers) and its temporary table. Those of an export still running are left alone."""
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        tag = leftover.name[len(out.name) + 2 :]
+        kind, _, rest = tag.partition("-")
+        if kind not in ("parts", "tmp") or _alive(rest.split("-")[0]):
+            continue
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
-            pass
-    except OSError as exc:
-        msg = (
-            f"{path}: cannot write the output table there ({exc.strerror}); "
-            "fix [output] path or the folder's permissions"
-        )
-        raise OutputError(msg) from None
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def export(
     spec: JobSpec, store: Store, source: Source, path: Path | None = None, *, batch_rows: int = 5000
 ) -> tuple[Path, dict[str, int]]:
-    """Write the output table for the job; returns its path and its rows by status."""
+    """Write the output table for the job; returns its path and its rows by status. OutputError
+    when it cannot be written (a full disk, say): the store keeps every answer."""
     out = path or spec.output.path
     check_writable(out)
-    fmt = out.suffix.lower()
-    prefix = spec.output.column_prefix
-    columns = columns_for(spec)
-    names = [name for name, _ in columns]
-    status_at, message_at = names.index("status"), names.index("error_message")
-    tally: dict[str, int] = {}
-    parts = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-", dir=out.parent))
     try:
-        for number, batch in enumerate(source.batches(batch_rows)):
-            # Only what the table needs of each request: keeping whole requests (bodies and all)
-            # for a slice was most of the export's memory.
-            items = [
-                (i.key, i.row_index, i.sample, None)
-                if isinstance(i, Request)
-                else ("", i.row_index, i.sample, i.reason)
-                for i in source.requests(batch)
-            ]
-            found = store.fetch([key for key, _, _, reason in items if reason is None], names)
-            values: list[list[object]] = [[] for _ in columns]
-            first_index = int(batch[ROW_INDEX][0])
-            positions = [row_index - first_index for _, row_index, _, _ in items]
-            for key, _, _, reason in items:
-                row: list[object] = [None] * len(columns)
-                stored = found.get(key) if reason is None else None
-                if stored is not None:
-                    row = list(stored)
-                elif reason is None:
-                    row[status_at] = "pending"
-                else:
-                    row[status_at], row[message_at] = "skipped", reason
-                tally[str(row[status_at])] = tally.get(str(row[status_at]), 0) + 1
-                for column, value in zip(values, row, strict=True):
-                    column.append(value)
-            frame = batch[positions].drop(ROW_INDEX)
-            if spec.job.repeat > 1:
-                frame = frame.with_columns(pl.Series(prefix + "sample", [i[2] for i in items], dtype=pl.Int64))
-            frame = frame.with_columns(
-                pl.Series(prefix + name, column, dtype=dtype)
-                for (name, dtype), column in zip(columns, values, strict=True)
-            )
-            frame.write_parquet(parts / f"{number:09d}.parquet")
-            del items, found, values, frame
-        tmp = out.with_name(f".{out.name}.tmp")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(out)
+        parts = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-{os.getpid()}-", dir=out.parent))
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tally = _write_parts(spec, store, source, parts, converted_columns(out, source.schema), batch_rows)
         lazy = pl.scan_parquet(parts / "*.parquet")
+        fmt = out.suffix.lower()
         if fmt == ".csv":
             lazy.sink_csv(tmp)
         elif fmt == ".parquet":
@@ -147,14 +209,75 @@ def export(
         else:
             lazy.sink_ndjson(tmp)
         os.replace(tmp, out)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise _unwritable(out, exc) from None
     finally:
         shutil.rmtree(parts, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
     return out, tally
+
+
+def _unwritable(out: Path, exc: BaseException) -> OutputError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    reason = re.sub(r" \(os error \d+\)$", "", reason)
+    msg = (
+        f"{out}: cannot write the output table ({reason}). Every answer stays in the store: free the space "
+        f"or fix the folder (or pick another --output), then `batchrunner export` writes the table without "
+        f"sending anything"
+    )
+    return OutputError(msg)
+
+
+def _write_parts(
+    spec: JobSpec, store: Store, source: Source, parts: Path, convert: dict[str, str], batch_rows: int
+) -> dict[str, int]:
+    """Each slice of the input joined with its stored results, as a parquet part; the rows by status."""
+    prefix = spec.output.column_prefix
+    columns = columns_for(spec)
+    names = [name for name, _ in columns]
+    status_at, message_at = names.index("status"), names.index("error_message")
+    tally: dict[str, int] = {}
+    for number, batch in enumerate(source.batches(batch_rows)):
+        # Only what the table needs of each request: keeping whole requests (bodies and all)
+        # for a slice was most of the export's memory.
+        items = [
+            (i.key, i.row_index, i.sample, None) if isinstance(i, Request) else ("", i.row_index, i.sample, i.reason)
+            for i in source.requests(batch)
+        ]
+        found = store.fetch([key for key, _, _, reason in items if reason is None], names)
+        values: list[list[object]] = [[] for _ in columns]
+        first_index = int(batch[ROW_INDEX][0])
+        positions = [row_index - first_index for _, row_index, _, _ in items]
+        for key, _, _, reason in items:
+            row: list[object] = [None] * len(columns)
+            stored = found.get(key) if reason is None else None
+            if stored is not None:
+                row = list(stored)
+            elif reason is None:
+                row[status_at] = "pending"
+            else:
+                row[status_at], row[message_at] = "skipped", reason
+            tally[str(row[status_at])] = tally.get(str(row[status_at]), 0) + 1
+            for column, value in zip(values, row, strict=True):
+                column.append(value)
+        frame = _converted(batch[positions].drop(ROW_INDEX), convert)
+        if spec.job.repeat > 1:
+            frame = frame.with_columns(pl.Series(prefix + "sample", [i[2] for i in items], dtype=pl.Int64))
+        frame = frame.with_columns(
+            pl.Series(prefix + name, column, dtype=dtype) for (name, dtype), column in zip(columns, values, strict=True)
+        )
+        frame.write_parquet(parts / f"{number:09d}.parquet")
+        del items, found, values, frame
+    return tally
 
 
 def export_job(spec: JobSpec, path: Path | None = None) -> tuple[Path, dict[str, int]]:
     """Check the input and write the job's output table from its store (read-only)."""
     source = Source(spec)
     source.check(reserved=result_columns(spec))
+    out = path or spec.output.path
+    note = conversion_note(out, source.schema)
+    if note:
+        log.warning(note)
     with Store(spec.db_path, readonly=True) as store:
         return export(spec, store, source, path)

@@ -10,42 +10,64 @@ requests. CSV cells are read as text (no type guessing that could fail halfway t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
-from . import prompts
+from . import cells, inputfile, prompts
+from .cells import ROW_INDEX, row_numbers
 from .errors import InputError
 from .parameters import SEED_MAX, SeedColumn
-from .render import URL_PREFIXES, Renderer, Request, Skipped
+from .render import Renderer, Request, Skipped
 from .spec import JobSpec
 
-ROW_INDEX = "__batchrunner_row__"
-JSON_WORD = "json"
+log = logging.getLogger("batchrunner")
 
 
-def _scan(spec: JobSpec) -> pl.LazyFrame:
+def _scan(spec: JobSpec, readable: inputfile.Readable | None = None) -> pl.LazyFrame:
     src = spec.input
     fmt = src.table_format
+    path = readable.path if readable is not None else src.path
     if fmt == "csv":
-        return pl.scan_csv(src.path, separator=src.separator, infer_schema=False, encoding=src.encoding)
+        # other encodings are read from a UTF-8 copy
+        encoding: Literal["utf8", "utf8-lossy"] = "utf8-lossy" if src.encoding == "utf8-lossy" else "utf8"
+        return pl.scan_csv(path, separator=src.separator, infer_schema=False, encoding=encoding)
     if fmt == "parquet":
-        return pl.scan_parquet(src.path)
-    return pl.scan_ndjson(src.path, infer_schema_length=None)
+        return pl.scan_parquet(path)
+    return pl.scan_ndjson(path, infer_schema_length=None)
 
 
-def _explain(spec: JobSpec, exc: Exception) -> InputError:
+def _explain(spec: JobSpec, exc: Exception, readable: inputfile.Readable | None = None) -> InputError:
+    """What polars' refusal means, naming the line when it can be found."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    where = spec.input.path
+    where, fmt = spec.input.path, spec.input.table_format
+    path = readable.path if readable is not None else where
     if "utf-8" in text.lower() or "utf8" in text.lower():
+        found = inputfile.bad_byte_text(path, "utf8") or text
         msg = (
-            f"{where}: the file is not valid UTF-8 ({text}). Convert it, e.g. "
-            f'`iconv -f cp1252 -t utf-8 in.csv > out.csv`, or set [input] encoding = "utf8-lossy" '
-            f"to replace the bad bytes."
+            f"{where}: the file is not valid UTF-8 ({found}). If it comes from Excel or Windows, set "
+            f'[input] encoding = "cp1252" (or encoding = "latin1"); encoding = "utf8-lossy" replaces the bad '
+            f"bytes instead (and reports how many cells it changed). Or convert it: "
+            f"`iconv -f cp1252 -t utf-8 in.csv > out.csv`."
         )
         return InputError(msg)
-    return InputError(f"{where}: cannot read the {spec.input.table_format} table: {text}")
+    if fmt == "jsonl":
+        bad = inputfile.bad_json_line(path)
+        if bad is not None:
+            msg = f"{where}: line {bad[0]} is {bad[1]}; fix or remove that line (one JSON object a line)"
+            return InputError(msg)
+    if fmt == "csv" and "more fields" in text:
+        ragged = inputfile.ragged_record(path, spec.input.separator)
+        if ragged is not None:
+            line, fields, width = ragged
+            msg = (
+                f"{where}: line {line} has {fields} fields but the header has {width} (a {spec.input.separator!r} "
+                f"inside a cell that is not quoted?); quote that cell or remove the extra field"
+            )
+            return InputError(msg)
+    return InputError(f"{where}: cannot read the {fmt} table: {text}")
 
 
 class Source:
@@ -53,9 +75,12 @@ class Source:
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
-        self.template = prompts.parse_template(spec.prompt.template) if spec.prompt.template is not None else None
+        template, where = spec.prompt.template, f"{spec.source_path}: [prompt] template"
+        self.template = prompts.parse_template(template, where=where) if template is not None else None
         self.columns: list[str] = []
+        self.schema: dict[str, pl.DataType] = {}
         self.n_rows = 0
+        self.file: inputfile.Readable | None = None
         self.renderer = Renderer(spec, self.template)
         self._lazy: pl.LazyFrame | None = None
 
@@ -71,26 +96,80 @@ class Source:
         if not where.is_file():
             msg = f"{where}: input file not found (set [input] path, relative to the spec file)"
             raise InputError(msg)
+        self.file = inputfile.Readable(where, spec.input.table_format, spec.input.encoding)
         try:
-            lazy = _scan(spec)
-            self.columns = list(lazy.collect_schema().names())
+            lazy = _scan(spec, self.file)
+            self.schema = dict(lazy.collect_schema())
+            self.columns = list(self.schema)
             self.n_rows = int(lazy.select(pl.len()).collect().item())
         except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-            raise _explain(spec, exc) from None
+            raise _explain(spec, exc, self.file) from None
         if self.n_rows == 0:
             msg = f"{where}: the table has no rows; there is nothing to run"
             raise InputError(msg)
+        self._check_names()
         self._check_columns(reserved)
         self._lazy = lazy.with_row_index(ROW_INDEX)
         try:
+            if spec.input.table_format == "csv":  # every field parsed once: a ragged line shows now
+                lazy.select(pl.all().null_count()).collect(engine="streaming")
             self._check_ids()
             self._check_cells()
+            self._note_replaced()
         except pl.exceptions.PolarsError as exc:
-            raise _explain(spec, exc) from None
+            raise _explain(spec, exc, self.file) from None
+
+    def _check_names(self) -> None:
+        """A column name given twice is refused: polars would read only the first."""
+        spec, file = self.spec, self.file
+        assert file is not None
+        where = spec.input.path
+        if spec.input.table_format == "csv":
+            twice = inputfile.duplicate_names(inputfile.csv_header(file.path, spec.input.separator))
+            if twice:
+                name, columns = next(iter(twice.items()))
+                msg = (
+                    f"{where}: column {name!r} appears {len(columns)} times in the header (columns "
+                    f"{', '.join(map(str, columns))}); rename all but one: only the first would be read"
+                )
+                raise InputError(msg)
+        elif spec.input.table_format == "jsonl":
+            found = inputfile.duplicate_json_key(file.path)
+            if found is not None:
+                msg = f"{where}: line {found[0]} gives key {found[1]!r} twice; keep one (only the first would be read)"
+                raise InputError(msg)
+
+    def _note_replaced(self) -> None:
+        """With encoding = "utf8-lossy": say how many cells had bytes replaced, and where."""
+        spec = self.spec
+        if spec.input.encoding != "utf8-lossy" or not inputfile.first_bad_byte(spec.input.path, "utf8"):
+            return
+        text = [c for c, dtype in self.schema.items() if dtype == pl.String]
+        if not text:
+            return
+        hit = [pl.col(c).str.contains("\ufffd", literal=True).fill_null(False) for c in text]
+        cells = int(self.frame().select(pl.sum_horizontal(hit).sum()).collect(engine="streaming").item() or 0)
+        if not cells:
+            return
+        rows = self.frame().filter(pl.any_horizontal(hit))
+        n_rows = int(rows.select(pl.len()).collect(engine="streaming").item())
+        first = [self.row_id(r) for r in rows.head(5).collect().iter_rows(named=True)]
+        log.warning(
+            "%s: %d cell(s) in %d row(s) held bytes that are not UTF-8, replaced by U+FFFD (encoding = "
+            '"utf8-lossy"); first row id(s): %s. If the file comes from Excel or Windows, set [input] encoding = '
+            '"cp1252" (or "latin1") to read those characters as written',
+            spec.input.path,
+            cells,
+            n_rows,
+            ", ".join(first),
+        )
 
     def _missing(self, wanted: str, key: str) -> InputError:
         shown = ", ".join(self.columns[:20]) + (" ..." if len(self.columns) > 20 else "")
-        msg = f"{self.spec.input.path}: {key} names column {wanted!r}, which the table lacks (columns: {shown})"
+        msg = (
+            f"{self.spec.input.path}: {key} names column {wanted!r}, which the table lacks (columns: {shown}); "
+            f"fix it in {self.spec.source_path}, or the table"
+        )
         return InputError(msg)
 
     def _check_columns(self, reserved: Sequence[str]) -> None:
@@ -101,6 +180,13 @@ class Source:
             for column in self.template.columns:
                 if column not in self.columns:
                     raise self._missing(column, f"[prompt] template placeholder {{{column}}}")
+                if self.schema[column] == pl.Binary:
+                    msg = (
+                        f"{spec.input.path}: [prompt] template placeholder {{{column}}} names a binary column; "
+                        f"bytes cannot go into a text prompt. Store text in it (images: paths or URLs, with "
+                        f"[prompt] images)"
+                    )
+                    raise InputError(msg)
         if spec.prompt.messages_column and spec.prompt.messages_column not in self.columns:
             raise self._missing(spec.prompt.messages_column, "[prompt] messages_column")
         for key, names in (("images", spec.prompt.images), ("videos", spec.prompt.videos)):
@@ -118,16 +204,16 @@ class Source:
             )
             raise InputError(msg)
 
-    def _frame(self) -> pl.LazyFrame:
+    def frame(self) -> pl.LazyFrame:
         """A fresh scan of the table, with the row index. Each query gets its own: on a large
         parquet file, a LazyFrame that already ran a query slices ~70x slower and holds on to
         far more memory (polars keeps state from earlier queries)."""
         assert self._lazy is not None, "call check() first"
-        return _scan(self.spec).with_row_index(ROW_INDEX)
+        return _scan(self.spec, self.file).with_row_index(ROW_INDEX)
 
     def _rows_where(self, condition: pl.Expr, limit: int = 5) -> list[int]:
         assert self._lazy is not None
-        hits = self._frame().filter(condition).select(ROW_INDEX).head(limit).collect(engine="streaming")
+        hits = self.frame().filter(condition).select(ROW_INDEX).head(limit).collect(engine="streaming")
         return [int(i) for i in hits[ROW_INDEX].to_list()]
 
     def _check_ids(self) -> None:
@@ -137,39 +223,48 @@ class Source:
         where = self.spec.input.path
         nulls = self._rows_where(pl.col(id_column).is_null())
         if nulls:
-            msg = f"{where}: id column {id_column!r} is empty in row(s) {_rows(nulls)}; every row needs an id"
+            msg = f"{where}: id column {id_column!r} is empty in row(s) {row_numbers(nulls)}; every row needs an id"
             raise InputError(msg)
         assert self._lazy is not None
-        repeated = (self._frame().group_by(id_column).agg(pl.len().alias("n")).filter(pl.col("n") > 1).head(1)).collect(
+        repeated = (self.frame().group_by(id_column).agg(pl.len().alias("n")).filter(pl.col("n") > 1).head(1)).collect(
             engine="streaming"
         )
         dups = self._rows_where(pl.col(id_column) == repeated[id_column][0]) if repeated.height else []
         if dups:
             assert self._lazy is not None
-            value = self._frame().select(pl.col(id_column)).slice(dups[0], 1).collect().item()
+            value = self.frame().select(pl.col(id_column)).slice(dups[0], 1).collect().item()
             msg = (
                 f"{where}: id column {id_column!r} has duplicates (value {value!r} in row(s) "
-                f"{_rows(dups)}); ids must be unique, or drop [input] id_column to use row numbers"
+                f"{row_numbers(dups)}); ids must be unique, or drop [input] id_column to use row numbers"
             )
             raise InputError(msg)
 
-    def _empty_condition(self) -> pl.Expr | None:
+    def empty_condition(self) -> pl.Expr | None:
         """True for rows with an empty prompt cell (None when empty cells are simply sent)."""
         if self.spec.prompt.on_empty == "send":
             return None
         cols = self.template.columns if self.template is not None else (self.spec.prompt.messages_column or "",)
         if not cols:
             return None
-        return pl.any_horizontal([pl.col(c).is_null() | pl.col(c).cast(pl.String).str.contains(r"^\s*$") for c in cols])
+        return pl.any_horizontal([self._blank(c) for c in cols])
+
+    def _blank(self, column: str) -> pl.Expr:
+        """True for an empty cell: null, blank text, or an empty list."""
+        cell, dtype = pl.col(column), self.schema.get(column)
+        if isinstance(dtype, pl.List):
+            return cell.is_null() | (cell.list.len() == 0)
+        if dtype is not None and (dtype.is_nested() or dtype == pl.Binary):
+            return cell.is_null()
+        return cell.is_null() | cell.cast(pl.String).str.contains(r"^\s*$")
 
     def _check_cells(self) -> None:
         where = self.spec.input.path
-        empty = self._empty_condition()
+        empty = self.empty_condition()
         if empty is not None and self.spec.prompt.on_empty == "error":
             rows = self._rows_where(empty)
             if rows:
                 msg = (
-                    f"{where}: prompt cell(s) empty in row(s) {_rows(rows)}; fill them, or set "
+                    f"{where}: prompt cell(s) empty in row(s) {row_numbers(rows)}; fill them, or set "
                     f'[prompt] on_empty = "skip" to leave those rows out'
                 )
                 raise InputError(msg)
@@ -177,13 +272,13 @@ class Source:
         if column:
             self._check_messages(column)
         self._check_seed_column()
-        self._check_media()
-        self._check_json_word()
+        cells.check_media(self)
+        cells.check_json_word(self)
 
     def _check_messages(self, column: str) -> None:
         assert self._lazy is not None
         where = self.spec.input.path
-        cells = self._frame().select(ROW_INDEX, column).collect()
+        cells = self.frame().select(ROW_INDEX, column).collect()
         for index, cell in cells.iter_rows():
             if cell is None or (isinstance(cell, str) and not cell.strip()):
                 continue
@@ -201,92 +296,9 @@ class Source:
         value = pl.col(seed.column).cast(pl.Int64, strict=False)
         bad = self._rows_where(value.is_null() | (value < 0) | (value > SEED_MAX))
         if bad:
-            msg = f"{where}: seed column {seed.column!r} must hold integers 0..{SEED_MAX}; row(s) {_rows(bad)} do not"
+            rows = row_numbers(bad)
+            msg = f"{where}: seed column {seed.column!r} must hold integers 0..{SEED_MAX}; row(s) {rows} do not"
             raise InputError(msg)
-
-    def _check_media(self) -> None:
-        """Local media files must exist and fit inline, before anything is sent."""
-        prompt = self.spec.prompt
-        columns = [*prompt.images, *prompt.videos]
-        if not columns:
-            return
-        assert self._lazy is not None
-        base = self.spec.input.path.parent
-        for column in columns:
-            cells = self._frame().select(ROW_INDEX, column).collect()
-            for index, cell in cells.iter_rows():
-                for value in cell if isinstance(cell, list) else [cell]:
-                    if not value or str(value).startswith(URL_PREFIXES):
-                        continue
-                    path = (base / str(value)).expanduser()
-                    if not path.is_file():
-                        msg = (
-                            f"{self.spec.input.path}: row {index + 1}, column {column!r}: media file {str(value)!r} "
-                            f"not found (local paths are relative to the input file's folder; URLs pass as they are)"
-                        )
-                        raise InputError(msg)
-                    if path.stat().st_size * 4 / 3 > 10 * 1024 * 1024:
-                        msg = (
-                            f"{self.spec.input.path}: row {index + 1}, column {column!r}: {path} is too large to "
-                            f"send inline (over 10 MB as base64); host it and put its URL in the cell"
-                        )
-                        raise InputError(msg)
-
-    def _check_json_word(self, size: int = 5000) -> None:
-        """json_object output needs the word JSON in the messages sent: the service refuses a
-        request whose messages lack it (any case, in any message). So each row's messages are
-        rendered (a slice at a time, media left out) and checked here, before anything is sent.
-        Rows need no rendering when the template's fixed text says JSON (then every row does)
-        or when one of their template cells does (its text is in the user message)."""
-        fmt = self.spec.parameters.response_format
-        if fmt is None or fmt.type != "json_object":
-            return
-        prompt, template = self.spec.prompt, self.template
-        columns = template.columns if template is not None else (prompt.messages_column or "",)
-        if template is not None:
-            fixed = [prompt.system or "", self.renderer.context or "", *(text for text, _ in template.parts)]
-            if any(JSON_WORD in text.lower() for text in fixed):
-                return
-            schema = self._frame().collect_schema()
-            said = [pl.col(c).str.contains(f"(?i){JSON_WORD}") for c in columns if schema[c] == pl.String]
-            unsure = ~pl.any_horizontal(said).fill_null(False) if said else pl.lit(True)
-        else:
-            unsure = pl.lit(True)
-        empty = self._empty_condition() if prompt.on_empty == "skip" else None
-        if empty is not None:  # rows left out are never sent
-            unsure = unsure & ~empty
-        if not self._frame().filter(unsure).select(pl.len()).collect(engine="streaming").item():
-            return
-        lacking: list[int] = []
-        for offset in range(0, self.n_rows, size):
-            frame = self._frame().slice(offset, size).filter(unsure).select(ROW_INDEX, *columns)
-            lacking += self._without_word(frame.collect())
-            if len(lacking) >= 5:
-                break
-        if lacking:
-            where = (
-                "[prompt] system or template"
-                if template is not None
-                else "those rows' messages (or to [prompt] system, if they have no system message)"
-            )
-            msg = (
-                f"{self.spec.input.path}: row(s) {_rows(lacking[:5])}: response_format json_object needs the word "
-                f"JSON in the messages sent, and these rows' messages lack it (the service would refuse them); "
-                f'add it to {where} (e.g. "Reply in JSON.")'
-            )
-            raise InputError(msg)
-
-    def _without_word(self, batch: pl.DataFrame) -> list[int]:
-        """The row indexes of the rows whose rendered messages lack the word JSON."""
-        lacking: list[int] = []
-        for row in batch.iter_rows(named=True):
-            try:
-                messages = self.renderer.messages(row, media=False)
-            except ValueError:
-                continue  # an empty messages cell sent as it is: the service judges it
-            if not prompts.mentions(messages, JSON_WORD):
-                lacking.append(int(row[ROW_INDEX]))
-        return lacking
 
     # ------------------------------------------------------------------ reading
 
@@ -298,7 +310,7 @@ class Source:
     def batch_at(self, offset: int, size: int) -> pl.DataFrame:
         """Rows offset .. offset+size-1 (fewer at the end), with a row-index column."""
         assert self._lazy is not None, "call check() first"
-        return self._frame().slice(offset, size).collect()
+        return self.frame().slice(offset, size).collect()
 
     def signature(self) -> str:
         """Identifies the input file's content cheaply: path, size and modification time."""
@@ -311,7 +323,7 @@ class Source:
 
     def requests(self, batch: pl.DataFrame) -> Iterator[Request | Skipped]:
         """Render every row of a batch into its Requests (one per sample), or Skipped ones."""
-        empty = self._empty_condition()
+        empty = self.empty_condition()
         flags = batch.select(empty.alias("e"))["e"].to_list() if empty is not None else None
         for i, row in enumerate(batch.iter_rows(named=True)):
             index = int(row[ROW_INDEX])
@@ -321,8 +333,3 @@ class Source:
                     yield Skipped(index, row_id, "empty prompt cell", sample)
                 continue
             yield from self.renderer.requests(row, index, row_id)
-
-
-def _rows(indexes: list[int]) -> str:
-    """Row numbers as a user counts them (1 = first data row)."""
-    return ", ".join(str(i + 1) for i in indexes)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import wire
+from . import prompts, wire
 from .errors import SpecError
 from .parameters import Parameters
 
@@ -41,7 +41,7 @@ class InputSection(_Section):
     id_column: str | None = None
     format: Literal["csv", "parquet", "jsonl"] | None = None
     separator: Annotated[str, Field(min_length=1, max_length=1)] = ","
-    encoding: Literal["utf8", "utf8-lossy"] = "utf8"
+    encoding: Literal["utf8", "utf8-lossy", "latin1", "cp1252"] = "utf8"
 
     @property
     def table_format(self) -> str:
@@ -214,6 +214,10 @@ class JobSpec(_Section):
             out = spec.output.model_copy(update={"path": output.resolve()})
             spec = spec.model_copy(update={"output": out})
             _check_table_suffix(spec.output.path, "output", str(output))
+        if db is not None or output is not None:
+            clashes = _path_clashes(spec, output="--output" if output is not None else "[output] path")
+            if clashes:
+                raise SpecError("; ".join(clashes))
         if max_cost_usd is not None:
             raw = spec.model_dump(by_alias=True)
             raw["limits"]["max_cost_usd"] = max_cost_usd
@@ -280,6 +284,30 @@ def _check_table_suffix(path: Path, section: str, shown: str) -> None:
         raise SpecError(msg)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _path_clashes(spec: JobSpec, *, output: str = "[output] path") -> list[str]:
+    """The input table, the output table and the store must be three different files."""
+    problems = []
+    src, out, db = spec.input.path, spec.output.path, spec.db_path
+    if _same_file(out, src):
+        problems.append(
+            f"{output} {str(out)!r} is the input table: writing it would overwrite the input; "
+            "name another file (e.g. out/<name>.csv)"
+        )
+    for other, what in ((src, "the input table"), (out, "the output table")):
+        if _same_file(db, other):
+            problems.append(f"the store ([job] db / --db) {str(db)!r} is {what}; name another file (<name>.sqlite)")
+    return problems
+
+
 def _resolve(base: Path, raw: dict[str, Any]) -> None:
     """Make relative paths in the raw TOML absolute, relative to the spec file's folder."""
     for section, key in (
@@ -306,7 +334,7 @@ def load(path: str | os.PathLike[str]) -> JobSpec:
         msg = f"{spec_path}: cannot read the job spec: {exc.strerror}"
         raise SpecError(msg) from None
     try:
-        raw = tomllib.loads(data.decode("utf-8"))
+        raw = tomllib.loads(data.decode("utf-8").removeprefix("\ufeff"))  # a BOM (Notepad) is not content
     except UnicodeDecodeError as exc:
         msg = f"{spec_path}: the job spec is not UTF-8 text (byte {exc.start})"
         raise SpecError(msg) from None
@@ -331,7 +359,12 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path, name: str = "<spec>", dige
         if spec.input.format is None:
             _check_table_suffix(spec.input.path, "input", as_written["input"])
         _check_table_suffix(spec.output.path, "output", as_written["output"])
+        if spec.prompt.template is not None:
+            prompts.parse_template(spec.prompt.template)
     except SpecError as exc:
         raise SpecError(f"{name}: {exc}") from None
+    clashes = _path_clashes(spec)
+    if clashes:
+        raise SpecError(f"{name}: " + "; ".join(clashes))
     digest = hashlib.sha256(digest_of if digest_of is not None else repr(raw).encode()).hexdigest()
     return spec.model_copy(update={"source_path": Path(name), "digest": digest})

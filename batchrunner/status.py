@@ -12,13 +12,13 @@ from typing import Any
 from .store import Store
 
 
-def _rate_line(store: Store, last: dict[str, Any]) -> str:
+def _rate_line(store: Store, last: dict[str, Any], job: str) -> str:
     """Rate and ETA of the last run, from its rows in the store."""
     start = datetime.fromisoformat(last["started_at"])
     end = datetime.fromisoformat(last["ended_at"]) if last["ended_at"] else datetime.now(UTC)
     seconds = max((end - start).total_seconds(), 1e-9)
     rate = store.finished_in_run(last["id"]) / seconds
-    left = max(0, (last["rows_total"] or 0) - store.settled_count())
+    left = max(0, (last["rows_total"] or 0) - store.settled_count(job))
     eta = "-" if not left or not rate else f"{left / rate / 60:.1f} min for about {left} requests left"
     return f"rate {rate:.2f} rows/s over {seconds:.0f}s; ETA {eta}"
 
@@ -30,16 +30,16 @@ def shown_status(run: dict[str, Any], holder: dict[str, object] | None) -> str:
     return str(run["status"])
 
 
-def _results_line(store: Store) -> str:
-    counts = store.counts()
-    queued = store.queued_count()
+def _results_line(store: Store, job: str) -> str:
+    counts = store.counts(job)
+    queued = store.queued_count(job)
     parts = [f"{k} {v}" for k, v in sorted(counts.items())]
     if queued:
         parts.append(f"{queued} of the failed queued for the next run")
     return "results: " + (", ".join(parts) or "none yet")
 
 
-def _last_run(store: Store, last: dict[str, Any], holder: dict[str, object] | None) -> list[str]:
+def _last_run(store: Store, last: dict[str, Any], holder: dict[str, object] | None, job: str) -> list[str]:
     status = shown_status(last, holder)
     if status == "running":
         tally = store.run_tally(last["id"])
@@ -55,17 +55,18 @@ def _last_run(store: Store, last: dict[str, Any], holder: dict[str, object] | No
             f"started {last['started_at']}, ended {last['ended_at'] or '-'}, "
             f"sent {last['sent'] or 0}, ok {last['ok'] or 0}, failed {last['failed'] or 0}"
         )
-    return [head, "  " + _rate_line(store, last)]
+    return [head, "  " + _rate_line(store, last, job)]
 
 
 def status_text(job: str, store: Store, holder: dict[str, object] | None = None) -> str:
     """Rows by status, failures by error code, and the last (or live) run: `batchrunner status`.
-    `holder` is who holds the job's lock now (lock.live_holder), None when no run is going."""
-    lines = [f"job {job}  store {store.path}", _results_line(store)]
-    lines += [f"  failed with {code}: {n}" for code, n in store.error_counts()]
-    runs = store.runs()
+    Only the rows and runs of `job` count (specs may share one store). `holder` is who holds
+    the job's lock now (lock.live_holder), None when no run is going."""
+    lines = [f"job {job}  store {store.path}", _results_line(store, job)]
+    lines += [f"  failed with {code}: {n}" for code, n in store.error_counts(job)]
+    runs = store.runs(job)
     if runs:
-        lines += _last_run(store, runs[-1], holder)
+        lines += _last_run(store, runs[-1], holder, job)
     return "\n".join(lines) + "\n"
 
 

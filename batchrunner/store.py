@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import storefile
 from .errors import StoreError
 from .migrations import migrate
 
@@ -55,38 +56,71 @@ def _connect(path: Path, *, readonly: bool, busy_timeout_ms: int = BUSY_TIMEOUT_
 
 
 class Store:
-    """A job's SQLite checkpoint. One writer connection; reads may use a second one."""
+    """A job's SQLite checkpoint. One writer connection; reads may use a second one.
 
-    def __init__(self, path: Path, *, readonly: bool = False, busy_timeout_ms: int | None = None) -> None:
+    Opening checks the file before anything is read or written (StoreError, exit 2): it must be
+    a batchrunner store (a foreign SQLite file gets no tables added), not damaged (`PRAGMA
+    quick_check`), and, to write, writable with its folder. A missing store is created whole (in
+    a temporary file renamed into place), so an empty file is never one of ours: a 0-byte file
+    (or a database without tables) is refused unless `new_store` allows starting afresh there.
+    """
+
+    def __init__(
+        self, path: Path, *, readonly: bool = False, busy_timeout_ms: int | None = None, new_store: bool = False
+    ) -> None:
         self.path = Path(path)
         self.readonly = readonly
         if readonly and not self.path.is_file():
             msg = f"{self.path}: no store here yet; run the job first (or pass --db PATH)"
             raise StoreError(msg)
         if not readonly:
-            self._create_private()
+            storefile.prepare(self.path, new_store=new_store)
+        self._db: sqlite_utils.Database | None = None
         try:
             timeout = BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
             self.conn = _connect(self.path, readonly=readonly, busy_timeout_ms=timeout)
+        except sqlite3.DatabaseError as exc:
+            raise storefile.unusable(self.path, exc) from None
+        try:
+            self._check_contents(new_store)
             if not readonly:
                 import sqlite_utils  # writing only: reads need no more than sqlite3
 
-                self._db: sqlite_utils.Database | None = sqlite_utils.Database(self.conn)
+                self._db = sqlite_utils.Database(self.conn)
                 self._db.enable_wal()
                 self.conn.execute("PRAGMA synchronous = NORMAL")
                 migrate(self._db)
-            else:
-                self._db = None
-                tables = {name for (name,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if "results" not in tables:
-                    msg = f"{self.path}: not a batchrunner store (no results table)"
-                    raise StoreError(msg)
-        except sqlite3.DatabaseError as exc:
-            msg = f"{self.path}: cannot open the store: {exc}"
-            raise StoreError(msg) from None
+        except BaseException as exc:
+            self.conn.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise storefile.unusable(self.path, exc) from None
+            raise
         self._sql: dict[str, tuple[str, list[str]]] = {}
         # A second connection for lookups made while the writer thread commits.
         self._reader = _connect(self.path, readonly=False) if not readonly else self.conn
+
+    def _check_contents(self, new_store: bool) -> None:
+        """A batchrunner store, and not damaged: before anything is read from it or added to it."""
+        tables = {name for (name,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables and not self.readonly and new_store:
+            pass  # a database without tables, which the user lets us start a store in
+        elif not tables:
+            empty = self.path.stat().st_size == 0
+            raise StoreError(storefile.empty_message(self.path, "is empty (0 bytes)" if empty else "has no tables"))
+        elif self.readonly and "results" not in tables:
+            msg = f"{self.path}: not a batchrunner store (no results table)"
+            raise StoreError(msg)
+        elif not self.readonly and "_batchrunner_migrations" not in tables:
+            shown = ", ".join(sorted(tables)[:8]) + (" ..." if len(tables) > 8 else "")
+            msg = (
+                f"{self.path}: not a batchrunner store (it holds other tables: {shown}); batchrunner does not add "
+                "its tables to another database. Point [job] db / --db at a new file or at this job's store"
+            )
+            raise StoreError(msg)
+        found = [str(row[0]) for row in self.conn.execute("PRAGMA quick_check(3)")]
+        if found != ["ok"]:
+            lines = [line for text in found for line in text.splitlines() if line and not line.startswith("***")]
+            raise StoreError(storefile.damaged(self.path, "; ".join(lines[:3])))
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -95,12 +129,6 @@ class Store:
             msg = f"{self.path}: opened read-only"
             raise StoreError(msg)
         return self._db
-
-    def _create_private(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
 
     def close(self) -> None:
         if self._reader is not self.conn:
@@ -167,8 +195,10 @@ class Store:
             sql = "UPDATE runs SET status = 'killed', ended_at = coalesce(ended_at, ?) WHERE status = 'running'"
             return int(self.db.execute(sql, [now()]).rowcount)
 
-    def runs(self) -> list[dict[str, Any]]:
-        cursor = self.conn.execute("SELECT * FROM runs ORDER BY id")
+    def runs(self, job: str | None = None) -> list[dict[str, Any]]:
+        """Every run (of `job`, when given), oldest first."""
+        where, args = ("WHERE job = ?", [job]) if job is not None else ("", [])
+        cursor = self.conn.execute(f"SELECT * FROM runs {where} ORDER BY id", args)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
@@ -214,13 +244,13 @@ class Store:
                 run_id, offset = resume
                 conn.execute("UPDATE runs SET resume_offset = ? WHERE id = ?", [offset, run_id])
 
-    def requeue(self, codes: list[str] | None) -> int:
-        """Mark failed rows (with these error codes, or all) to be sent again by the next run."""
-        sql = "UPDATE results SET retryable = 1 WHERE status = 'failed'"
-        args: list[str] = []
+    def requeue(self, codes: list[str] | None, job: str | None = None) -> int:
+        """Mark failed rows (of `job`; with these error codes, or all) to be sent again by the next run."""
+        mine, args = self._of_job(job)
+        sql = f"UPDATE results SET retryable = 1 WHERE status = 'failed' AND {mine}"
         if codes:
             sql += f" AND error_code IN ({','.join('?' * len(codes))})"
-            args = codes
+            args = [*args, *codes]
         with self.db.atomic():
             changed = self.db.execute(sql, args).rowcount
             self.db.execute("UPDATE runs SET resume_offset = NULL")
@@ -249,26 +279,42 @@ class Store:
                 found[row[0]] = tuple(row[1:])
         return found
 
-    def settled_count(self) -> int:
-        """Requests that no run will send again (see records.settled)."""
-        return int(self.conn.execute(f"SELECT count(*) FROM results WHERE {SETTLED_SQL}").fetchone()[0])
+    def _of_job(self, job: str | None) -> tuple[str, list[str]]:
+        """A WHERE condition for the results `job` made (rows of unknown job count for every job)."""
+        if job is None:
+            return "1", []
+        if "job" in self._columns("results"):
+            return "(job = ? OR job IS NULL)", [job]
+        if "job" in self._columns("runs"):  # a store older than the results' job column (read-only)
+            return "run_id IN (SELECT id FROM runs WHERE job = ?)", [job]
+        return "1", []
 
-    def counts(self) -> dict[str, int]:
-        """Stored requests by status."""
-        sql = "SELECT status, count(*) FROM results GROUP BY status"
-        return {status: n for status, n in self.conn.execute(sql).fetchall()}
+    def settled_count(self, job: str | None = None) -> int:
+        """Requests (of `job`) that no run will send again (see records.settled)."""
+        mine, args = self._of_job(job)
+        sql = f"SELECT count(*) FROM results WHERE {SETTLED_SQL} AND {mine}"
+        return int(self.conn.execute(sql, args).fetchone()[0])
 
-    def error_counts(self) -> list[tuple[str, int]]:
-        """Failed requests by error code, the most frequent first."""
+    def counts(self, job: str | None = None) -> dict[str, int]:
+        """Stored requests (of `job`) by status."""
+        mine, args = self._of_job(job)
+        sql = f"SELECT status, count(*) FROM results WHERE {mine} GROUP BY status"
+        return {status: n for status, n in self.conn.execute(sql, args).fetchall()}
+
+    def error_counts(self, job: str | None = None) -> list[tuple[str, int]]:
+        """Failed requests (of `job`) by error code, the most frequent first."""
+        mine, args = self._of_job(job)
         sql = (
-            "SELECT error_code, count(*) AS n FROM results WHERE status = 'failed' GROUP BY error_code ORDER BY n DESC"
+            f"SELECT error_code, count(*) AS n FROM results WHERE status = 'failed' AND {mine} "
+            "GROUP BY error_code ORDER BY n DESC"
         )
-        return [(code, n) for code, n in self.conn.execute(sql).fetchall()]
+        return [(code, n) for code, n in self.conn.execute(sql, args).fetchall()]
 
-    def queued_count(self) -> int:
-        """Failed requests that the next run sends again (retryable, or re-queued by `retry`)."""
-        sql = "SELECT count(*) FROM results WHERE status = 'failed' AND coalesce(retryable, 0)"
-        return int(self.conn.execute(sql).fetchone()[0])
+    def queued_count(self, job: str | None = None) -> int:
+        """Failed requests (of `job`) that the next run sends again (retryable, or re-queued)."""
+        mine, args = self._of_job(job)
+        sql = f"SELECT count(*) FROM results WHERE status = 'failed' AND coalesce(retryable, 0) AND {mine}"
+        return int(self.conn.execute(sql, args).fetchone()[0])
 
     def run_tally(self, run_id: int) -> dict[str, int]:
         """The requests the run `run_id` finished so far, by status."""
@@ -295,23 +341,23 @@ class Store:
     def usage_sums(
         self, tokens: Sequence[str], money: Sequence[str], since: date | None, until: date | None
     ) -> list[tuple[Any, ...]]:
-        """Sums per (model, status, day) of the results finished in [since, until]:
-
-            model, status, day, requests, ok, failed, *tokens, unpriced requests, *money
-
-        Columns this store lacks (it predates them) read as NULL; money sums are NULL when no
-        row of the group has a recorded cost, never 0. A request is unpriced when it used
-        tokens but has no recorded cost."""
+        """Per (model, status, day, job) of the results finished in [since, until]: those four,
+        requests, ok, failed, *tokens, unpriced (tokens but no cost), *money. Columns an older
+        store lacks read as NULL; money sums are NULL when no row has a cost, never 0."""
         have = self._columns("results")
 
         def col(name: str) -> str:
             return f"[{name}]" if name in have else "NULL"
 
         used = f"coalesce({col('input_tokens')}, 0) + coalesce({col('output_tokens')}, 0) > 0"
+        made_by = "NULL"  # the job of the run that made the row, for stores older than results.job
+        if "job" in self._columns("runs") and "run_id" in have:
+            made_by = "(SELECT runs.job FROM runs WHERE runs.id = results.run_id)"
         select = [
             col("model"),
             col("status"),
             f"date({col('finished_at')})",
+            f"coalesce({col('job')}, {made_by})",
             "count(*)",
             f"coalesce(sum({col('status')} = 'ok'), 0)",
             f"coalesce(sum({col('status')} = 'failed'), 0)",
@@ -329,7 +375,7 @@ class Store:
         sql = f"SELECT {', '.join(select)} FROM results"
         sql += f" WHERE {' AND '.join(where)}" if where else ""
         try:
-            return list(self.conn.execute(sql + " GROUP BY 1, 2, 3", args).fetchall())
+            return list(self.conn.execute(sql + " GROUP BY 1, 2, 3, 4", args).fetchall())
         except sqlite3.DatabaseError as exc:
             msg = f"{self.path}: cannot read the store: {exc}"
             raise StoreError(msg) from None

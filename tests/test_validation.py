@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from helpers import read_table, write_job
 
-from batchrunner import InputError, load_spec, run_job
+from batchrunner import InputError, cells, load_spec, run_job
 from batchrunner.simulator import SimulatorConfig, ThreadHandle, serve_in_thread
 from batchrunner.source import Source
 
@@ -149,21 +149,21 @@ def test_messages_rows_are_checked_as_rendered(tmp_path: Path, sim: ThreadHandle
     assert summary.table == {"ok": 1}
 
 
-def test_rows_are_rendered_a_slice_at_a_time(tmp_path: Path) -> None:
+def test_rows_are_rendered_a_slice_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [{"id": f"r{i}", "text": "no word" if i in (4, 10) else "json"} for i in range(11)]
     source = Source(load_spec(json_job(tmp_path, rows)))
     with pytest.raises(InputError, match=r"row\(s\) 5, 11:"):
         source.check()
     batches: list[int] = []
-    without_word = source._without_word
+    without_word = cells._without_word
 
-    def spy(batch: pl.DataFrame) -> list[int]:
+    def spy(checked: Source, batch: pl.DataFrame) -> list[int]:
         batches.append(batch.height)
-        return without_word(batch)
+        return without_word(checked, batch)
 
-    source._without_word = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(cells, "_without_word", spy)
     with pytest.raises(InputError, match=r"row\(s\) 5, 11:"):
-        source._check_json_word(size=3)
+        cells.check_json_word(source, size=3)
     assert len(batches) == 4 and max(batches) <= 3  # 11 rows, 3 at a time (only rows lacking the word)
 
 
