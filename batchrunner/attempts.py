@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import wire
+from .breaker import Breaker
 from .budget import Budget, Reservation, max_output_tokens
 from .client import CallFailed, DashScopeClient, TransportFailed
-from .errors import AuthError
+from .errors import AuthError, ServiceUnreachable
 from .pacing import FlightGate, RequestPacer, TokenBudget, backoff_delay
 from .pool import Stop
 from .pricing import Cost, PriceTable, usd_to_pusd
-from .records import Attempt, Failure, Result, RunCounts, dumps, parse_json_answer, result_of
+from .records import Attempt, Failure, Result, RunCounts, attempt_of, dumps, parse_json_answer, result_of
 from .render import Request
 from .spec import JobSpec, Limits
 from .store import now
@@ -67,30 +68,16 @@ class Policy:
         )
 
 
-class Breaker:
-    """The circuit breaker: trips when most recent attempts failed transiently."""
+UNREACHABLE_ATTEMPTS = 3  # attempts in a row that cannot connect, before any answer: a config error
 
-    def __init__(self, window: int, ratio: float) -> None:
-        self.window = window
-        self.ratio = ratio
-        self.tripped: str | None = None
-        self._recent: deque[bool] = deque(maxlen=window or 1)
 
-    def note(self, failed: bool) -> bool:
-        """Record one attempt; True when this attempt tripped the breaker."""
-        if not self.window or self.tripped is not None:
-            return False
-        self._recent.append(failed)
-        if len(self._recent) < self.window:
-            return False
-        share = sum(self._recent) / self.window
-        if share < self.ratio:
-            return False
-        self.tripped = (
-            f"circuit breaker: {share:.0%} of the last {self.window} attempts failed with server errors, "
-            "timeouts or dropped connections; the service looks down, so the run stopped"
-        )
-        return True
+def _transient(answer: wire.Completion | CallFailed | TransportFailed) -> str | None:
+    """The error code of an attempt that failed for a transient reason (for the breaker)."""
+    if isinstance(answer, TransportFailed):
+        return answer.code
+    if isinstance(answer, CallFailed) and answer.error.status >= 500:
+        return f"HTTP {answer.error.status} {answer.error.code}"
+    return None
 
 
 def failure_of(exc: CallFailed | TransportFailed) -> Failure:
@@ -120,6 +107,8 @@ class Life:
     t0: float = field(default_factory=time.monotonic)
     billed: int = 0
     json_tries: int = 0
+    failures: int = 0  # failed attempts that count against max_retries (not 429s)
+    throttled_since: float | None = None  # when its first 429 came, if one did
 
 
 Answer = wire.Completion | CallFailed | TransportFailed
@@ -154,6 +143,8 @@ class Attempts:
         self.pacer = RequestPacer(limits.requests_per_minute)
         self.tokens = TokenBudget(limits.tokens_per_minute) if limits.tokens_per_minute else None
         self.breaker = Breaker(limits.breaker_window, limits.breaker_failure_ratio)
+        self.reached = False  # whether any attempt got an HTTP answer
+        self.unreachable = 0  # attempts in a row that could not connect, before any answer
         max_cost = limits.max_cost_usd
         self.budget = Budget(
             max_cost_pusd=None if max_cost is None else usd_to_pusd(max_cost),
@@ -175,15 +166,16 @@ class Attempts:
             self._finish(life, 0, failure=Failure("PromptTooLong", problem))
             return
         self.counts.sent += 1
-        for attempt in range(1, self.policy.limits.max_retries + 2):
+        attempt = 0
+        while True:
+            attempt += 1
             sent = await self._send(request)
             if sent is None:
                 return  # the budget guard stopped the run
-            transient = isinstance(sent.answer, TransportFailed) or (
-                isinstance(sent.answer, CallFailed) and sent.answer.error.status >= 500
-            )
-            if self.breaker.note(transient):
+            if self.breaker.note(_transient(sent.answer)):
                 self.stop.request()
+            if not isinstance(sent.answer, TransportFailed):
+                self.reached = True
             if isinstance(sent.answer, wire.Completion):
                 if await self._answered(life, sent, sent.answer, attempt):
                     return
@@ -278,6 +270,7 @@ class Attempts:
             life.billed += 1
             self.counts.possibly_billed += 1
         self._log(life.request, attempt, sent.started, sent.t0, outcome=decision.value, failure=failure)
+        self._check_reachable(error)
         if decision is wire.Outcome.ABORT:
             e = failure
             msg = f"HTTP {e.http_status} {e.error_code}: {e.error_message} (request_id {e.request_id})"
@@ -286,15 +279,46 @@ class Attempts:
             self._finish(life, attempt, failure=failure)
             return None
         limits = self.policy.limits
-        if attempt > limits.max_retries:
-            gave_up = f"gave up after {attempt} attempts; last: {failure.error_message}"
-            self._finish(life, attempt, failure=_replace_message(failure, gave_up), retryable=True)
+        gave_up = self._gave_up(life, error, attempt)
+        if gave_up is not None:
+            failure = failure.with_message(f"{gave_up}; last: {failure.error_message}")
+            self._finish(life, attempt, failure=failure, retryable=True)
             return None
         if self.stop.requested:
             return None  # not recorded: the row stays pending for the next run
         return backoff_delay(
             attempt, initial=limits.backoff_initial_s, cap=limits.backoff_max_s, retry_after=retry_after
         )
+
+    def _gave_up(self, life: Life, error: CallFailed | TransportFailed, attempt: int) -> str | None:
+        """Why a request stops retrying, or None to go on. A 429 means the pacer is still finding
+        the service's real rate: throttled attempts are bounded by time (throttle_patience_s),
+        every other failure by count (max_retries)."""
+        limits = self.policy.limits
+        if isinstance(error, CallFailed) and error.error.status == 429:
+            now = time.monotonic()
+            life.throttled_since = life.throttled_since or now
+            waited = now - life.throttled_since
+            if waited > limits.throttle_patience_s:
+                return f"gave up after {attempt} attempts, throttled for {waited:.0f}s"
+            return None
+        life.failures += 1
+        if life.failures > limits.max_retries:
+            return f"gave up after {attempt} attempts"
+        return None
+
+    def _check_reachable(self, error: CallFailed | TransportFailed) -> None:
+        """A run whose first attempts cannot even connect is misconfigured, not facing an outage."""
+        if self.reached or not isinstance(error, TransportFailed) or not error.unreachable:
+            self.unreachable = 0
+            return
+        self.unreachable += 1
+        if self.unreachable >= UNREACHABLE_ATTEMPTS:
+            msg = (
+                f"the service could not be reached: {error.code}: {error.message}. Check the base URL "
+                f"(scheme, host, port; DASHSCOPE_BASE_URL or [api] base_url)"
+            )
+            raise ServiceUnreachable(msg)
 
     # ------------------------------------------------------------------ helpers
 
@@ -322,40 +346,9 @@ class Attempts:
         model = wire.model_of(request.body)
         return self.prices.cost(model, usage, thinking=self.policy.thinking, explicit_cache=self.policy.explicit_cache)
 
-    def _log(
-        self,
-        request: Request,
-        attempt: int,
-        started: str,
-        t0: float,
-        *,
-        outcome: str,
-        failure: Failure | None = None,
-        http_status: int | None = None,
-        request_id: str | None = None,
-        usage: str | None = None,
-        possibly_billed: int = 0,
-    ) -> None:
-        if failure is not None:
-            http_status = failure.http_status
-            request_id = failure.request_id
-            possibly_billed = int(failure.possibly_billed)
-        self.write_attempt(
-            Attempt(
-                key=request.key,
-                run_id=self.run_id,
-                attempt=attempt,
-                started_at=started,
-                latency_ms=int((time.monotonic() - t0) * 1000),
-                outcome=outcome,
-                http_status=http_status,
-                error_code=failure.error_code if failure else None,
-                error_message=failure.error_message if failure else None,
-                possibly_billed=possibly_billed,
-                request_id=request_id,
-                usage=usage,
-            )
-        )
+    def _log(self, request: Request, attempt: int, started: str, t0: float, **fields: Any) -> None:
+        latency_ms = int((time.monotonic() - t0) * 1000)
+        self.write_attempt(attempt_of(request.key, self.run_id, attempt, started, latency_ms, **fields))
 
     def _finish(
         self,
@@ -392,7 +385,3 @@ class Attempts:
         self.write_result(result)
         if self.on_result is not None:
             self.on_result(result)
-
-
-def _replace_message(failure: Failure, message: str) -> Failure:
-    return Failure(failure.error_code, message, failure.http_status, failure.request_id, failure.possibly_billed)

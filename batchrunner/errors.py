@@ -6,6 +6,7 @@
     ├── OutputError             the output table cannot be written                 (exit 2)
     ├── StoreError              the store is missing, damaged, empty, not ours     (exit 2)
     │                           or not writable (nor its folder or lock file)
+    ├── ServiceUnreachable      the first requests could not even connect          (exit 2)
     ├── AuthError               the service refused the key, account or model      (exit 3)
     └── JobLocked               another process is running the same job            (exit 75)
 
@@ -68,6 +69,11 @@ class OutputError(BatchRunnerError):
 
 class StoreError(BatchRunnerError):
     """The checkpoint store is missing, damaged, empty, not a batchrunner store, or not writable."""
+
+
+class ServiceUnreachable(BatchRunnerError):
+    """The run's first requests could not connect (refused, unknown host, TLS, no file
+    descriptors): a configuration error, not an outage."""
 
 
 class AuthError(BatchRunnerError):

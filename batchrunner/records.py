@@ -41,6 +41,9 @@ class Failure:
     request_id: str | None = None
     possibly_billed: bool = False
 
+    def with_message(self, message: str) -> Failure:
+        return Failure(self.error_code, message, self.http_status, self.request_id, self.possibly_billed)
+
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
@@ -146,6 +149,40 @@ class RunCounts:
         self.output_tokens += usage.output_tokens
         self.cached_tokens += usage.cached_tokens
         self.cost_pusd += cost.total_pusd if cost is not None else 0
+
+
+def attempt_of(
+    key: str,
+    run_id: int,
+    attempt: int,
+    started: str,
+    latency_ms: int,
+    *,
+    outcome: str,
+    failure: Failure | None = None,
+    http_status: int | None = None,
+    request_id: str | None = None,
+    usage: str | None = None,
+    possibly_billed: int = 0,
+) -> Attempt:
+    """The record of one attempt; a failure gives its status, request id and billing."""
+    if failure is not None:
+        http_status, request_id = failure.http_status, failure.request_id
+        possibly_billed = int(failure.possibly_billed)
+    return Attempt(
+        key=key,
+        run_id=run_id,
+        attempt=attempt,
+        started_at=started,
+        latency_ms=latency_ms,
+        outcome=outcome,
+        http_status=http_status,
+        error_code=failure.error_code if failure else None,
+        error_message=failure.error_message if failure else None,
+        possibly_billed=possibly_billed,
+        request_id=request_id,
+        usage=usage,
+    )
 
 
 RESULT_FIELDS = tuple(f.name for f in fields(Result))

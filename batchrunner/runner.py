@@ -27,7 +27,7 @@ from typing import Any
 from . import service, signals, sink
 from .attempts import Attempts, Policy
 from .client import DashScopeClient
-from .errors import AuthError, ExitCode, OutputError, StoreError
+from .errors import AuthError, ExitCode, OutputError, ServiceUnreachable, StoreError
 from .lock import JobLock
 from .pending import Frontier, Pending
 from .pool import Pool, Stop
@@ -49,7 +49,7 @@ class RunSummary:
 
     run_id: int
     exit_code: int
-    status: str  # finished | interrupted | aborted | budget | outage | store_failed
+    status: str  # finished | interrupted | aborted | unreachable | budget | outage | store_failed
     db_path: Path
     output_path: Path | None
     rows_total: int
@@ -335,6 +335,8 @@ class _Run:
                     f"the workspace and your access to model {spec.model.name!r}; nothing was marked failed."
                 )
                 return attempts, ("aborted", ExitCode.AUTH, message)
+            except ServiceUnreachable as exc:
+                return attempts, ("unreachable", ExitCode.BAD_INPUT, f"{exc}; nothing was marked failed")
             except asyncio.CancelledError:
                 if not self.interrupted:
                     raise

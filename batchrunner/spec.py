@@ -104,6 +104,7 @@ class Limits(_Section):
     tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
     concurrency: Annotated[int, Field(ge=1, le=20_000)] = 32
     max_retries: Annotated[int, Field(ge=0, le=100)] = 6
+    throttle_patience_s: Annotated[float, Field(gt=0, le=86_400)] = 600
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120
     backoff_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
