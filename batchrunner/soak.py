@@ -80,7 +80,7 @@ def soak(rows: int, kills: int, seed: int, folder: Path) -> dict[str, object]:
             finally:
                 proc.send_signal(signal.SIGKILL)
                 kill_times.append(time.time())
-                proc.wait(timeout=60)
+                proc.communicate(timeout=60)  # waits, and closes the stderr pipe
         final = _run(spec, handle.base_url)
         _, err = final.communicate(timeout=3600)
         stats = handle.sim.stats()
