@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+API_KEY = "sk-test-0123456789abcdef"  # what the `sim` fixture exports as DASHSCOPE_API_KEY
+Launch = Callable[..., subprocess.Popen[Any]]  # the `launch` fixture: launch(*cli_args, **popen_kwargs)
 
 BASE_SPEC: dict[str, dict[str, Any]] = {
     "job": {"name": "t"},
@@ -102,3 +109,9 @@ def read_table(path: Path) -> pl.DataFrame:
     if path.suffix == ".parquet":
         return pl.read_parquet(path)
     return pl.read_ndjson(path)
+
+
+def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """The rows of one SQL query against a store (the connection is closed after)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql, args).fetchall()

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import read_table, write_job
+from helpers import API_KEY, Launch, read_table, write_job
 
 from batchrunner.cli import cli
-from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle, serve_in_thread
+from batchrunner.simulator import FaultRule, ThreadHandle
 
-API_KEY = "sk-test-cli-0123456789"
 ROWS = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(10)]
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadHandle]:
-    config = SimulatorConfig(faults=(FaultRule("item number 3", ("always:InvalidParameter",)),))
-    with serve_in_thread(config, "127.0.0.1", 0) as handle:
-        monkeypatch.setenv("DASHSCOPE_BASE_URL", handle.base_url)
-        monkeypatch.setenv("DASHSCOPE_API_KEY", API_KEY)
-        yield handle
+pytestmark = pytest.mark.sim(faults=(FaultRule("item number 3", ("always:InvalidParameter",)),))
 
 
 def invoke(*args: str):  # type: ignore[no-untyped-def]
@@ -84,11 +73,9 @@ def test_unwritable_output_exit_2_before_sending(tmp_path: Path, sim: ThreadHand
     assert sim.sim.stats()["requests"] == 0
 
 
-def test_auth_failure_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with serve_in_thread(SimulatorConfig(valid_keys=frozenset({"sk-other"})), "127.0.0.1", 0) as handle:
-        monkeypatch.setenv("DASHSCOPE_BASE_URL", handle.base_url)
-        monkeypatch.setenv("DASHSCOPE_API_KEY", API_KEY)
-        result = CliRunner().invoke(cli, ["run", str(write_job(tmp_path, ROWS)), "-q"])
+@pytest.mark.sim(valid_keys=frozenset({"sk-other"}))
+def test_auth_failure_exit_3(tmp_path: Path, sim: ThreadHandle) -> None:
+    result = CliRunner().invoke(cli, ["run", str(write_job(tmp_path, ROWS)), "-q"])
     assert result.exit_code == 3
     assert "InvalidApiKey" in result.output and API_KEY not in result.output
 
@@ -105,31 +92,27 @@ def test_every_command_has_help_with_an_example() -> None:
         assert command.help and "Example:" in command.help, name
 
 
-def test_quickstart_runs_from_the_command_line(tmp_path: Path) -> None:
+def test_quickstart_runs_from_the_command_line(tmp_path: Path, launch: Launch) -> None:
     """The README's quickstart: the installed entry point, the simulator, no key."""
     out = tmp_path / "quickstart.csv"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "batchrunner",
-            "run",
-            str(REPO / "examples" / "quickstart.toml"),
-            "--simulate",
-            "--output",
-            str(out),
-            "--db",
-            str(tmp_path / "q.sqlite"),
-        ],
-        capture_output=True,
+    proc = launch(
+        "run",
+        str(REPO / "examples" / "quickstart.toml"),
+        "--simulate",
+        "--output",
+        str(out),
+        "--db",
+        str(tmp_path / "q.sqlite"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
         env={"PATH": "/usr/bin:/bin"},
     )
-    assert proc.returncode == 0, proc.stderr
-    assert f"output table: {out} (ok 12)" in proc.stdout
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert f"output table: {out} (ok 12)" in stdout
     # not a terminal: plain progress lines instead of a bar
-    assert "quickstart: 12/12 rows done; this run ok 12, failed 0" in proc.stderr
-    assert "\r" not in proc.stderr
+    assert "quickstart: 12/12 rows done; this run ok 12, failed 0" in stderr
+    assert "\r" not in stderr
     table = read_table(out)
     assert table.height == 12 and table["status"].to_list() == ["ok"] * 12

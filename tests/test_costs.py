@@ -3,57 +3,46 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import write_job
+from helpers import query, write_job
 
 from batchrunner import SpecError, load_spec, run_job
 from batchrunner.cli import cli
 from batchrunner.estimate import estimate
 from batchrunner.runner import load_prices
-from batchrunner.simulator import SimulatorConfig, ThreadHandle, serve_in_thread
+from batchrunner.simulator import ThreadHandle
 
 ROWS = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(20)]
 MILLION = 10**6  # pico-USD per token for a price of 1 USD per million tokens
 
 
-@pytest.fixture
-def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadHandle]:
-    with serve_in_thread(SimulatorConfig(), "127.0.0.1", 0) as handle:
-        monkeypatch.setenv("DASHSCOPE_BASE_URL", handle.base_url)
-        monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-costs")
-        yield handle
-
-
 def results(db: Path, columns: str) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(f"SELECT {columns} FROM results ORDER BY row_index").fetchall()
+    return query(db, f"SELECT {columns} FROM results ORDER BY row_index")
 
 
 def test_each_row_carries_its_cost(tmp_path: Path, sim: ThreadHandle) -> None:
     summary = run_job(write_job(tmp_path, ROWS), handle_signals=False)
     rows = results(summary.db_path, "input_tokens, cached_tokens, output_tokens, cost_pusd, cost_usd, price_version")
+    assert len(rows) == 20
     for inp, cached, out, pusd, usd, version in rows:
         assert cached == 0
         assert pusd == inp * Fraction("0.4") * MILLION + out * Fraction("1.2") * MILLION  # qwen-plus, first tier
         assert usd == pytest.approx(pusd / 1e12)
         assert version == "2026-11-27"
     assert summary.counts.cost_pusd == sum(r[3] for r in rows)
-    with sqlite3.connect(summary.db_path) as conn:
-        (run_cost,) = conn.execute("SELECT cost_usd FROM runs").fetchone()
+    ((run_cost,),) = query(summary.db_path, "SELECT cost_usd FROM runs")
     assert run_cost == pytest.approx(summary.counts.cost_pusd / 1e12)
 
 
 def test_thinking_output_is_priced_at_the_thinking_price(tmp_path: Path, sim: ThreadHandle) -> None:
     summary = run_job(write_job(tmp_path, ROWS[:3], {"parameters": {"enable_thinking": True}}), handle_signals=False)
-    for inp, out, reasoning, pusd in results(
-        summary.db_path, "input_tokens, output_tokens, reasoning_tokens, cost_pusd"
-    ):
+    rows = results(summary.db_path, "input_tokens, output_tokens, reasoning_tokens, cost_pusd")
+    assert len(rows) == 3
+    for inp, out, reasoning, pusd in rows:
         assert reasoning > 0
         assert pusd == inp * Fraction("0.4") * MILLION + out * 4 * MILLION
 
@@ -70,7 +59,9 @@ def test_spec_pricing_overrides_the_shipped_table(tmp_path: Path, sim: ThreadHan
     pricing = {"models": {"qwen3.6-plus": {"tiers": [{"input": 1.0, "output": 2.0}]}}}
     spec = write_job(tmp_path, ROWS[:3], {"model": {"name": "qwen3.6-plus"}, "pricing": pricing})
     summary = run_job(spec, handle_signals=False)
-    for inp, out, pusd, version in results(summary.db_path, "input_tokens, output_tokens, cost_pusd, price_version"):
+    rows = results(summary.db_path, "input_tokens, output_tokens, cost_pusd, price_version")
+    assert len(rows) == 3
+    for inp, out, pusd, version in rows:
         assert pusd == (inp * 1 + out * 2) * MILLION and version.endswith("+overrides")
 
 
@@ -85,8 +76,7 @@ def test_budget_stop_exits_4_and_resumes(tmp_path: Path, sim: ThreadHandle) -> N
     assert 0 < done < 20
     assert summary.counts.cost_pusd <= 200 * MILLION  # never over the limit
     assert summary.table == {"ok": done, "pending": 20 - done}
-    with sqlite3.connect(summary.db_path) as conn:
-        assert conn.execute("SELECT status, exit_code FROM runs").fetchall() == [("budget", 4)]
+    assert query(summary.db_path, "SELECT status, exit_code FROM runs") == [("budget", 4)]
     # a rerun without the limit sends only what is left
     sim.sim.reset()
     summary = run_job(spec, handle_signals=False)
@@ -126,8 +116,7 @@ def test_estimate_before_and_after_part_of_a_run(tmp_path: Path, sim: ThreadHand
     summary = run_job(spec_path, handle_signals=False, limit=8)
     after = estimate(spec, load_prices(spec))
     assert (after.requests_remaining, after.requests_done) == (12, 8)
-    with sqlite3.connect(summary.db_path) as conn:
-        (avg_out,) = conn.execute("SELECT avg(output_tokens) FROM results").fetchone()
+    ((avg_out,),) = query(summary.db_path, "SELECT avg(output_tokens) FROM results")
     assert after.output_tokens_expected == int(avg_out * 12)
     assert after.cost_expected_usd < after.cost_worst_usd
     result = CliRunner().invoke(cli, ["estimate", str(spec_path), "--format", "json"])

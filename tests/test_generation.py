@@ -4,29 +4,18 @@ parameters, streaming, thinking, JSON output, n > 1, explicit cache, seeds and r
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import merged, read_table, spec_text, write_job
+from helpers import merged, query, read_table, spec_text, write_job
 
 from batchrunner import SpecError, load_spec, run_job, service, wire
 from batchrunner.render import derived_seed
-from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle, answer_for, serve_in_thread
+from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle, answer_for
 
 ROWS = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(6)]
 SYSTEM = [{"role": "system", "content": "Be brief."}]
-
-
-@pytest.fixture
-def sim(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[ThreadHandle]:
-    config = getattr(request, "param", SimulatorConfig())
-    with serve_in_thread(config, "127.0.0.1", 0) as handle:
-        monkeypatch.setenv("DASHSCOPE_BASE_URL", handle.base_url)
-        monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-generation")
-        yield handle
 
 
 def user(text: str) -> list[dict[str, Any]]:
@@ -39,8 +28,7 @@ def run(tmp_path: Path, overrides: dict | None = None, rows: list | None = None,
 
 
 def stored(db: Path, sql: str) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchall()
+    return query(db, sql)
 
 
 # ----------------------------------------------------------------- spec checks
@@ -94,8 +82,7 @@ def test_extra_parameters_pass_through_untouched(tmp_path: Path, sim: ThreadHand
     )
 
 
-def test_regions_and_custom_base_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DASHSCOPE_BASE_URL", raising=False)
+def test_regions_and_custom_base_url(tmp_path: Path) -> None:
     write_job(tmp_path, ROWS, {"api": {"region": "cn"}})
     assert service.base_url(load_spec(tmp_path / "job.toml").api) == wire.CN_BASE_URL
     write_job(tmp_path, ROWS, {"api": {"region": "cn", "protocol": "openai"}})
@@ -126,7 +113,7 @@ def test_streamed_answers_are_stored_as_a_plain_call_would_be(
 CUT = SimulatorConfig(faults=(FaultRule("item number 2", ("malformed", "500")),))
 
 
-@pytest.mark.parametrize("sim", [CUT], indirect=True)
+@pytest.mark.sim(CUT)
 def test_a_cut_stream_is_retried_and_nothing_partial_is_stored(tmp_path: Path, sim: ThreadHandle) -> None:
     summary, out = run(tmp_path, {"parameters": {"stream": True}})
     assert summary.table == {"ok": 6}
@@ -177,6 +164,7 @@ def test_an_answer_that_is_not_json_is_marked_and_kept(tmp_path: Path, sim: Thre
 
 def test_n_choices_are_stored_as_a_list(tmp_path: Path, sim: ThreadHandle) -> None:
     summary, out = run(tmp_path, {"model": {"name": "qwen3-max"}, "parameters": {"n": 3}})
+    assert summary.table == {"ok": 6}
     for row in out.iter_rows(named=True):
         choices = json.loads(row["choices"])
         assert len(choices) == 3 and choices[0]["content"] == row["content"]
@@ -346,6 +334,7 @@ def test_tool_calls_are_stored_as_json(tmp_path: Path, sim: ThreadHandle, stream
 
 def test_logprobs_are_stored_as_json(tmp_path: Path, sim: ThreadHandle) -> None:
     summary, out = run(tmp_path, {"parameters": {"logprobs": True, "top_logprobs": 2}})
+    assert summary.table == {"ok": 6}
     for row in out.iter_rows(named=True):
         entries = json.loads(row["logprobs"])["content"]
         assert "".join(e["token"] for e in entries) == row["content"]

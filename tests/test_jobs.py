@@ -55,7 +55,9 @@ def test_thinking(tmp_path: Path) -> None:
 
 def test_json_extraction(tmp_path: Path) -> None:
     table = run_example("json-extraction", tmp_path)
-    assert all(isinstance(json.loads(p), dict) for p in table["parsed"].to_list())
+    assert table.height == 3
+    for parsed, content in zip(table["parsed"].to_list(), table["content"].to_list(), strict=True):
+        assert json.loads(parsed) == json.loads(content)  # the answer, parsed into its own column
 
 
 def test_tools(tmp_path: Path) -> None:

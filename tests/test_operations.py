@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sqlite3
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import read_table, write_job
+from helpers import Launch, read_table, write_job
 
 from batchrunner import SpecError, load_spec, run_job
 from batchrunner.cli import cli
@@ -25,12 +24,9 @@ ROWS = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(30)]
 
 
 @pytest.fixture
-def sim(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[ThreadHandle]:
-    config = getattr(request, "param", SimulatorConfig())
-    with serve_in_thread(config, "127.0.0.1", 0) as handle:
-        monkeypatch.setenv("DASHSCOPE_BASE_URL", handle.base_url)
-        monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
-        yield handle
+def api_key() -> str:
+    """A key that looks live, for the tests that check it never leaks."""
+    return KEY
 
 
 def invoke(*args: str):  # type: ignore[no-untyped-def]
@@ -79,7 +75,7 @@ POISON = SimulatorConfig(
 )
 
 
-@pytest.mark.parametrize("sim", [POISON], indirect=True)
+@pytest.mark.sim(POISON)
 def test_status_runs_and_retry(tmp_path: Path, sim: ThreadHandle) -> None:
     spec = write_job(tmp_path, ROWS[:10])
     assert invoke("run", str(spec)).exit_code == 1
@@ -121,24 +117,14 @@ def test_quiet_keeps_stderr_to_warnings(tmp_path: Path, sim: ThreadHandle) -> No
     assert "rows done" not in result.output and "output table:" in result.output
 
 
-def test_sigterm_with_write_partial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with serve_in_thread(SimulatorConfig(latency_ms=50), "127.0.0.1", 0) as handle:
-        env = dict(os.environ, DASHSCOPE_BASE_URL=handle.base_url, DASHSCOPE_API_KEY=KEY)
-        rows = [{"id": f"r{i}", "text": f"row {i}"} for i in range(400)]
-        spec = write_job(tmp_path, rows, {"limits": {"concurrency": 8, "grace_s": 10}})
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "batchrunner", "run", str(spec), "--write-partial", "-q"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            assert handle.sim.wait_for_requests(30, timeout=60)
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+@pytest.mark.sim(latency_ms=50)
+def test_sigterm_with_write_partial(tmp_path: Path, sim: ThreadHandle, launch: Launch) -> None:
+    rows = [{"id": f"r{i}", "text": f"row {i}"} for i in range(400)]
+    spec = write_job(tmp_path, rows, {"limits": {"concurrency": 8, "grace_s": 10}})
+    proc = launch("run", str(spec), "--write-partial", "-q", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert sim.sim.wait_for_requests(30, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
     table = read_table(tmp_path / "out" / "result.csv")
     statuses = table["status"].to_list()
@@ -195,17 +181,18 @@ LEAKY = SimulatorConfig(
 )
 
 
-@pytest.mark.parametrize("sim", [LEAKY], indirect=True)
-def test_the_key_appears_in_no_artifact_or_output(tmp_path: Path, sim: ThreadHandle) -> None:
+@pytest.mark.sim(LEAKY)
+def test_the_key_appears_in_no_artifact_or_output(
+    tmp_path: Path, sim: ThreadHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = write_job(tmp_path, ROWS[:6], {"output": {"path": "out/result.jsonl"}})
     outputs = [invoke("run", str(spec), "--log-file", str(tmp_path / "run.log"), "--log-format", "json")]
     outputs.append(invoke("status", str(spec)))
     outputs.append(invoke("runs", str(spec), "--format", "json"))
     outputs.append(invoke("report", str(spec), "--format", "json"))
     with serve_in_thread(SimulatorConfig(valid_keys=frozenset({"sk-other"})), "127.0.0.1", 0) as denied:
-        os.environ["DASHSCOPE_BASE_URL"] = denied.base_url
+        monkeypatch.setenv("DASHSCOPE_BASE_URL", denied.base_url)
         outputs.append(CliRunner().invoke(cli, ["run", str(write_job(tmp_path / "denied", ROWS[:3]))]))
-        os.environ["DASHSCOPE_BASE_URL"] = sim.base_url
     assert outputs[-1].exit_code == 3
     assert outputs[0].exit_code == 1
     for result in outputs:
@@ -215,6 +202,6 @@ def test_the_key_appears_in_no_artifact_or_output(tmp_path: Path, sim: ThreadHan
     assert any(p.suffix == ".sqlite" for p in files) and any(p.name == "run.log" for p in files)
     for path in files:
         assert KEY.encode() not in path.read_bytes(), path
-    with sqlite3.connect(tmp_path / "out" / "t.sqlite") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "out" / "t.sqlite")) as conn:
         dump = "\n".join(conn.iterdump())
     assert KEY not in dump

@@ -4,6 +4,7 @@ native endpoints, OpenAI body, stream and error shapes, and the official `openai
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -87,13 +88,14 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 @pytest.mark.parametrize(("name", "params"), CASES, ids=[c[0] for c in CASES])
 async def test_non_stream_matches_native(sim_server: Any, name: str, params: dict[str, Any]) -> None:
     messages = HELLO if name != "json" else [{"role": "user", "content": "Answer in JSON."}]
+    asked_at = int(time.time())
     r = await compat(sim_server.base_url, {"model": "qwen-plus", "messages": messages, **params})
     assert r.status_code == 200, r.text
     data = r.json()
     ref = await native(sim_server.base_url, "qwen-plus", messages, **params)
     assert data["id"] == "chatcmpl-" + r.headers["x-request-id"]
     assert data["object"] == "chat.completion" and data["model"] == "qwen-plus"
-    assert isinstance(data["created"], int)
+    assert isinstance(data["created"], int) and asked_at <= data["created"] <= time.time()  # the request's Unix time
     assert len(data["choices"]) == len(ref["output"]["choices"])
     for i, (mine, theirs) in enumerate(zip(data["choices"], ref["output"]["choices"], strict=True)):
         assert mine["index"] == i

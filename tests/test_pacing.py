@@ -1,0 +1,302 @@
+"""Pacing on a virtual clock: request starts per window, 429 cuts and recovery, late wake-ups,
+the token budget and the flight gate, checked against the simulator's own sliding windows.
+
+Every test here runs on `VirtualTimeLoop`, whose `time()` is a virtual clock: it stands still
+while anything is ready to run and, when the loop would wait for its next timer, jumps to it.
+`asyncio.sleep` and aiolimiter's `call_at` wake-ups therefore take no wall time, and the
+assertions, counts of starts (or tokens) inside windows of virtual time, come out the same on
+an idle laptop and on a loaded CI machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import selectors
+from bisect import bisect_left
+from collections.abc import Coroutine
+from itertools import pairwise
+from typing import Any, TypeVar
+
+import pytest
+
+from batchrunner.pacing import FlightGate, RequestPacer, TokenBudget
+from batchrunner.simulator.limits import SlidingWindow
+
+T = TypeVar("T")
+TICK = 1e-9  # virtual time per turn of the loop: even a sleep too short to change a float comes to an end
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """Polls for I/O without blocking; a wait for the next timer becomes a jump of the clock.
+
+    `late_by` makes every such wake-up come that much late, as on a busy machine.
+    """
+
+    def __init__(self, late_by: float) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.late_by = late_by
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        self.now += TICK
+        if ready or timeout == 0:
+            return ready
+        if timeout is None:
+            raise RuntimeError("virtual time: every task is waiting and no timer is set (a deadlock)")
+        self.now += timeout + self.late_by
+        return []
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose `time()` is the virtual clock of its selector."""
+
+    def __init__(self, late_by: float = 0.0) -> None:
+        self._clock = _VirtualSelector(late_by)
+        super().__init__(self._clock)
+
+    def time(self) -> float:
+        return self._clock.now
+
+
+def in_virtual_time(main: Coroutine[Any, Any, T], *, late_by: float = 0.0) -> T:
+    """Run `main` to completion on a new VirtualTimeLoop (virtual time starts at 0)."""
+    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(late_by)) as runner:
+        return runner.run(main)
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def start_times(pacer: RequestPacer, n: int) -> list[float]:
+    """`n` callers wait on the pacer at once; the (sorted) times at which each one starts."""
+    starts: list[float] = []
+
+    async def one() -> None:
+        await pacer.wait()
+        starts.append(now())
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return starts
+
+
+def in_each_window(times: list[float], span: float, count: int, origin: float = 0.0) -> list[int]:
+    """How many of the sorted `times` fall in [origin + k * span, origin + (k + 1) * span), k < count."""
+    edges = [bisect_left(times, origin + k * span) for k in range(count + 1)]
+    return [b - a for a, b in pairwise(edges)]
+
+
+def from_each(times: list[float], span: float) -> list[int]:
+    """How many of the sorted `times` fall in [t, t + span), for the window opening at each t."""
+    return [bisect_left(times, t + span) - i for i, t in enumerate(times)]
+
+
+# ----------------------------------------------------------------- request starts per window
+
+
+def test_starts_fill_every_window_exactly_and_never_overflow_it() -> None:
+    async def main() -> tuple[RequestPacer, list[float]]:
+        pacer = RequestPacer(rpm=3000)  # 50 starts in any window of 1.015 s
+        return pacer, await start_times(pacer, 300)
+
+    pacer, starts = in_virtual_time(main())
+    w = pacer.window_s
+    assert (pacer.per_window, w) == (50, 1.015)
+    assert in_each_window(starts, w, 7) == [50] * 6 + [0]
+    # any window opening at a start holds exactly 50 while callers are still waiting: never
+    # more (the service's rule), and never less (the pacer does not waste its allowance)
+    assert from_each(starts, w)[:-50] == [50] * 250
+    assert max(from_each(starts, 1.0)) == 50  # so the service's one-second window never sees 51
+    # inside a window the starts are spread at twice the average rate, not sent in one burst:
+    # 2 x 49.3/s x 0.1 s is 9.9, plus the spacing bucket's one start
+    assert max(from_each(starts, 0.1)) <= 11
+
+
+def test_late_wake_ups_are_made_up_rather_than_lost() -> None:
+    """Every timer fires 4 ms late (a busy loop): at 500 starts a second the spacing bucket,
+    20 ms deep, still lets exactly 500 through in each window (one start per wake-up would
+    reach about 200)."""
+
+    async def main() -> tuple[RequestPacer, list[float]]:
+        pacer = RequestPacer(rpm=30_000)
+        return pacer, await start_times(pacer, 2000)
+
+    pacer, starts = in_virtual_time(main(), late_by=0.004)
+    assert pacer.per_window == 500
+    assert in_each_window(starts, pacer.window_s, 4) == [500] * 4
+    assert max(from_each(starts, pacer.window_s)) == 500
+
+
+def test_below_one_request_a_second_starts_are_evenly_apart() -> None:
+    async def main() -> tuple[RequestPacer, list[float]]:
+        pacer = RequestPacer(rpm=30)  # one start per 2 s, plus the margin
+        return pacer, await start_times(pacer, 4)
+
+    pacer, starts = in_virtual_time(main())
+    assert (pacer.per_window, pacer.window_s) == (1, pytest.approx(2.03))
+    assert [b - a for a, b in pairwise(starts)] == [pytest.approx(2.03, abs=1e-6)] * 3
+
+
+# ----------------------------------------------------------------- 429s: cut, then recover
+
+
+def test_a_429_storm_cuts_a_fifth_once_and_successes_win_it_back_by_5pc_a_window() -> None:
+    """60 workers, 50 ms per call; calls 60 to 62 are answered 429 (a storm within one window)."""
+    throttled = {60, 61, 62}
+
+    async def main() -> tuple[RequestPacer, list[float], list[tuple[float, int]]]:
+        pacer = RequestPacer(rpm=3000)
+        starts: list[float] = []
+        allowed: list[tuple[float, int]] = []  # (when, starts per window) at every change
+
+        async def worker() -> None:
+            while now() < 9.0:
+                await pacer.wait()
+                starts.append(now())
+                call = len(starts)
+                await asyncio.sleep(0.05)
+                before = pacer.allowed
+                if call in throttled:
+                    pacer.on_throttled()
+                else:
+                    pacer.on_success()
+                if pacer.allowed != before:
+                    allowed.append((now(), pacer.allowed))
+
+        await asyncio.gather(*(worker() for _ in range(60)))
+        return pacer, starts, allowed
+
+    pacer, starts, allowed = in_virtual_time(main())
+    w = pacer.window_s
+    # one cut for the whole storm, then +2 (5% of 50) per window's worth of successes
+    assert [a for _, a in allowed] == [40, 42, 44, 46, 48, 50]
+    cut = allowed[0][0]
+    assert in_each_window(starts, w, 7, origin=cut) == [40, 42, 44, 46, 48, 50, 50]
+    assert max(from_each(starts, w)) == 50  # never above the configured rate
+
+
+def test_429s_in_successive_windows_compound_down_to_one_start_a_window() -> None:
+    async def main() -> tuple[list[int], list[float]]:
+        pacer = RequestPacer(rpm=3000)
+        seen: list[int] = []
+        for _ in range(14):
+            pacer.on_throttled()
+            seen.append(pacer.allowed)
+            await asyncio.sleep(pacer.window_s * 0.99)
+            pacer.on_throttled()  # still within the window of the last cut: ignored
+            await asyncio.sleep(pacer.window_s * 0.01)
+        return seen, await start_times(pacer, 3)
+
+    allowed, starts = in_virtual_time(main())
+    assert allowed == [40, 32, 25, 20, 16, 12, 9, 7, 5, 4, 3, 2, 1, 1]
+    assert [b - a for a, b in pairwise(starts)] == [pytest.approx(1.015, abs=1e-6)] * 2
+
+
+# ----------------------------------------------------------------- against the service's windows
+
+
+def refused_by_the_service(arrivals: list[tuple[float, float]], window: SlidingWindow) -> int:
+    """How many of the (time, amount) arrivals the simulator's sliding window would answer 429."""
+    refused = 0
+    for at, amount in sorted(arrivals):
+        if window.fits(at, amount):
+            window.add(at, amount)
+        else:
+            refused += 1
+    return refused
+
+
+@pytest.mark.parametrize("rpm", [1200, 30_000])
+def test_pacing_at_the_service_rpm_draws_no_429(rpm: int) -> None:
+    """Starts reach the service up to 15 ms late each (the network, the loop): the pacer's
+    margin absorbs that, where a pacer without one would be throttled."""
+    delays = random.Random(rpm)
+
+    async def arrivals(margin: float) -> list[tuple[float, float]]:
+        pacer = RequestPacer(rpm, margin=margin)
+        starts = await start_times(pacer, 10 * pacer.per_window)
+        return [(t + delays.uniform(0, 0.015), 1.0) for t in starts]
+
+    paced = in_virtual_time(arrivals(margin=0.015))
+    assert refused_by_the_service(paced, SlidingWindow.per_minute(rpm)) == 0
+    unpaced = in_virtual_time(arrivals(margin=0.0))
+    assert refused_by_the_service(unpaced, SlidingWindow.per_minute(rpm)) > 0
+
+
+def budget_run(tpm: int, estimate: int, used: int, seconds: int = 6) -> list[tuple[float, float]]:
+    """16 workers make calls of 50 ms through a TokenBudget(tpm) for `seconds` of virtual time,
+    each charged `estimate` tokens up front and settled at `used`: the (start, tokens used) of each."""
+
+    async def main() -> list[tuple[float, float]]:
+        budget = TokenBudget(tpm)
+        sent: list[tuple[float, float]] = []
+
+        async def worker() -> None:
+            while True:
+                await budget.charge(estimate)
+                if now() >= seconds:
+                    return
+                sent.append((now(), float(used)))
+                await asyncio.sleep(0.05)
+                budget.settle(estimate, used)
+
+        await asyncio.gather(*(worker() for _ in range(16)))
+        return sent
+
+    return in_virtual_time(main())
+
+
+@pytest.mark.parametrize(("estimate", "used"), [(40, 40), (48, 24)], ids=["exact-estimates", "overestimates"])
+def test_the_token_budget_at_the_service_tpm_draws_no_429_and_uses_most_of_it(estimate: int, used: int) -> None:
+    """TPM 60,000 is 1,000 tokens in any second. Over-estimates are credited back at settle,
+    so the budget follows the tokens really used, not the estimates."""
+    sent = budget_run(60_000, estimate, used)
+    assert refused_by_the_service(sent, SlidingWindow.per_minute(60_000)) == 0
+    per_second = [sum(tokens for t, tokens in sent if k <= t < k + 1) for k in range(6)]
+    assert all(900 <= tokens <= 1000 for tokens in per_second), per_second
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "package bug: TokenBudget.charge takes at most one bucket (TPM/1200 tokens) per call and "
+        "carries the rest as a debt, but the next charge is capped at one bucket again, so the debt "
+        "is never paid: calls bigger than the bucket go out at ~19 a second whatever their size"
+    ),
+)
+def test_calls_bigger_than_the_token_bucket_are_paced_in_full() -> None:
+    sent = budget_run(60_000, estimate=200, used=200)  # the bucket is 50 tokens
+    assert refused_by_the_service(sent, SlidingWindow.per_minute(60_000)) == 0
+
+
+# ----------------------------------------------------------------- the flight gate
+
+
+def test_flight_gate_halves_at_most_once_a_cooldown() -> None:
+    async def main() -> list[int]:
+        gate = FlightGate(16)  # cooldown 1 s
+        limits = []
+        for wait in (0.0, 0.5, 0.5, 0.2, 1.0, 1.0, 1.0, 1.0, 1.0):
+            await asyncio.sleep(wait)
+            gate.on_throttled()
+            limits.append(gate.limit)
+        return limits
+
+    assert in_virtual_time(main()) == [8, 8, 4, 4, 2, 1, 1, 1, 1]
+
+
+def test_flight_gate_holds_a_caller_beyond_its_limit_until_a_release() -> None:
+    async def main() -> tuple[bool, float, int]:
+        gate = FlightGate(2)
+        await gate.acquire()
+        await gate.acquire()
+        waiter = asyncio.create_task(gate.acquire())
+        done, _ = await asyncio.wait({waiter}, timeout=60)  # a minute of virtual time
+        await gate.release()
+        await waiter
+        return bool(done), now(), gate.in_flight
+
+    got_in_before_the_release, released_at, in_flight = in_virtual_time(main())
+    assert not got_in_before_the_release and released_at >= 60 and in_flight == 2
