@@ -2,8 +2,11 @@
 
     pace -> reserve -> send -> classify -> (back off and again) -> records
 
-Each attempt waits for a slot in flight (`FlightGate`), the request pacer and the token pacer,
-books its worst case with the budget guard, and is sent. The classified outcome decides:
+A request whose prompt the Qwen tokenizer counts above the model's input limit fails as
+PromptTooLong without being sent. Each attempt waits for a slot in flight (`FlightGate`), the
+request pacer and the token pacer, books its worst case with the budget guard (a request the
+guard refuses is not sent, not counted as sent, and stays pending), and is sent. The
+classified outcome decides:
 
     answer      record it (or, with [output] parse_json, re-ask while the answer is not JSON)
     RETRY       429 / 5xx / timeout / dropped connection: back off (full jitter or Retry-After)
@@ -11,8 +14,9 @@ books its worst case with the budget guard, and is sent. The classified outcome 
     ROW_FAILED  a 4xx about this request: the row fails with the service's code
     ABORT       401 / 403 / account or model errors: AuthError, which stops the whole run
 
-Every attempt, including the ones that may have been billed, becomes an `Attempt` record; the
-request's end becomes one `Result`. Both go to the checkpoint writer.
+Every attempt becomes one `Attempt` record, saying what it led to and what it cost (its
+outcome and billing words are defined in records.py); the request's end becomes one `Result`.
+Both go to the checkpoint writer.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import wire
-from .budget import Budget, Reservation, max_output_tokens
+from . import tokens, wire
+from .budget import Bounds, Budget, Reservation, WorstCase, max_output_tokens
 from .client import CallFailed, DashScopeClient, TransportFailed
 from .errors import AuthError
 from .pacing import FlightGate, RequestPacer, TokenBudget, backoff_delay
+from .parameters import Parameters
 from .pool import Stop
 from .pricing import Cost, PriceTable, usd_to_pusd
-from .records import Attempt, Failure, Result, RunCounts, dumps, parse_json_answer, result_of
+from .records import Attempt, Failure, Result, RunCounts, attempt_of, parse_json_answer, result_of
 from .render import Request
 from .spec import JobSpec, Limits
 from .store import now
@@ -41,10 +46,8 @@ class Policy:
     """What the life of a request needs to know of the job."""
 
     limits: Limits
+    parameters: Parameters
     output_charge: int  # output tokens the token pacer books per request
-    max_output: int  # the most output one attempt can be billed for (budget guard)
-    thinking: bool
-    explicit_cache: bool
     parse_json: bool = False
     json_retries: int = 0
     context_limit: int | None = None
@@ -55,10 +58,8 @@ class Policy:
         context = spec.model.context_tokens or (prices.context_tokens(spec.model.name) if prices else None)
         return cls(
             limits=spec.limits,
+            parameters=p,
             output_charge=max_output_tokens(p.model_copy(update={"n": 1, "enable_thinking": False})),
-            max_output=max_output_tokens(p),
-            thinking=bool(p.enable_thinking),
-            explicit_cache=spec.prompt.cache != "none",
             parse_json=spec.output.parse_json,
             json_retries=spec.output.json_retries,
             context_limit=context,
@@ -99,11 +100,14 @@ def failure_of(exc: CallFailed | TransportFailed) -> Failure:
     return Failure(exc.code, exc.message, possibly_billed=exc.possibly_billed)
 
 
+Answer = wire.Completion | CallFailed | TransportFailed
+
+
 @dataclass(frozen=True, slots=True)
 class Sent:
     """One attempt that went out: its answer or classified failure, when it started, its cost."""
 
-    answer: wire.Completion | CallFailed | TransportFailed
+    answer: Answer
     started: str
     t0: float
     cost: Cost | None = None
@@ -116,15 +120,15 @@ class Life:
     request: Request
     started: str = field(default_factory=now)
     t0: float = field(default_factory=time.monotonic)
-    billed: int = 0
+    billed: int = 0  # attempts that may have been billed without an answer saying how much
     json_tries: int = 0
-
-
-Answer = wire.Completion | CallFailed | TransportFailed
+    worst: WorstCase | None = None  # what the budget guard books for each of its attempts
 
 
 class Attempts:
-    """Sends requests, each to its end, sharing the run's pacers, budget and breaker."""
+    """Sends requests, each to its end, sharing the run's pacers, budget and breaker.
+
+    `spent_before_pusd` is what earlier runs of the job spent (for the job's max_cost_usd)."""
 
     def __init__(
         self,
@@ -137,6 +141,7 @@ class Attempts:
         stop: Stop,
         prices: PriceTable | None = None,
         on_result: Callable[[Result], None] | None = None,
+        spent_before_pusd: int = 0,
     ) -> None:
         limits = policy.limits
         self.policy = policy
@@ -152,12 +157,17 @@ class Attempts:
         self.pacer = RequestPacer(limits.requests_per_minute)
         self.tokens = TokenBudget(limits.tokens_per_minute) if limits.tokens_per_minute else None
         self.breaker = Breaker(limits.breaker_window, limits.breaker_failure_ratio)
-        max_cost = limits.max_cost_usd
         self.budget = Budget(
-            max_cost_pusd=None if max_cost is None else usd_to_pusd(max_cost),
+            max_cost_pusd=_pusd(limits.max_cost_usd),
+            max_run_cost_pusd=_pusd(limits.max_cost_usd_per_run),
             max_requests=limits.max_requests,
             max_tokens=limits.max_tokens_total,
+            before_pusd=spent_before_pusd,
         )
+        self.bounds = Bounds(policy.parameters, prices, priced=self.budget.costs_money)
+        self._bounded = self.budget.costs_money or self.budget.max_tokens is not None
+        if self._bounded:
+            tokens.qwen_encoder()  # load the tokenizer now, not on the event loop's first request
 
     # ------------------------------------------------------------------ the life
 
@@ -165,16 +175,16 @@ class Attempts:
         """Send one request until it has a result, or the run stops (then it stays pending)."""
         life = Life(request)
         limit = self.policy.context_limit
-        if limit is not None and request.est_input_tokens > limit:
+        over = tokens.count_over(wire.messages_of(request.body), limit) if limit is not None else None
+        if over is not None:
             problem = (
-                f"the prompt is about {request.est_input_tokens} tokens, over the model's context of "
-                f"{limit}; it was not sent (set [model] context_tokens if the limit is wrong)"
+                f"the prompt is {over} tokens (Qwen tokenizer, chat template included), over the model's "
+                f"context of {limit} input tokens; it was not sent (set [model] context_tokens if the limit is wrong)"
             )
             self._finish(life, 0, failure=Failure("PromptTooLong", problem))
             return
-        self.counts.sent += 1
         for attempt in range(1, self.policy.limits.max_retries + 2):
-            sent = await self._send(request)
+            sent = await self._send(life, attempt)
             if sent is None:
                 return  # the budget guard stopped the run
             transient = isinstance(sent.answer, TransportFailed) or (
@@ -192,16 +202,19 @@ class Attempts:
             self.counts.retries += 1
             await asyncio.sleep(delay)
 
-    async def _send(self, request: Request) -> Sent | None:
+    async def _send(self, life: Life, attempt: int) -> Sent | None:
         """One paced, budgeted call; None when the budget guard refused to send it."""
+        request = life.request
         await self.gate.acquire()
         try:
             await self.pacer.wait()
             if self.tokens is not None:
                 await self.tokens.charge(self._token_estimate(request))
-            reservation = self._reserve(request)
+            reservation = self._reserve(life)
             if reservation is None:
                 return None
+            if attempt == 1:
+                self.counts.sent += 1
             self.counts.attempts += 1
             started, t0 = now(), time.monotonic()
             try:
@@ -210,7 +223,12 @@ class Attempts:
                 answer = exc
             except asyncio.CancelledError:
                 # Cut off in flight (second signal or grace over): it may have been billed.
-                self._log(request, 0, started, t0, outcome="cancelled", possibly_billed=1)
+                self.budget.settle(reservation, 0, 0, unknown=True)
+                self._log(
+                    life,
+                    attempt,
+                    Sent(TransportFailed("Cancelled", "cut off in flight", possibly_billed=True), started, t0),
+                )
                 raise
             cost = None
             if isinstance(answer, wire.Completion):
@@ -218,7 +236,8 @@ class Attempts:
                 used = answer.usage.input_tokens + answer.usage.output_tokens
                 self.budget.settle(reservation, cost.total_pusd if cost else 0, used)
             else:
-                self.budget.settle(reservation, 0, 0)
+                unknown = isinstance(answer, TransportFailed) and answer.possibly_billed
+                self.budget.settle(reservation, 0, 0, unknown=unknown)
             return Sent(answer, started, t0, cost)
         finally:
             await self.gate.release()
@@ -228,35 +247,22 @@ class Attempts:
         usage = answer.usage
         if self.tokens is not None:
             self.tokens.settle(self._token_estimate(life.request), usage.input_tokens + usage.output_tokens)
-        self._log(
-            life.request,
-            attempt,
-            sent.started,
-            sent.t0,
-            outcome="ok",
-            http_status=200,
-            request_id=answer.request_id,
-            usage=dumps(usage.raw),
-            possibly_billed=1,
-        )
         await self.gate.on_success()
         self.pacer.on_success()
-        if not self.policy.parse_json:
-            self._finish(life, attempt, completion=answer, cost=sent.cost)
-            return True
-        parsed, problem = parse_json_answer(answer.content)
+        self.counts.paid(usage, sent.cost)  # every answer is paid for, re-asked or not
+        parsed, problem = parse_json_answer(answer.content) if self.policy.parse_json else (None, None)
         if problem is None:
+            self._log(life, attempt, sent, "ok")
             self._finish(life, attempt, completion=answer, parsed=parsed, cost=sent.cost)
             return True
         failure = Failure("InvalidJSON", problem)
-        self._log(life.request, attempt, sent.started, sent.t0, outcome="invalid_json", failure=failure)
         life.json_tries += 1
-        if life.json_tries > self.policy.json_retries or attempt > self.policy.limits.max_retries:
-            # Paid for: keep the answer and its usage, marked failed.
+        last = life.json_tries > self.policy.json_retries or attempt > self.policy.limits.max_retries
+        self._log(life, attempt, sent, "failed" if last else "invalid_json", failure=failure)
+        if last:  # paid for: keep the answer and its usage, marked failed
             self._finish(life, attempt, completion=answer, failure=failure, cost=sent.cost)
             return True
         self.counts.retries += 1
-        self.counts.paid(usage, sent.cost)  # paid for, although it is asked again
         return False
 
     def _failed(self, life: Life, sent: Sent, error: CallFailed | TransportFailed, attempt: int) -> float | None:
@@ -275,7 +281,9 @@ class Attempts:
         elif error.possibly_billed:
             life.billed += 1
             self.counts.possibly_billed += 1
-        self._log(life.request, attempt, sent.started, sent.t0, outcome=decision.value, failure=failure)
+        limits = self.policy.limits
+        gave_up = decision is wire.Outcome.RETRY and attempt > limits.max_retries
+        self._log(life, attempt, sent, "gave_up" if gave_up else decision.value, failure=failure)
         if decision is wire.Outcome.ABORT:
             e = failure
             msg = f"HTTP {e.http_status} {e.error_code}: {e.error_message} (request_id {e.request_id})"
@@ -283,13 +291,12 @@ class Attempts:
         if decision is wire.Outcome.ROW_FAILED:
             self._finish(life, attempt, failure=failure)
             return None
-        limits = self.policy.limits
-        if attempt > limits.max_retries:
-            gave_up = f"gave up after {attempt} attempts; last: {failure.error_message}"
-            self._finish(life, attempt, failure=_replace_message(failure, gave_up), retryable=True)
+        if gave_up:
+            message = f"gave up after {attempt} attempts; last: {failure.error_message}"
+            self._finish(life, attempt, failure=_replace_message(failure, message), retryable=True)
             return None
         if self.stop.requested:
-            return None  # not recorded: the row stays pending for the next run
+            return None  # the row stays pending: the next run sends it again
         return backoff_delay(
             attempt, initial=limits.backoff_initial_s, cap=limits.backoff_max_s, retry_after=retry_after
         )
@@ -299,17 +306,13 @@ class Attempts:
     def _token_estimate(self, request: Request) -> int:
         return request.est_input_tokens + self.policy.output_charge
 
-    def _reserve(self, request: Request) -> Reservation | None:
+    def _reserve(self, life: Life) -> Reservation | None:
         """Book the attempt's worst case with the budget guard; None stops the run."""
         if not self.budget.active:
             return Reservation(0, 0)
-        max_output = self.policy.max_output
-        worst_cost = 0
-        if self.prices is not None and self.budget.max_cost_pusd is not None:
-            model = wire.model_of(request.body)
-            worst = self.prices.worst_case(model, request.est_input_tokens, max_output, thinking=self.policy.thinking)
-            worst_cost = worst or 0
-        reservation = self.budget.reserve(worst_cost, request.est_input_tokens + max_output)
+        if life.worst is None:
+            life.worst = self.bounds.worst(life.request) if self._bounded else WorstCase(0, 0)
+        reservation = self.budget.reserve(life.worst)
         if reservation is None:
             self.stop.request()
         return reservation
@@ -317,41 +320,28 @@ class Attempts:
     def _cost(self, request: Request, usage: wire.Usage) -> Cost | None:
         if self.prices is None:
             return None
-        model = wire.model_of(request.body)
-        return self.prices.cost(model, usage, thinking=self.policy.thinking, explicit_cache=self.policy.explicit_cache)
+        return self.prices.cost(
+            wire.model_of(request.body), usage, thinking=bool(self.policy.parameters.enable_thinking)
+        )
 
     def _log(
-        self,
-        request: Request,
-        attempt: int,
-        started: str,
-        t0: float,
-        *,
-        outcome: str,
-        failure: Failure | None = None,
-        http_status: int | None = None,
-        request_id: str | None = None,
-        usage: str | None = None,
-        possibly_billed: int = 0,
+        self, life: Life, attempt: int, sent: Sent, outcome: str = "cancelled", *, failure: Failure | None = None
     ) -> None:
-        if failure is not None:
-            http_status = failure.http_status
-            request_id = failure.request_id
-            possibly_billed = int(failure.possibly_billed)
+        answer = sent.answer
+        worst = life.worst.cost_pusd if life.worst is not None and self.budget.costs_money else None
         self.write_attempt(
-            Attempt(
-                key=request.key,
+            attempt_of(
+                life.request,
                 run_id=self.run_id,
                 attempt=attempt,
-                started_at=started,
-                latency_ms=int((time.monotonic() - t0) * 1000),
+                started=sent.started,
+                latency_ms=int((time.monotonic() - sent.t0) * 1000),
                 outcome=outcome,
-                http_status=http_status,
-                error_code=failure.error_code if failure else None,
-                error_message=failure.error_message if failure else None,
-                possibly_billed=possibly_billed,
-                request_id=request_id,
-                usage=usage,
+                failure=failure or (failure_of(answer) if not isinstance(answer, wire.Completion) else None),
+                completion=answer if isinstance(answer, wire.Completion) else None,
+                cost=sent.cost,
+                price_version=self.prices.version if self.prices else None,
+                worst_cost_pusd=worst,
             )
         )
 
@@ -380,8 +370,6 @@ class Attempts:
             cost=cost,
             price_version=self.prices.version if self.prices else None,
         )
-        if completion is not None:
-            self.counts.paid(completion.usage, cost)
         if result.ok:
             self.counts.ok += 1
         else:
@@ -389,6 +377,10 @@ class Attempts:
         self.write_result(result)
         if self.on_result is not None:
             self.on_result(result)
+
+
+def _pusd(usd: float | None) -> int | None:
+    return None if usd is None else usd_to_pusd(usd)
 
 
 def _replace_message(failure: Failure, message: str) -> Failure:

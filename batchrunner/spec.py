@@ -110,6 +110,7 @@ class Limits(_Section):
     grace_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
     commit_interval_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
     max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+    max_cost_usd_per_run: Annotated[float, Field(gt=0)] | None = None
     max_requests: Annotated[int, Field(ge=1)] | None = None
     max_tokens_total: Annotated[int, Field(ge=1)] | None = None
     breaker_window: Annotated[int, Field(ge=0, le=100_000)] = 50
@@ -186,18 +187,17 @@ class JobSpec(_Section):
                     "[parameters] response_format json_object needs the word JSON in the prompt: "
                     'add it to [prompt] system or template (e.g. "Reply in JSON.")'
                 )
-        if self.limits.max_cost_usd is not None:
-            if p.max_tokens is None:
-                problems.append(
-                    "[limits] max_cost_usd needs [parameters] max_tokens, which bounds what one request can cost"
-                )
-            if p.enable_thinking and p.thinking_budget is None:
-                problems.append("[limits] max_cost_usd with thinking needs [parameters] thinking_budget")
+        problems += _budget_problems(self)
         if self.output.json_retries and not self.output.parse_json:
             problems.append("[output] json_retries needs parse_json = true")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def cost_limited(self) -> bool:
+        """Whether a cost budget (of the job or of each run) is set."""
+        return self.limits.max_cost_usd is not None or self.limits.max_cost_usd_per_run is not None
 
     @property
     def db_path(self) -> Path:
@@ -206,9 +206,15 @@ class JobSpec(_Section):
         return self.output.path.parent / f"{self.job.name}.sqlite"
 
     def with_overrides(
-        self, *, db: Path | None = None, output: Path | None = None, max_cost_usd: float | None = None
+        self,
+        *,
+        db: Path | None = None,
+        output: Path | None = None,
+        max_cost_usd: float | None = None,
+        max_cost_usd_per_run: float | None = None,
     ) -> JobSpec:
-        """A copy with the store or output path replaced (CLI --db / --output).
+        """A copy with the store or output path replaced (CLI --db / --output), or a budget
+        (--max-cost: the job's max_cost_usd; --max-cost-per-run: max_cost_usd_per_run).
 
         Replacing the output does not move the store: it stays where the spec puts it.
         """
@@ -221,16 +227,44 @@ class JobSpec(_Section):
             out = spec.output.model_copy(update={"path": output.resolve()})
             spec = spec.model_copy(update={"output": out})
             _check_table_suffix(spec.output.path, "output", str(output))
-        if max_cost_usd is not None:
+        budgets = {"max_cost_usd": max_cost_usd, "max_cost_usd_per_run": max_cost_usd_per_run}
+        budgets = {k: v for k, v in budgets.items() if v is not None}
+        if budgets:
             raw = spec.model_dump(by_alias=True)
-            raw["limits"]["max_cost_usd"] = max_cost_usd
+            raw["limits"].update(budgets)
             try:
                 checked = JobSpec.model_validate(raw)
             except ValidationError as exc:
                 problems = "; ".join(_describe(e) for e in exc.errors())
-                raise SpecError(f"--max-cost: {problems}") from None
+                flags = " / ".join("--max-cost" + ("-per-run" if "run" in k else "") for k in budgets)
+                raise SpecError(f"{flags}: {problems}") from None
             spec = checked.model_copy(update={"source_path": spec.source_path, "digest": spec.digest})
         return spec
+
+
+def _budget_problems(spec: JobSpec) -> list[str]:
+    """A cost budget must bound what one request can cost; what keeps it from doing so."""
+    if not spec.cost_limited:
+        return []
+    p, problems = spec.parameters, []
+    key = "max_cost_usd" if spec.limits.max_cost_usd is not None else "max_cost_usd_per_run"
+    if p.max_tokens is None:
+        problems.append(f"[limits] {key} needs [parameters] max_tokens, which bounds what one request can cost")
+    if p.enable_thinking is None:
+        problems.append(
+            f"[limits] {key} needs [parameters] enable_thinking set: false, or true with thinking_budget "
+            "(a model that thinks by default bills a chain of thought that max_tokens does not bound)"
+        )
+    elif p.enable_thinking and p.thinking_budget is None:
+        problems.append(f"[limits] {key} with thinking needs [parameters] thinking_budget")
+    if p.enable_search or p.enable_code_interpreter:
+        problems.append(
+            f"[limits] {key} cannot bound enable_search or enable_code_interpreter: the service adds what they find "
+            "to the billed input"
+        )
+    if spec.prompt.videos:
+        problems.append(f"[limits] {key} cannot bound [prompt] videos: a video's input tokens have no known bound")
+    return problems
 
 
 # --------------------------------------------------------------------------- loading

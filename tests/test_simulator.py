@@ -296,9 +296,8 @@ async def test_implicit_cache_on_repeated_long_system_prompt(sim_server: Any) ->
 
 async def test_rpm_throttles_the_excess_exactly() -> None:
     sim = Simulator(SimulatorConfig(rpm=600))  # 10 requests in any 1 s window
-    async with sim.serve() as base_url:
-        async with httpx.AsyncClient(base_url=base_url, headers=KEY, timeout=10) as client:
-            replies = await asyncio.gather(*(client.post(TEXT_PATH, json=body(USER_ONLY, seed=i)) for i in range(15)))
+    async with sim.serve() as base_url, httpx.AsyncClient(base_url=base_url, headers=KEY, timeout=10) as client:
+        replies = await asyncio.gather(*(client.post(TEXT_PATH, json=body(USER_ONLY, seed=i)) for i in range(15)))
     statuses = sorted(r.status_code for r in replies)
     assert statuses == [200] * 10 + [429] * 5
     throttled = [r.json() for r in replies if r.status_code == 429]
