@@ -158,6 +158,7 @@ class PriceTable:
     models: Mapping[str, ModelPrice]
     _index: Mapping[str, ModelPrice] = field(repr=False, compare=False)
     region: str = "intl"
+    _limits: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, overrides: Sequence[Mapping[str, Any] | Path] = (), *, region: str = "intl") -> PriceTable:
@@ -169,26 +170,23 @@ class PriceTable:
         """
         text = resources.files("batchrunner").joinpath(SHIPPED).read_text(encoding="utf-8")
         shipped = validate(ShippedFile, tomllib.loads(text, parse_float=Decimal), f"batchrunner/{SHIPPED}")
-        entries: dict[str, tuple[str, ModelEntry]] = {}
-        if region == "intl":
-            entries = {k.lower(): (k, v) for k, v in shipped.models.items()}
+        everything = {k.lower(): (k, v) for k, v in shipped.models.items()}
+        entries = dict(everything) if region == "intl" else {}
         changed = False
         for override in overrides:
             raw, label = read_override(override)
             parsed = validate(OverrideFile, raw, label)
             for name, entry in parsed.models.items():
-                entries[name.lower()] = (name, entry)
+                entries[name.lower()] = everything[name.lower()] = (name, entry)
                 changed = True
         meta = shipped.meta
         models = {name: _resolve(name, entry, meta) for name, entry in entries.values()}
-        index: dict[str, ModelPrice] = {}
-        for price in models.values():
-            index.update({alias.lower(): price for alias in price.aliases})
-        index.update({name.lower(): price for name, price in models.items()})
+        # The input limits hold in every region, even where the shipped prices do not apply.
+        limits = {n.lower(): e.max_input_tokens for name, e in everything.values() for n in (*e.aliases, name)}
         version = meta.version + ("+overrides" if changed else "")
         if region != "intl":
             version = f"overrides (region {region})"
-        return cls(version, meta, models, index, region)
+        return cls(version, meta, models, _index(models), region, {k: v for k, v in limits.items() if v})
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The prices of a model by name or alias, ignoring case; None when it has none."""
@@ -219,9 +217,9 @@ class PriceTable:
         return Cost(price.name, tier.up_to, *parts, total_pusd=sum(parts), saved_pusd=round(saved))
 
     def context_tokens(self, model: str) -> int | None:
-        """The largest input the service takes for `model`, where the price table knows it."""
-        price = self.lookup(model)
-        return price.max_input_tokens if price is not None else None
+        """The largest input the service takes for `model`, where the price table knows it
+        (also for a region whose prices it does not hold)."""
+        return self._limits.get(model.strip().lower())
 
     def worst_case(
         self, model: str, input_tokens: int, max_output_tokens: int, *, thinking: bool | None, cache_writes: bool
@@ -242,6 +240,15 @@ class PriceTable:
         return (
             math.ceil(input_tokens * _per_token(inp)) + math.ceil(max_output_tokens * _per_token(out)) + ROUNDING_SLACK
         )
+
+
+def _index(models: Mapping[str, ModelPrice]) -> dict[str, ModelPrice]:
+    """Each model by its name and its aliases, ignoring case (names win over aliases)."""
+    index: dict[str, ModelPrice] = {}
+    for price in models.values():
+        index.update({alias.lower(): price for alias in price.aliases})
+    index.update({name.lower(): price for name, price in models.items()})
+    return index
 
 
 def _output_price(tier: Tier, thinking: bool) -> Decimal:

@@ -50,6 +50,8 @@ def run_cost(run: dict[str, Any]) -> str:
     if "paid_pusd" not in run:
         return "-" if run.get("cost_usd") is None else f"{run['cost_usd']:.6f}"
     unpriced = run.get("unpriced_attempts") or 0
+    if unpriced and run.get("cost_usd"):  # a run from before per-attempt costs: its own tally has them all
+        return f"{run['cost_usd']:.6f}"
     if run["paid_pusd"] is None and unpriced:
         return "unpriced"
     text = f"{Decimal(run['paid_pusd'] or 0).scaleb(-12):.6f}"

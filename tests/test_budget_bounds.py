@@ -162,6 +162,7 @@ def test_the_real_context_limit_of_qwen3_max(tmp_path: Path) -> None:
 
     spec = load_spec(write_job(tmp_path, rows_of("x", 1), {"model": {"name": "qwen3-max"}}))
     assert Policy.of(spec, PriceTable.load()).context_limit == 258_048  # not the last price tier's 252,000
+    assert PriceTable.load(region="cn").context_tokens("qwen3-max") == 258_048  # a limit, not a price
     words = "the market grew steadily this quarter while costs fell " * 19_700  # about 177k tokens
     messages = [{"role": "user", "content": words}]
     n = count(messages)

@@ -176,3 +176,46 @@ def test_requests_refused_by_the_budget_are_not_counted_as_sent(tmp_path: Path, 
     assert summary.counts.sent == summary.counts.attempts == 3
     assert query(summary.db_path, "SELECT sent FROM runs") == [(3,)]
     assert query(summary.db_path, "SELECT count(DISTINCT key) FROM attempts") == [(3,)]
+
+
+# ----------------------------------------------------------------- stores written before per-attempt costs
+
+
+def test_m005_moves_each_rows_cost_to_its_last_answer(tmp_path: Path) -> None:
+    import sqlite_utils
+
+    from batchrunner.migrations import MIGRATIONS
+    from batchrunner.store import Store
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite_utils.Database(path)
+    for step in MIGRATIONS[:4]:  # the schema as it was before m005_attempt_costs
+        step(db)
+    done = [{"name": s.__name__, "applied_at": "2026-01-01"} for s in MIGRATIONS[:4]]
+    db["_batchrunner_migrations"].insert_all(done, pk="name")
+    usage = json.dumps({"input_tokens": 20, "output_tokens": 10})
+    answered = {"key": "k", "run_id": 1, "usage": usage, "possibly_billed": 1, "http_status": 200}
+    db["attempts"].insert_all(
+        [
+            {**answered, "attempt": 1, "outcome": "ok"},  # the old log of an answer re-asked for JSON
+            {"key": "k", "run_id": 1, "attempt": 1, "outcome": "invalid_json", "possibly_billed": 0},
+            {**answered, "attempt": 2, "outcome": "ok"},
+        ]
+    )
+    db["results"].insert({"key": "k", "status": "ok", "run_id": 1, "model": "qwen-plus", "cost_pusd": 20_000_000})
+    db["runs"].insert({"id": 1, "job": "old", "status": "finished", "cost_usd": 4e-5, "started_at": "2026-01-01"})
+    db.close()
+    Store(path).close()  # migrates
+    rows = query(path, "SELECT attempt, outcome, possibly_billed, model, input_tokens, cost_pusd FROM attempts")
+    assert rows == [
+        (1, "ok", 0, "qwen-plus", 20, None),  # its tokens are known, its cost never was
+        (1, "invalid_json", 0, "qwen-plus", None, None),
+        (2, "ok", 0, "qwen-plus", 20, 20_000_000),  # the row's recorded cost
+    ]
+    assert query(path, "SELECT total_cost_pusd FROM results") == [(20_000_000,)]
+    report = build([path])
+    assert report.totals.cost_pusd == 20_000_000 and report.totals.unpriced_requests == 1
+    with Store(path, readonly=True) as store:
+        from batchrunner.status import run_cost
+
+        assert run_cost(store.runs()[0]) == "0.000040"  # the old run's own tally counted both answers
