@@ -228,6 +228,7 @@ class Attempts:
                     life,
                     attempt,
                     Sent(TransportFailed("Cancelled", "cut off in flight", possibly_billed=True), started, t0),
+                    "cancelled",
                 )
                 raise
             cost = None
@@ -324,9 +325,7 @@ class Attempts:
             wire.model_of(request.body), usage, thinking=bool(self.policy.parameters.enable_thinking)
         )
 
-    def _log(
-        self, life: Life, attempt: int, sent: Sent, outcome: str = "cancelled", *, failure: Failure | None = None
-    ) -> None:
+    def _log(self, life: Life, attempt: int, sent: Sent, outcome: str, *, failure: Failure | None = None) -> None:
         answer = sent.answer
         worst = life.worst.cost_pusd if life.worst is not None and self.budget.costs_money else None
         self.write_attempt(
