@@ -2,8 +2,11 @@
 
     pace -> reserve -> send -> classify -> (back off and again) -> records
 
-Each attempt waits for a slot in flight (`FlightGate`), the request pacer and the token pacer,
-books its worst case with the budget guard, and is sent. The classified outcome decides:
+A request whose prompt the Qwen tokenizer counts above the model's input limit fails as
+PromptTooLong without being sent. Each attempt waits for a slot in flight (`FlightGate`), the
+request pacer and the token pacer, books its worst case with the budget guard (a request the
+guard refuses is not sent, not counted as sent, and stays pending), and is sent. The
+classified outcome decides:
 
     answer      record it (or, with [output] parse_json, re-ask while the answer is not JSON)
     RETRY       429 / 5xx / timeout / dropped connection: back off (full jitter or Retry-After)
@@ -11,8 +14,9 @@ books its worst case with the budget guard, and is sent. The classified outcome 
     ROW_FAILED  a 4xx about this request: the row fails with the service's code
     ABORT       401 / 403 / account or model errors: AuthError, which stops the whole run
 
-Every attempt, including the ones that may have been billed, becomes an `Attempt` record; the
-request's end becomes one `Result`. Both go to the checkpoint writer.
+Every attempt becomes one `Attempt` record, saying what it led to and what it cost (its
+outcome and billing words are defined in records.py); the request's end becomes one `Result`.
+Both go to the checkpoint writer.
 """
 
 from __future__ import annotations
@@ -21,17 +25,17 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from . import wire
+from . import tokens, wire
 from .breaker import Breaker
-from .budget import Budget, Reservation, max_output_tokens
-from .client import CallFailed, DashScopeClient, TransportFailed
+from .budget import Bounds, Budget, Reservation, WorstCase, max_output_tokens
+from .client import CallFailed, DashScopeClient, TransportFailed, failure_of, transient_code
 from .errors import AuthError, ServiceUnreachable
 from .pacing import FlightGate, RequestPacer, TokenBudget, backoff_delay
+from .parameters import Parameters
 from .pool import Stop
 from .pricing import Cost, PriceTable, usd_to_pusd
-from .records import Attempt, Failure, Result, RunCounts, attempt_of, dumps, parse_json_answer, result_of
+from .records import Attempt, Failure, Result, RunCounts, attempt_of, parse_json_answer, result_of
 from .render import Request
 from .spec import JobSpec, Limits
 from .store import now
@@ -42,10 +46,8 @@ class Policy:
     """What the life of a request needs to know of the job."""
 
     limits: Limits
+    parameters: Parameters
     output_charge: int  # output tokens the token pacer books per request
-    max_output: int  # the most output one attempt can be billed for (budget guard)
-    thinking: bool
-    explicit_cache: bool
     parse_json: bool = False
     json_retries: int = 0
     context_limit: int | None = None
@@ -57,10 +59,8 @@ class Policy:
         context = spec.model.context_tokens or (prices.context_tokens(spec.model.name) if prices else None)
         return cls(
             limits=spec.limits,
+            parameters=p,
             output_charge=max_output_tokens(p.model_copy(update={"n": 1, "enable_thinking": False})),
-            max_output=max_output_tokens(p),
-            thinking=bool(p.enable_thinking),
-            explicit_cache=spec.prompt.cache != "none",
             parse_json=spec.output.parse_json,
             json_retries=spec.output.json_retries,
             context_limit=context,
@@ -71,28 +71,14 @@ class Policy:
 UNREACHABLE_ATTEMPTS = 3  # attempts in a row that cannot connect, before any answer: a config error
 
 
-def _transient(answer: wire.Completion | CallFailed | TransportFailed) -> str | None:
-    """The error code of an attempt that failed for a transient reason (for the breaker)."""
-    if isinstance(answer, TransportFailed):
-        return answer.code
-    if isinstance(answer, CallFailed) and answer.error.status >= 500:
-        return f"HTTP {answer.error.status} {answer.error.code}"
-    return None
-
-
-def failure_of(exc: CallFailed | TransportFailed) -> Failure:
-    """The Failure an exception from `DashScopeClient.generate` describes."""
-    if isinstance(exc, CallFailed):
-        e = exc.error
-        return Failure(e.code, e.message, e.status, e.request_id)
-    return Failure(exc.code, exc.message, possibly_billed=exc.possibly_billed)
+Answer = wire.Completion | CallFailed | TransportFailed
 
 
 @dataclass(frozen=True, slots=True)
 class Sent:
     """One attempt that went out: its answer or classified failure, when it started, its cost."""
 
-    answer: wire.Completion | CallFailed | TransportFailed
+    answer: Answer
     started: str
     t0: float
     cost: Cost | None = None
@@ -105,17 +91,17 @@ class Life:
     request: Request
     started: str = field(default_factory=now)
     t0: float = field(default_factory=time.monotonic)
-    billed: int = 0
+    billed: int = 0  # attempts that may have been billed without an answer saying how much
     json_tries: int = 0
+    worst: WorstCase | None = None  # what the budget guard books for each of its attempts
     failures: int = 0  # failed attempts that count against max_retries (not 429s)
     throttled_since: float | None = None  # when its first 429 came, if one did
 
 
-Answer = wire.Completion | CallFailed | TransportFailed
-
-
 class Attempts:
-    """Sends requests, each to its end, sharing the run's pacers, budget and breaker."""
+    """Sends requests, each to its end, sharing the run's pacers, budget and breaker.
+
+    `spent_before_pusd` is what earlier runs of the job spent (for the job's max_cost_usd)."""
 
     def __init__(
         self,
@@ -128,6 +114,7 @@ class Attempts:
         stop: Stop,
         prices: PriceTable | None = None,
         on_result: Callable[[Result], None] | None = None,
+        spent_before_pusd: int = 0,
     ) -> None:
         limits = policy.limits
         self.policy = policy
@@ -145,12 +132,17 @@ class Attempts:
         self.breaker = Breaker(limits.breaker_window, limits.breaker_failure_ratio)
         self.reached = False  # whether any attempt got an HTTP answer
         self.unreachable = 0  # attempts in a row that could not connect, before any answer
-        max_cost = limits.max_cost_usd
         self.budget = Budget(
-            max_cost_pusd=None if max_cost is None else usd_to_pusd(max_cost),
+            max_cost_pusd=_pusd(limits.max_cost_usd),
+            max_run_cost_pusd=_pusd(limits.max_cost_usd_per_run),
             max_requests=limits.max_requests,
             max_tokens=limits.max_tokens_total,
+            before_pusd=spent_before_pusd,
         )
+        self.bounds = Bounds(policy.parameters, prices, priced=self.budget.costs_money)
+        self._bounded = self.budget.costs_money or self.budget.max_tokens is not None
+        if self._bounded:
+            tokens.qwen_encoder()  # load the tokenizer now, not on the event loop's first request
 
     # ------------------------------------------------------------------ the life
 
@@ -158,21 +150,21 @@ class Attempts:
         """Send one request until it has a result, or the run stops (then it stays pending)."""
         life = Life(request)
         limit = self.policy.context_limit
-        if limit is not None and request.est_input_tokens > limit:
+        over = tokens.count_over(wire.messages_of(request.body), limit) if limit is not None else None
+        if over is not None:
             problem = (
-                f"the prompt is about {request.est_input_tokens} tokens, over the model's context of "
-                f"{limit}; it was not sent (set [model] context_tokens if the limit is wrong)"
+                f"the prompt is {over} tokens (Qwen tokenizer, chat template included), over the model's "
+                f"context of {limit} input tokens; it was not sent (set [model] context_tokens if the limit is wrong)"
             )
             self._finish(life, 0, failure=Failure("PromptTooLong", problem))
             return
-        self.counts.sent += 1
         attempt = 0
         while True:
             attempt += 1
-            sent = await self._send(request)
+            sent = await self._send(life, attempt)
             if sent is None:
                 return  # the budget guard stopped the run
-            if self.breaker.note(_transient(sent.answer)):
+            if self.breaker.note(transient_code(sent.answer)):
                 self.stop.request()
             if not isinstance(sent.answer, TransportFailed):
                 self.reached = True
@@ -186,16 +178,19 @@ class Attempts:
             self.counts.retries += 1
             await asyncio.sleep(delay)
 
-    async def _send(self, request: Request) -> Sent | None:
+    async def _send(self, life: Life, attempt: int) -> Sent | None:
         """One paced, budgeted call; None when the budget guard refused to send it."""
+        request = life.request
         await self.gate.acquire()
         try:
             await self.pacer.wait()
             if self.tokens is not None:
                 await self.tokens.charge(self._token_estimate(request))
-            reservation = self._reserve(request)
+            reservation = self._reserve(life)
             if reservation is None:
                 return None
+            if attempt == 1:
+                self.counts.sent += 1
             self.counts.attempts += 1
             started, t0 = now(), time.monotonic()
             try:
@@ -204,7 +199,13 @@ class Attempts:
                 answer = exc
             except asyncio.CancelledError:
                 # Cut off in flight (second signal or grace over): it may have been billed.
-                self._log(request, 0, started, t0, outcome="cancelled", possibly_billed=1)
+                self.budget.settle(reservation, 0, 0, unknown=True)
+                self._log(
+                    life,
+                    attempt,
+                    Sent(TransportFailed("Cancelled", "cut off in flight", possibly_billed=True), started, t0),
+                    "cancelled",
+                )
                 raise
             cost = None
             if isinstance(answer, wire.Completion):
@@ -212,7 +213,8 @@ class Attempts:
                 used = answer.usage.input_tokens + answer.usage.output_tokens
                 self.budget.settle(reservation, cost.total_pusd if cost else 0, used)
             else:
-                self.budget.settle(reservation, 0, 0)
+                unknown = isinstance(answer, TransportFailed) and answer.possibly_billed
+                self.budget.settle(reservation, 0, 0, unknown=unknown)
             return Sent(answer, started, t0, cost)
         finally:
             await self.gate.release()
@@ -222,35 +224,22 @@ class Attempts:
         usage = answer.usage
         if self.tokens is not None:
             self.tokens.settle(self._token_estimate(life.request), usage.input_tokens + usage.output_tokens)
-        self._log(
-            life.request,
-            attempt,
-            sent.started,
-            sent.t0,
-            outcome="ok",
-            http_status=200,
-            request_id=answer.request_id,
-            usage=dumps(usage.raw),
-            possibly_billed=1,
-        )
         await self.gate.on_success()
         self.pacer.on_success()
-        if not self.policy.parse_json:
-            self._finish(life, attempt, completion=answer, cost=sent.cost)
-            return True
-        parsed, problem = parse_json_answer(answer.content)
+        self.counts.paid(usage, sent.cost)  # every answer is paid for, re-asked or not
+        parsed, problem = parse_json_answer(answer.content) if self.policy.parse_json else (None, None)
         if problem is None:
+            self._log(life, attempt, sent, "ok")
             self._finish(life, attempt, completion=answer, parsed=parsed, cost=sent.cost)
             return True
         failure = Failure("InvalidJSON", problem)
-        self._log(life.request, attempt, sent.started, sent.t0, outcome="invalid_json", failure=failure)
         life.json_tries += 1
-        if life.json_tries > self.policy.json_retries or attempt > self.policy.limits.max_retries:
-            # Paid for: keep the answer and its usage, marked failed.
+        last = life.json_tries > self.policy.json_retries or attempt > self.policy.limits.max_retries
+        self._log(life, attempt, sent, "failed" if last else "invalid_json", failure=failure)
+        if last:  # paid for: keep the answer and its usage, marked failed
             self._finish(life, attempt, completion=answer, failure=failure, cost=sent.cost)
             return True
         self.counts.retries += 1
-        self.counts.paid(usage, sent.cost)  # paid for, although it is asked again
         return False
 
     def _failed(self, life: Life, sent: Sent, error: CallFailed | TransportFailed, attempt: int) -> float | None:
@@ -269,7 +258,9 @@ class Attempts:
         elif error.possibly_billed:
             life.billed += 1
             self.counts.possibly_billed += 1
-        self._log(life.request, attempt, sent.started, sent.t0, outcome=decision.value, failure=failure)
+        limits = self.policy.limits
+        gave_up = self._gave_up(life, error, attempt) if decision is wire.Outcome.RETRY else None
+        self._log(life, attempt, sent, "gave_up" if gave_up else decision.value, failure=failure)
         self._check_reachable(error)
         if decision is wire.Outcome.ABORT:
             e = failure
@@ -278,14 +269,12 @@ class Attempts:
         if decision is wire.Outcome.ROW_FAILED:
             self._finish(life, attempt, failure=failure)
             return None
-        limits = self.policy.limits
-        gave_up = self._gave_up(life, error, attempt)
         if gave_up is not None:
             failure = failure.with_message(f"{gave_up}; last: {failure.error_message}")
             self._finish(life, attempt, failure=failure, retryable=True)
             return None
         if self.stop.requested:
-            return None  # not recorded: the row stays pending for the next run
+            return None  # the row stays pending: the next run sends it again
         return backoff_delay(
             attempt, initial=limits.backoff_initial_s, cap=limits.backoff_max_s, retry_after=retry_after
         )
@@ -296,16 +285,16 @@ class Attempts:
         every other failure by count (max_retries)."""
         limits = self.policy.limits
         if isinstance(error, CallFailed) and error.error.status == 429:
-            now = time.monotonic()
-            life.throttled_since = life.throttled_since or now
-            waited = now - life.throttled_since
-            if waited > limits.throttle_patience_s:
-                return f"gave up after {attempt} attempts, throttled for {waited:.0f}s"
-            return None
+            now_s = time.monotonic()
+            life.throttled_since = life.throttled_since or now_s
+            waited = now_s - life.throttled_since
+            return (
+                f"gave up after {attempt} attempts, throttled for {waited:.0f}s"
+                if waited > limits.throttle_patience_s
+                else None
+            )
         life.failures += 1
-        if life.failures > limits.max_retries:
-            return f"gave up after {attempt} attempts"
-        return None
+        return f"gave up after {attempt} attempts" if life.failures > limits.max_retries else None
 
     def _check_reachable(self, error: CallFailed | TransportFailed) -> None:
         """A run whose first attempts cannot even connect is misconfigured, not facing an outage."""
@@ -325,17 +314,13 @@ class Attempts:
     def _token_estimate(self, request: Request) -> int:
         return request.est_input_tokens + self.policy.output_charge
 
-    def _reserve(self, request: Request) -> Reservation | None:
+    def _reserve(self, life: Life) -> Reservation | None:
         """Book the attempt's worst case with the budget guard; None stops the run."""
         if not self.budget.active:
             return Reservation(0, 0)
-        max_output = self.policy.max_output
-        worst_cost = 0
-        if self.prices is not None and self.budget.max_cost_pusd is not None:
-            model = wire.model_of(request.body)
-            worst = self.prices.worst_case(model, request.est_input_tokens, max_output, thinking=self.policy.thinking)
-            worst_cost = worst or 0
-        reservation = self.budget.reserve(worst_cost, request.est_input_tokens + max_output)
+        if life.worst is None:
+            life.worst = self.bounds.worst(life.request) if self._bounded else WorstCase(0, 0)
+        reservation = self.budget.reserve(life.worst)
         if reservation is None:
             self.stop.request()
         return reservation
@@ -343,12 +328,28 @@ class Attempts:
     def _cost(self, request: Request, usage: wire.Usage) -> Cost | None:
         if self.prices is None:
             return None
-        model = wire.model_of(request.body)
-        return self.prices.cost(model, usage, thinking=self.policy.thinking, explicit_cache=self.policy.explicit_cache)
+        return self.prices.cost(
+            wire.model_of(request.body), usage, thinking=bool(self.policy.parameters.enable_thinking)
+        )
 
-    def _log(self, request: Request, attempt: int, started: str, t0: float, **fields: Any) -> None:
-        latency_ms = int((time.monotonic() - t0) * 1000)
-        self.write_attempt(attempt_of(request.key, self.run_id, attempt, started, latency_ms, **fields))
+    def _log(self, life: Life, attempt: int, sent: Sent, outcome: str, *, failure: Failure | None = None) -> None:
+        answer = sent.answer
+        worst = life.worst.cost_pusd if life.worst is not None and self.budget.costs_money else None
+        self.write_attempt(
+            attempt_of(
+                life.request,
+                run_id=self.run_id,
+                attempt=attempt,
+                started=sent.started,
+                latency_ms=int((time.monotonic() - sent.t0) * 1000),
+                outcome=outcome,
+                failure=failure or (failure_of(answer) if not isinstance(answer, wire.Completion) else None),
+                completion=answer if isinstance(answer, wire.Completion) else None,
+                cost=sent.cost,
+                price_version=self.prices.version if self.prices else None,
+                worst_cost_pusd=worst,
+            )
+        )
 
     def _finish(
         self,
@@ -376,8 +377,6 @@ class Attempts:
             price_version=self.prices.version if self.prices else None,
             job=self.policy.job,
         )
-        if completion is not None:
-            self.counts.paid(completion.usage, cost)
         if result.ok:
             self.counts.ok += 1
         else:
@@ -385,3 +384,7 @@ class Attempts:
         self.write_result(result)
         if self.on_result is not None:
             self.on_result(result)
+
+
+def _pusd(usd: float | None) -> int | None:
+    return None if usd is None else usd_to_pusd(usd)

@@ -44,11 +44,19 @@ def _reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _spec(job: Path, *, db: Path | None = None, output: Path | None = None, max_cost: float | None = None) -> JobSpec:
+def _spec(
+    job: Path,
+    *,
+    db: Path | None = None,
+    output: Path | None = None,
+    max_cost: float | None = None,
+    max_cost_per_run: float | None = None,
+) -> JobSpec:
     """The job spec with the command line's overrides applied (the one place they are)."""
     from .spec import load
 
-    return load(job).with_overrides(db=db, output=output, max_cost_usd=max_cost)
+    spec = load(job)
+    return spec.with_overrides(db=db, output=output, max_cost_usd=max_cost, max_cost_usd_per_run=max_cost_per_run)
 
 
 job_argument = click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
@@ -90,7 +98,14 @@ def cli() -> None:
 @click.option("--retry-failed", is_flag=True, help="Send again the rows that failed in earlier runs.")
 @prices_option
 @click.option(
-    "--max-cost", type=click.FloatRange(min=0, min_open=True), help="Stop before this run could spend more (USD)."
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    help="The job's budget in USD, over all its runs (sets [limits] max_cost_usd).",
+)
+@click.option(
+    "--max-cost-per-run",
+    type=click.FloatRange(min=0, min_open=True),
+    help="A budget in USD for this run alone (sets [limits] max_cost_usd_per_run).",
 )
 @click.option("--write-partial", is_flag=True, help="On Ctrl-C / SIGTERM, still write the output table.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also write log lines to this file.")
@@ -111,6 +126,7 @@ def run(
     retry_failed: bool,
     prices: Path | None,
     max_cost: float | None,
+    max_cost_per_run: float | None,
     write_partial: bool,
     log_file: Path | None,
     log_format: str,
@@ -132,7 +148,7 @@ def run(
 
     tty = sys.stderr.isatty()
     configure(log_file=log_file, fmt="json" if log_format == "json" else "text", quiet=quiet, tty=tty)
-    spec = _spec(job, db=db, output=output, max_cost=max_cost)
+    spec = _spec(job, db=db, output=output, max_cost=max_cost, max_cost_per_run=max_cost_per_run)
     summary = run_job(
         spec,
         limit=limit,

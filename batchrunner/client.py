@@ -21,6 +21,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from . import wire
+from .records import Failure
 from .render import Request
 from .wire import NativeWire, SSEParser, StreamError, Wire
 
@@ -180,3 +181,20 @@ class DashScopeClient:
             raise CallFailed(exc.error) from None
         except wire.MalformedResponse as exc:
             raise TransportFailed("StreamCut", str(exc), possibly_billed=True) from None
+
+
+def transient_code(answer: wire.Completion | CallFailed | TransportFailed) -> str | None:
+    """The error code of an attempt that failed for a transient reason (for the breaker)."""
+    if isinstance(answer, TransportFailed):
+        return answer.code
+    if isinstance(answer, CallFailed) and answer.error.status >= 500:
+        return f"HTTP {answer.error.status} {answer.error.code}"
+    return None
+
+
+def failure_of(exc: CallFailed | TransportFailed) -> Failure:
+    """The Failure an exception from `DashScopeClient.generate` describes."""
+    if isinstance(exc, CallFailed):
+        e = exc.error
+        return Failure(e.code, e.message, e.status, e.request_id)
+    return Failure(exc.code, exc.message, possibly_billed=exc.possibly_billed)

@@ -143,6 +143,41 @@ def m004_resume_points(db: sqlite_utils.Database) -> None:
     runs.add_column("resume_offset", int)
 
 
+@migration
+def m005_attempt_costs(db: sqlite_utils.Database) -> None:
+    """Usage and cost per attempt, so that every paid attempt is counted (a re-ask for JSON, an
+    answer sent again by --retry-failed), the worst case the budget held for it, and per row the
+    total of all its paid attempts. In a store written before this step, each row's recorded
+    cost goes to its last answered attempt, and answered attempts are no longer "possibly"
+    billed: their usage says what they cost. Its other answers (re-asks for JSON) keep their
+    tokens but have no cost on record (reports count them as unpriced)."""
+    attempts = db.table("attempts")
+    attempts.add_column("model", str)
+    for column in (*USAGE_COLUMNS, *COST_COLUMNS, "worst_cost_pusd"):
+        attempts.add_column(column, int)
+    attempts.add_column("cost_usd", float)
+    attempts.add_column("price_version", str)
+    results = db.table("results")
+    results.add_column("total_cost_pusd", int)
+    results.add_column("total_cost_usd", float)
+    db.execute("UPDATE attempts SET model = (SELECT model FROM results r WHERE r.key = attempts.key)")
+    copied = [*USAGE_COLUMNS, *COST_COLUMNS, "cost_usd", "price_version"]
+    db.execute(
+        f"UPDATE attempts SET ({', '.join(copied)}) = (SELECT {', '.join(copied)} FROM results r "
+        "WHERE r.key = attempts.key) WHERE id IN (SELECT max(a.id) FROM attempts a JOIN results r "
+        "ON r.key = a.key AND r.run_id = a.run_id WHERE a.usage IS NOT NULL GROUP BY a.key)"
+    )
+    # The other answers of those stores (re-asks for JSON) keep their tokens, with no cost on record.
+    tokens = {
+        "input_tokens": "coalesce(json_extract(usage, '$.input_tokens'), json_extract(usage, '$.prompt_tokens'))",
+        "output_tokens": "coalesce(json_extract(usage, '$.output_tokens'), json_extract(usage, '$.completion_tokens'))",
+    }
+    assigned = ", ".join(f"{column} = {value}" for column, value in tokens.items())
+    db.execute(f"UPDATE attempts SET {assigned} WHERE usage IS NOT NULL AND input_tokens IS NULL")
+    db.execute("UPDATE attempts SET possibly_billed = 0 WHERE usage IS NOT NULL")
+    db.execute("UPDATE results SET total_cost_pusd = cost_pusd, total_cost_usd = cost_usd")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 

@@ -4,22 +4,26 @@ Money is counted in whole pico-USD (1e-12 USD): p USD per million tokens is p * 
 token. Each part of a cost is worked out exactly (`Fraction`) and rounded once to the nearest
 pico-USD (ties to even); the total is the sum of the parts, so sums of costs reconcile exactly.
 
-Billing rules (section F and D of the DashScope reference):
+Billing rules (sections F and D of the DashScope reference), read from the answer's usage alone:
 
     tier          the first tier whose up_to >= input_tokens (else the last tier)
     input         (input_tokens - cached_tokens - cache_creation_input_tokens) at `input`
-    cache hits    cached_tokens at the implicit-hit price (20% of input), or at the
-                  explicit-hit price (10%) when the request used the explicit cache
+    cache hits    cached_tokens at the explicit-hit price (10% of input) when the usage shows the
+                  explicit cache (cache_type "ephemeral", or cache writes), else at the
+                  implicit-hit price (20%): a request that marks a prefix for the explicit cache
+                  may still be answered from the implicit one, and its usage says which
     cache writes  cache_creation_input_tokens at the creation price (125% of input)
-    output        output_tokens (reasoning included) at `output`, or at `thinking_output`
-                  when thinking was on and the tier has such a price
+    output        output_tokens (reasoning included) at `thinking_output` when thinking was on
+                  (or the usage reports reasoning tokens) and the tier has such a price, else `output`
 
-A model's own cache prices win over the ratios. A request used the explicit cache when the
-caller says so or its usage reports cache writes or cache_type "ephemeral".
+A model's own cache prices win over the ratios. The shipped figures are Singapore (intl) list
+prices in USD; for `region = "cn"` they are not used (batchrunner ships no Beijing prices), so
+only models priced by an override are costed there, and every other request is unpriced.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import tomllib
@@ -29,87 +33,16 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing import Any
 
 from .errors import SpecError
+from .pricefile import MetaEntry, ModelEntry, OverrideFile, ShippedFile, read_override, validate
 from .wire import Usage
 
 PUSD_PER_USD = 10**12
 SHIPPED = "prices.toml"
-
-# --------------------------------------------------------------------------- file schema
-
-Price = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
-Ratio = Annotated[Decimal, Field(ge=0, le=10, allow_inf_nan=False)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TierEntry(_Strict):
-    """One tier as written in a price file: prices in USD per million tokens."""
-
-    up_to: Annotated[int, Field(gt=0)] | None = None
-    input: Price
-    output: Price
-    thinking_output: Price | None = None
-    cache_read: Price | None = None
-    implicit_cache_read: Price | None = None
-    explicit_cache_read: Price | None = None
-    cache_creation: Price | None = None
-
-
-class ModelEntry(_Strict):
-    """One model as written in a price file (`[models."name"]`)."""
-
-    aliases: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    tiers: Annotated[list[TierEntry], Field(min_length=1)]
-    implicit_cache_hit_ratio: Ratio | None = None
-    explicit_cache_creation_ratio: Ratio | None = None
-    explicit_cache_hit_ratio: Ratio | None = None
-    source: str | None = None
-    as_of: Annotated[str, Field(pattern=r"^\d{4}-\d{2}(-\d{2})?$")] | None = None
-    notes: str | None = None
-
-    @model_validator(mode="after")
-    def _ordered_tiers(self) -> ModelEntry:
-        bounds = [math.inf if t.up_to is None else t.up_to for t in self.tiers]
-        if any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
-            got = [t.up_to for t in self.tiers]
-            msg = f"tiers must go up by `up_to` and only the last may leave it out (got {got})"
-            raise ValueError(msg)
-        return self
-
-
-class MetaEntry(_Strict):
-    """The shipped table's `[meta]`: its version, units and the general cache/batch ratios."""
-
-    version: str
-    currency: str
-    unit: str
-    region: str
-    implicit_cache_hit_ratio: Ratio
-    explicit_cache_creation_ratio: Ratio
-    explicit_cache_hit_ratio: Ratio
-    batch_discount: Ratio
-
-
-_M = TypeVar("_M", bound=BaseModel)
-ModelName = Annotated[str, Field(min_length=1)]
-
-
-class OverrideFile(_Strict):
-    """An override: a `--prices` file or a job spec's `[pricing]`, i.e. `{"models": {...}}`."""
-
-    models: dict[ModelName, ModelEntry] = Field(default_factory=dict)
-
-
-class ShippedFile(OverrideFile):
-    meta: MetaEntry
-
+CURRENCY = "USD"  # the only currency batchrunner counts money in
+ROUNDING_SLACK = 4  # pico-USD: each of a cost's four parts is rounded once, by at most half a unit
 
 # --------------------------------------------------------------------------- resolved values
 
@@ -133,11 +66,13 @@ class Tier:
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """A priced model: its name, other names, tiers in order, and where the figures come from."""
+    """A priced model: its name, other names, tiers in order, the largest input the service
+    takes (None: not known), and where the figures come from."""
 
     name: str
     aliases: tuple[str, ...]
     tiers: tuple[Tier, ...]
+    max_input_tokens: int | None = None
     source: str | None = None
     as_of: str | None = None
     notes: str | None = None
@@ -148,6 +83,10 @@ class ModelPrice:
             if tier.up_to is None or input_tokens <= tier.up_to:
                 return tier
         return self.tiers[-1]
+
+    def tiers_up_to(self, input_tokens: int) -> tuple[Tier, ...]:
+        """Every tier a request with at most this many input tokens can fall in."""
+        return self.tiers[: self.tiers.index(self.tier_for(input_tokens)) + 1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,55 +147,65 @@ def _per_token(price: Decimal) -> Fraction:
 class PriceTable:
     """The price table in force: shipped figures with any overrides applied.
 
-    `version` is the shipped table's version, with "+overrides" when an override changed it;
-    `meta` the shipped `[meta]` (units, region, ratios); `models` each model's prices by name.
+    `version` is the shipped table's version, with "+overrides" when an override changed it
+    (for region cn, where the shipped figures do not apply, "overrides (region cn)");
+    `meta` the shipped `[meta]` (units, ratios); `region` the API region the table prices;
+    `models` each model's prices by name. Every amount is in `CURRENCY` (USD).
     """
 
     version: str
     meta: MetaEntry
     models: Mapping[str, ModelPrice]
     _index: Mapping[str, ModelPrice] = field(repr=False, compare=False)
+    region: str = "intl"
+    _limits: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def load(cls, overrides: Sequence[Mapping[str, Any] | Path] = ()) -> PriceTable:
-        """The shipped table, then each override in order (a TOML file or a `[pricing]` dict).
+    def load(cls, overrides: Sequence[Mapping[str, Any] | Path] = (), *, region: str = "intl") -> PriceTable:
+        """The shipped table (not for region cn), then each override in order (a TOML file or a
+        `[pricing]` dict).
 
         A model named in an override replaces the shipped entry of that name whole (names are
         matched ignoring case). Raises SpecError naming the file and key of bad data.
         """
         text = resources.files("batchrunner").joinpath(SHIPPED).read_text(encoding="utf-8")
-        shipped = _validate(ShippedFile, tomllib.loads(text, parse_float=Decimal), f"batchrunner/{SHIPPED}")
-        entries: dict[str, tuple[str, ModelEntry]] = {k.lower(): (k, v) for k, v in shipped.models.items()}
+        shipped = validate(ShippedFile, tomllib.loads(text, parse_float=Decimal), f"batchrunner/{SHIPPED}")
+        everything = {k.lower(): (k, v) for k, v in shipped.models.items()}
+        entries = dict(everything) if region == "intl" else {}
         changed = False
         for override in overrides:
-            raw, label = _read_override(override)
-            parsed = _validate(OverrideFile, raw, label)
+            raw, label = read_override(override)
+            parsed = validate(OverrideFile, raw, label)
             for name, entry in parsed.models.items():
-                entries[name.lower()] = (name, entry)
+                entries[name.lower()] = everything[name.lower()] = (name, entry)
                 changed = True
         meta = shipped.meta
         models = {name: _resolve(name, entry, meta) for name, entry in entries.values()}
-        index: dict[str, ModelPrice] = {}
-        for price in models.values():
-            index.update({alias.lower(): price for alias in price.aliases})
-        index.update({name.lower(): price for name, price in models.items()})
-        return cls(meta.version + ("+overrides" if changed else ""), meta, models, index)
+        # The input limits hold in every region, even where the shipped prices do not apply.
+        limits = {n.lower(): e.max_input_tokens for name, e in everything.values() for n in (*e.aliases, name)}
+        version = meta.version + ("+overrides" if changed else "")
+        if region != "intl":
+            version = f"overrides (region {region})"
+        return cls(version, meta, models, _index(models), region, {k: v for k, v in limits.items() if v})
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The prices of a model by name or alias, ignoring case; None when it has none."""
         return self._index.get(model.strip().lower())
 
-    def cost(self, model: str, usage: Usage, *, thinking: bool, explicit_cache: bool) -> Cost | None:
+    def nearest(self, model: str, n: int = 3) -> list[str]:
+        """The priced names (or aliases) closest to `model`, for a misspelled model name."""
+        return difflib.get_close_matches(model.strip().lower(), list(self._index), n=n, cutoff=0.6)
+
+    def cost(self, model: str, usage: Usage, *, thinking: bool = False) -> Cost | None:
         """What a request with this usage cost (rules in the module docstring); None if unpriced."""
         price = self.lookup(model)
         if price is None:
             return None
         tier = price.tier_for(usage.input_tokens)
-        explicit = explicit_cache or _used_explicit_cache(usage)
         cached = usage.cached_tokens
         created = usage.cache_creation_input_tokens
         uncached = max(0, usage.input_tokens - cached - created)
-        hit = tier.explicit_cache_read if explicit else tier.implicit_cache_read
+        hit = tier.explicit_cache_read if _used_explicit_cache(usage) else tier.implicit_cache_read
         inp = _per_token(tier.input)
         parts = (
             round(uncached * inp),
@@ -268,18 +217,38 @@ class PriceTable:
         return Cost(price.name, tier.up_to, *parts, total_pusd=sum(parts), saved_pusd=round(saved))
 
     def context_tokens(self, model: str) -> int | None:
-        """The largest input a request to `model` can have, where the price tiers bound it."""
-        price = self.lookup(model)
-        return price.tiers[-1].up_to if price is not None and price.tiers else None
+        """The largest input the service takes for `model`, where the price table knows it
+        (also for a region whose prices it does not hold)."""
+        return self._limits.get(model.strip().lower())
 
-    def worst_case(self, model: str, input_tokens: int, max_output_tokens: int, *, thinking: bool) -> int | None:
-        """The most a request can cost in pico-USD: no cache hit, every allowed output token."""
+    def worst_case(
+        self, model: str, input_tokens: int, max_output_tokens: int, *, thinking: bool | None, cache_writes: bool
+    ) -> int | None:
+        """The most a request can cost in pico-USD, given at most `input_tokens` input (a bound)
+        and `max_output_tokens` output: every input token at the highest input-side price of any
+        tier it could fall in (the cache-creation price when it may write the explicit cache),
+        every output token at the highest output price (thinking's unless `thinking` is False;
+        None: the model may think by default). None when the model has no price."""
         price = self.lookup(model)
         if price is None:
             return None
-        tier = price.tier_for(input_tokens)
-        out = _output_price(tier, thinking)
-        return round(input_tokens * _per_token(tier.input)) + round(max_output_tokens * _per_token(out))
+        tiers = price.tiers_up_to(input_tokens)
+        inp = max(max(t.input, t.implicit_cache_read, t.explicit_cache_read) for t in tiers)
+        if cache_writes:
+            inp = max(inp, *(t.cache_creation for t in tiers))
+        out = max(max(t.output, _output_price(t, thinking is not False)) for t in tiers)
+        return (
+            math.ceil(input_tokens * _per_token(inp)) + math.ceil(max_output_tokens * _per_token(out)) + ROUNDING_SLACK
+        )
+
+
+def _index(models: Mapping[str, ModelPrice]) -> dict[str, ModelPrice]:
+    """Each model by its name and its aliases, ignoring case (names win over aliases)."""
+    index: dict[str, ModelPrice] = {}
+    for price in models.values():
+        index.update({alias.lower(): price for alias in price.aliases})
+    index.update({name.lower(): price for name, price in models.items()})
+    return index
 
 
 def _output_price(tier: Tier, thinking: bool) -> Decimal:
@@ -319,51 +288,7 @@ def _resolve(name: str, entry: ModelEntry, meta: MetaEntry) -> ModelPrice:
         )
         for t in entry.tiers
     )
-    return ModelPrice(name, tuple(entry.aliases), tiers, entry.source, entry.as_of, entry.notes)
-
-
-# --------------------------------------------------------------------------- reading overrides
-
-
-def _read_override(override: Mapping[str, Any] | Path) -> tuple[Any, str]:
-    """The raw data of an override and the label its errors carry."""
-    if not isinstance(override, Path):
-        return dict(override), "[pricing]"
-    try:
-        return tomllib.loads(override.read_text(encoding="utf-8"), parse_float=Decimal), str(override)
-    except FileNotFoundError:
-        msg = f"{override}: price file not found"
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        msg = f"{override}: cannot read the price file as UTF-8 TOML: {exc}"
-    raise SpecError(msg)
-
-
-_KEYS = {kind: list(schema.model_fields) for kind, schema in (("top", OverrideFile), ("model", ModelEntry))}
-_KEYS["tier"] = list(TierEntry.model_fields)
-
-
-def _describe(err: Any) -> str:
-    """One validation problem, located by key path, e.g. models."qwen-plus".tiers[0].input."""
-    loc = tuple(err["loc"])
-    keys = (f"[{p}]" if isinstance(p, int) else f'."{p}"' if i == 1 else f".{p}" for i, p in enumerate(loc))
-    where = "".join(keys).removeprefix(".") or "(top level)"
-    if err["type"] == "extra_forbidden":
-        kind = "tier" if len(loc) > 1 and isinstance(loc[-2], int) else "model" if len(loc) == 3 else "top"
-        return f"{where}: unknown key (known keys: {', '.join(_KEYS[kind])})"
-    if err["type"] == "missing":
-        return f"{where}: required key is missing"
-    got = err.get("input")
-    shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-    return f"{where}: {str(err['msg']).removeprefix('Value error, ')}{shown}"
-
-
-def _validate(schema: type[_M], raw: Any, label: str) -> _M:
-    try:
-        return schema.model_validate(raw)
-    except ValidationError as exc:
-        problems = "\n  ".join(_describe(e) for e in exc.errors())
-        msg = f"{label}: {exc.error_count()} problem(s) in the price table:\n  {problems}"
-        raise SpecError(msg) from None
+    return ModelPrice(name, tuple(entry.aliases), tiers, entry.max_input_tokens, entry.source, entry.as_of, entry.notes)
 
 
 def load_prices(
@@ -372,8 +297,9 @@ def load_prices(
     spec_models: Mapping[str, Mapping[str, Any]] | None = None,
     prices_file: Path | None = None,
     budget_usd: float | None = None,
+    region: str = "intl",
 ) -> PriceTable:
-    """The shipped price table with a spec's `[pricing.models]` and a --prices file applied.
+    """The price table of `region` with a spec's `[pricing.models]` and a --prices file applied.
 
     A budget needs a price: with `budget_usd` set and no price for `model`, SpecError.
     """
@@ -382,11 +308,39 @@ def load_prices(
         overrides.append({"models": dict(spec_models)})
     if prices_file is not None:
         overrides.append(prices_file)
-    table = PriceTable.load(overrides)
+    table = PriceTable.load(overrides, region=region)
     if budget_usd is not None and table.lookup(model) is None:
-        msg = (
-            f"[limits] max_cost_usd: model {model!r} has no price in the price table; "
-            f"add it under [pricing.models] or pass --prices FILE"
-        )
+        reason = unpriced_reason(table, model)
+        msg = f"[limits] max_cost_usd: {reason}; add it under [pricing.models] or pass --prices FILE"
         raise SpecError(msg)
     return table
+
+
+def unpriced_reason(table: PriceTable, model: str) -> str:
+    """Why `model` has no price in `table`, naming the nearest priced names."""
+    if table.region != "intl":
+        return (
+            f"model {model!r} has no price for region {table.region!r} (batchrunner ships Singapore list prices "
+            f"in {CURRENCY} only, which do not apply there)"
+        )
+    near = table.nearest(model)
+    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+    return f"model {model!r} has no price in the price table{hint}"
+
+
+def price_warnings(table: PriceTable, model: str) -> list[str]:
+    """What a user should know before sending to `model` with `table`: a region whose prices
+    batchrunner does not ship, a model without a price (perhaps a misspelled name)."""
+    warnings = []
+    if table.region != "intl":
+        warnings.append(
+            f"region {table.region!r}: batchrunner ships no prices for it (its table holds Singapore list prices in "
+            f"{CURRENCY}), so the shipped figures are not used: only models priced under [pricing.models] or in "
+            f"--prices (figures in {CURRENCY} per million tokens) are costed, every other request is unpriced"
+        )
+    if table.lookup(model) is None:
+        warnings.append(
+            f"{unpriced_reason(table, model)}: its requests will show as unpriced (never as costing 0); "
+            "price it under [pricing.models] or with --prices FILE"
+        )
+    return warnings

@@ -63,7 +63,7 @@ class BarProgress(Progress):
                 ok=c.ok,
                 failed=c.failed,
                 tokens=c.input_tokens + c.output_tokens,
-                usd=f"{c.cost_usd:.4f}",
+                cost=c.cost_text(4),
                 retries=c.retries,
                 refresh=False,
             )
@@ -111,11 +111,11 @@ class LogProgress(Progress):
             "failed": c.failed,
             "retries": c.retries,
             "tokens": c.input_tokens + c.output_tokens,
-            "cost_usd": round(c.cost_usd, 6),
+            "cost_usd": None if c.unpriced and not c.priced else round(c.cost_usd, 6),
             "rows_per_s": round(rate, 2),
         }
         log.info(
-            "%s: %d/%d rows done; this run ok %d, failed %d, retries %d, tokens %d, cost %.6f USD, %.1f rows/s, ETA %s",
+            "%s: %d/%d rows done; this run ok %d, failed %d, retries %d, tokens %d, cost %s, %.1f rows/s, ETA %s",
             self.job,
             self.done,
             self.total,
@@ -123,7 +123,7 @@ class LogProgress(Progress):
             c.failed,
             c.retries,
             c.input_tokens + c.output_tokens,
-            c.cost_usd,
+            c.cost_text(),
             rate,
             _eta(self.total - self.done, rate),
             extra={"fields": fields},

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from . import wire
-from .pricing import Cost, pusd_to_usd
+from .pricing import Cost, format_usd, pusd_to_usd
 from .render import Request
 from .store import now
 
@@ -47,25 +47,69 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One HTTP attempt (retries included); `possibly_billed` when it may have been charged."""
+    """One HTTP attempt (retries and re-asks included), as the `attempts` table keeps it.
+
+    outcome (what this attempt led to):
+        ok            answered; the answer is the row's result
+        invalid_json  answered (and billed), but not JSON: the request was asked again
+        failed        the row failed with it: a 4xx about this request, or (billed) an answer
+                      still not JSON with no re-asks left
+        gave_up       failed transiently (429, 5xx, timeout, dropped connection) on the last
+                      attempt allowed: the row failed, and a later run sends it again
+        retry         failed transiently: the request is sent again, after a backoff in this
+                      run, or by the next run when this one stopped first
+        abort         the service refused the key, account or model (401/403): the run stopped
+        cancelled     cut off in flight (a second signal, or grace_s over)
+    A request the budget guard refused was not sent: it has no attempt.
+
+    Billing: an answered attempt (ok, invalid_json, or failed with usage) was billed exactly its
+    usage; its token columns and its cost (`cost_pusd`, its parts, `price_version`; NULL when the
+    model has no price) say so. `possibly_billed` = 1 marks an attempt that reached the service
+    but got no answer saying what it cost (a timeout, a dropped connection or a cut stream after
+    the request went out, a malformed answer, a cancel in flight): its cost is unknown, and the
+    budget counts it at its worst case, `worst_cost_pusd` (kept for every attempt sent under a
+    cost budget). Every other attempt was refused by the service or never delivered: not billed.
+    """
 
     key: str
     run_id: int
     attempt: int
     started_at: str
     latency_ms: int
-    outcome: str  # ok | retry | failed | abort | invalid_json | cancelled
+    outcome: str
     http_status: int | None = None
     error_code: str | None = None
     error_message: str | None = None
     possibly_billed: int = 0
     request_id: str | None = None
     usage: str | None = None
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    image_tokens: int | None = None
+    video_tokens: int | None = None
+    audio_tokens: int | None = None
+    cost_pusd: int | None = None
+    cost_usd: float | None = None
+    input_cost_pusd: int | None = None
+    cached_cost_pusd: int | None = None
+    cache_creation_cost_pusd: int | None = None
+    output_cost_pusd: int | None = None
+    saved_pusd: int | None = None
+    price_version: str | None = None
+    worst_cost_pusd: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """A request that ended: answered, or failed (with the paid answer kept if there was one)."""
+    """A request that ended: answered, or failed (with the paid answer kept if there was one).
+
+    `cost_pusd` and its parts price the answer kept; `total_cost_pusd` is what the request cost
+    in all (re-asks for JSON, answers of earlier runs that `--retry-failed` sent again)."""
 
     key: str
     row_id: str
@@ -113,6 +157,8 @@ class Result:
     output_cost_pusd: int | None = None
     saved_pusd: int | None = None
     price_version: str | None = None
+    total_cost_pusd: int | None = None  # every paid attempt of this request, across runs: the
+    total_cost_usd: float | None = None  # store fills both in from `attempts` as it writes the row
 
     @property
     def settled(self) -> bool:
@@ -137,52 +183,31 @@ class RunCounts:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
-    cost_pusd: int = 0  # exact, in pico-USD (1e-12 USD)
+    cost_pusd: int = 0  # exact, in pico-USD (1e-12 USD), of the answers that had a price
+    priced: int = 0  # answers (paid attempts) with a price
+    unpriced: int = 0  # answers whose model has no price: their cost is unknown, not 0
 
     @property
     def cost_usd(self) -> float:
         return pusd_to_usd(self.cost_pusd)
 
     def paid(self, usage: wire.Usage, cost: Cost | None) -> None:
-        """Count an answer that was paid for."""
+        """Count an answer that was paid for (each paid attempt, re-asks included)."""
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.cached_tokens += usage.cached_tokens
-        self.cost_pusd += cost.total_pusd if cost is not None else 0
+        if cost is None:
+            self.unpriced += 1
+        else:
+            self.priced += 1
+            self.cost_pusd += cost.total_pusd
 
-
-def attempt_of(
-    key: str,
-    run_id: int,
-    attempt: int,
-    started: str,
-    latency_ms: int,
-    *,
-    outcome: str,
-    failure: Failure | None = None,
-    http_status: int | None = None,
-    request_id: str | None = None,
-    usage: str | None = None,
-    possibly_billed: int = 0,
-) -> Attempt:
-    """The record of one attempt; a failure gives its status, request id and billing."""
-    if failure is not None:
-        http_status, request_id = failure.http_status, failure.request_id
-        possibly_billed = int(failure.possibly_billed)
-    return Attempt(
-        key=key,
-        run_id=run_id,
-        attempt=attempt,
-        started_at=started,
-        latency_ms=latency_ms,
-        outcome=outcome,
-        http_status=http_status,
-        error_code=failure.error_code if failure else None,
-        error_message=failure.error_message if failure else None,
-        possibly_billed=possibly_billed,
-        request_id=request_id,
-        usage=usage,
-    )
+    def cost_text(self, places: int = 6) -> str:
+        """The cost for people: `unpriced` when no answer had a price (never 0 USD)."""
+        if self.unpriced and not self.priced:
+            return "unpriced"
+        text = f"{format_usd(self.cost_pusd, places)} USD"
+        return f"{text} + {self.unpriced} unpriced answer(s)" if self.unpriced else text
 
 
 RESULT_FIELDS = tuple(f.name for f in fields(Result))
@@ -269,6 +294,47 @@ def result_of(
         seed=request.seed,
         job=job,
         **{**failed, **_cost_fields(cost, price_version), **_answer_fields(completion, parsed)},
+    )
+
+
+def attempt_of(
+    request: Request,
+    *,
+    run_id: int,
+    attempt: int,
+    started: str,
+    latency_ms: int,
+    outcome: str,
+    failure: Failure | None = None,
+    completion: wire.Completion | None = None,
+    cost: Cost | None = None,
+    price_version: str | None = None,
+    worst_cost_pusd: int | None = None,
+    possibly_billed: bool = False,
+) -> Attempt:
+    """The record of one attempt: its outcome, its failure, or its answer's usage and cost."""
+    answered: dict[str, Any] = {}
+    if completion is not None:
+        usage = completion.usage
+        answered = {"http_status": 200, "request_id": completion.request_id, "usage": dumps(usage.raw)}
+        answered.update({name: getattr(usage, name) for name in wire.USAGE_FIELDS})
+        answered.update(_cost_fields(cost, price_version))
+    elif failure is not None:
+        answered = {"http_status": failure.http_status, "request_id": failure.request_id}
+        possibly_billed = possibly_billed or failure.possibly_billed
+    return Attempt(
+        key=request.key,
+        run_id=run_id,
+        attempt=attempt,
+        started_at=started,
+        latency_ms=latency_ms,
+        outcome=outcome,
+        error_code=failure.error_code if failure else None,
+        error_message=failure.error_message if failure else None,
+        possibly_billed=int(possibly_billed),
+        model=wire.model_of(request.body),
+        worst_cost_pusd=worst_cost_pusd,
+        **answered,
     )
 
 

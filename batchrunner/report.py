@@ -1,15 +1,18 @@
-"""Usage and cost reports over finished requests, read from one or more stores (read-only).
+"""Usage and cost reports, read from one or more stores (read-only).
 
-`build` sums the `results` rows of every store, grouped by any of model, job (the job that made
-the row; for a store older than that column, the job of its run), day (UTC date of
-finished_at) and status, and `render` prints a report as a terminal table, CSV, JSON or
-Markdown. Money is summed in whole pico-USD and converted to USD only for display, so the
+`build` sums every store, grouped by any of model, job (the job that made the row; for an older store, the job of its
+run), day (UTC) and status, and `render`
+prints a report as a terminal table, CSV, JSON or Markdown. `requests`, `ok` and `failed` count
+the results (on the day they finished); tokens and money add up every paid attempt (on the day
+it was sent), so an answer re-asked for invalid JSON or sent again by `--retry-failed` is
+counted each time it was paid for (see `Store.usage_sums`). Money is summed in whole pico-USD
+and converted to USD (the only currency batchrunner counts in) only for display, so the
 totals equal the sum of the rows exactly.
 
-Money columns of a group are empty (None, JSON null) when none of its rows has a recorded
-cost, never zero. A row is counted in `unpriced_requests` when it used tokens but has no cost
-(its model had no price, or the store predates cost accounting): such rows are reported and
-never costed at zero. Cost columns a store lacks read as NULL, so older stores still report.
+Money columns of a group are empty (None, JSON null) when nothing in it has a recorded cost,
+never zero. An answer is counted in `unpriced_requests` when it used tokens but has no cost
+(its model had no price, or the store predates cost accounting): such answers are reported and
+never costed at zero. Columns a store lacks read as NULL, so older stores still report.
 
 Formats. `table`: for a terminal; money rounded to 6 decimals, short headers, columns that are
 zero everywhere left out. `markdown`: every column, money rounded to 6 decimals. `csv`: every
@@ -33,7 +36,7 @@ from typing import Any, Literal
 
 from . import spec as spec_module
 from .errors import StoreError
-from .pricing import format_usd
+from .pricing import CURRENCY, format_usd
 from .store import Store
 
 BY_KEYS = ("model", "job", "day", "status")
@@ -227,6 +230,7 @@ def _json(report: Report) -> str:
         "since": report.since.isoformat() if report.since else None,
         "until": report.until.isoformat() if report.until else None,
         "stores": [str(p) for p in report.stores],
+        "currency": CURRENCY,
         "price_versions": list(report.price_versions),
         "rows": [plain(r) for r in report.rows],
         "totals": plain(report.totals),
@@ -285,9 +289,12 @@ def _grid(report: Report, *, markdown: bool) -> str:
     if report.by:
         body.append(rule_line)
     body.append(fmt(lines[-1]))
+    body.append("")
     if report.totals.unpriced_requests:
         body.append(
-            f"\n{report.totals.unpriced_requests} request(s) used tokens but have no recorded cost (their model "
+            f"{report.totals.unpriced_requests} request(s) used tokens but have no recorded cost (their model "
             "has no price, or the store predates cost accounting); the USD columns leave them out."
         )
+    versions = f" (price tables {', '.join(report.price_versions)})" if report.price_versions else ""
+    body.append(f"Money in {CURRENCY}{versions}.")
     return "\n".join(body) + "\n"

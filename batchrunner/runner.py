@@ -31,7 +31,7 @@ from .errors import AuthError, ExitCode, OutputError, ServiceUnreachable, StoreE
 from .lock import JobLock
 from .pending import Frontier, Pending
 from .pool import Pool, Stop
-from .pricing import PriceTable, load_prices
+from .pricing import PriceTable, load_prices, price_warnings
 from .progress import Progress
 from .records import Result, RunCounts
 from .render import Request
@@ -72,7 +72,8 @@ class RunSummary:
             "sent": c.sent,
             "ok": c.ok,
             "failed": c.failed,
-            "cost_usd": round(c.cost_usd, 6),
+            "cost_usd": None if c.unpriced and not c.priced else round(c.cost_usd, 6),
+            "unpriced_answers": c.unpriced,
         }
 
     def line(self) -> str:
@@ -82,7 +83,7 @@ class RunSummary:
             f"{self.job}: {self.status}{' (simulated)' if self.simulated else ''}: sent {c.sent}, ok {c.ok}, "
             f"failed {c.failed}, already done {self.already_done}, skipped {self.skipped}; {c.input_tokens} input + "
             f"{c.output_tokens} output tokens ({c.cached_tokens} cached), {c.retries} retries, "
-            f"cost {c.cost_usd:.6f} USD, {self.elapsed_s:.1f}s"
+            f"cost {c.cost_text()}, {self.elapsed_s:.1f}s"
         )
 
 
@@ -110,6 +111,7 @@ def run_job(
     handle_signals: bool = False,
     prices: Path | None = None,
     max_cost_usd: float | None = None,
+    max_cost_usd_per_run: float | None = None,
     write_partial: bool = False,
     new_store: bool = False,
 ) -> RunSummary:
@@ -123,24 +125,28 @@ def run_job(
     `output_failed`; every answer is in the store, and `batchrunner export` writes the table).
     """
     job = spec if isinstance(spec, JobSpec) else load(spec)
-    job = job.with_overrides(db=db, output=output, max_cost_usd=max_cost_usd)
+    job = job.with_overrides(db=db, output=output, max_cost_usd=max_cost_usd, max_cost_usd_per_run=max_cost_usd_per_run)
     table = prices_for(job, prices)
     options = RunOptions(limit, simulate, retry_failed, write_partial, handle_signals, new_store)
     return asyncio.run(_run(job, table, options, progress or Progress()))
 
 
 def prices_for(spec: JobSpec, prices_file: Path | None = None) -> PriceTable:
-    """The price table a job runs with (its [pricing.models] and a --prices file applied)."""
+    """The price table a job runs with (its region's, with its [pricing.models] and a --prices
+    file applied)."""
     return load_prices(
         spec.model.name,
         spec_models=spec.pricing.models,
         prices_file=prices_file,
-        budget_usd=spec.limits.max_cost_usd,
+        budget_usd=spec.limits.max_cost_usd or spec.limits.max_cost_usd_per_run,
+        region=spec.api.region,
     )
 
 
 async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress: Progress) -> RunSummary:
     t0 = time.monotonic()
+    for warning in price_warnings(prices, spec.model.name):
+        log.warning("%s: %s", spec.job.name, warning)
     source = Source(spec)
     source.check(reserved=sink.result_columns(spec))
     sink.check_writable(spec.output.path)
@@ -279,7 +285,7 @@ class _Run:
             retries=c.retries,
             input_tokens=c.input_tokens,
             output_tokens=c.output_tokens,
-            cost_usd=c.cost_usd,
+            cost_usd=None if c.unpriced and not c.priced else c.cost_usd,
         )
         if unwritten is not None:
             raise unwritten
@@ -322,6 +328,7 @@ class _Run:
                 stop=self.stop,
                 prices=self.prices,
                 on_result=self.progress.row_finished,
+                spent_before_pusd=self.store.spent() if spec.limits.max_cost_usd is not None else 0,
             )
             pool: Pool[Request] = Pool(attempts.process, concurrency=spec.limits.concurrency, stop=self.stop)
             self.progress.start(self.rows_total, attempts.counts)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import prompts, wire
+from . import prompts, specrules, wire
 from .errors import SpecError
 from .parameters import Parameters
 
@@ -111,6 +111,7 @@ class Limits(_Section):
     grace_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
     commit_interval_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
     max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+    max_cost_usd_per_run: Annotated[float, Field(gt=0)] | None = None
     max_requests: Annotated[int, Field(ge=1)] | None = None
     max_tokens_total: Annotated[int, Field(ge=1)] | None = None
     breaker_window: Annotated[int, Field(ge=0, le=100_000)] = 50
@@ -180,18 +181,17 @@ class JobSpec(_Section):
         p = self.parameters
         if (p.vl_high_resolution_images or p.vl_enable_image_hw_output) and not multimodal:
             problems.append("[parameters] vl_* options apply to vision models on the multimodal endpoint")
-        if self.limits.max_cost_usd is not None:
-            if p.max_tokens is None:
-                problems.append(
-                    "[limits] max_cost_usd needs [parameters] max_tokens, which bounds what one request can cost"
-                )
-            if p.enable_thinking and p.thinking_budget is None:
-                problems.append("[limits] max_cost_usd with thinking needs [parameters] thinking_budget")
+        problems += specrules.budget_problems(self)
         if self.output.json_retries and not self.output.parse_json:
             problems.append("[output] json_retries needs parse_json = true")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def cost_limited(self) -> bool:
+        """Whether a cost budget (of the job or of each run) is set."""
+        return self.limits.max_cost_usd is not None or self.limits.max_cost_usd_per_run is not None
 
     @property
     def db_path(self) -> Path:
@@ -200,9 +200,15 @@ class JobSpec(_Section):
         return self.output.path.parent / f"{self.job.name}.sqlite"
 
     def with_overrides(
-        self, *, db: Path | None = None, output: Path | None = None, max_cost_usd: float | None = None
+        self,
+        *,
+        db: Path | None = None,
+        output: Path | None = None,
+        max_cost_usd: float | None = None,
+        max_cost_usd_per_run: float | None = None,
     ) -> JobSpec:
-        """A copy with the store or output path replaced (CLI --db / --output).
+        """A copy with the store or output path replaced (CLI --db / --output), or a budget
+        (--max-cost: the job's max_cost_usd; --max-cost-per-run: max_cost_usd_per_run).
 
         Replacing the output does not move the store: it stays where the spec puts it.
         """
@@ -216,17 +222,20 @@ class JobSpec(_Section):
             spec = spec.model_copy(update={"output": out})
             _check_table_suffix(spec.output.path, "output", str(output))
         if db is not None or output is not None:
-            clashes = _path_clashes(spec, output="--output" if output is not None else "[output] path")
+            clashes = specrules.path_clashes(spec, output="--output" if output is not None else "[output] path")
             if clashes:
                 raise SpecError("; ".join(clashes))
-        if max_cost_usd is not None:
+        budgets = {"max_cost_usd": max_cost_usd, "max_cost_usd_per_run": max_cost_usd_per_run}
+        budgets = {k: v for k, v in budgets.items() if v is not None}
+        if budgets:
             raw = spec.model_dump(by_alias=True)
-            raw["limits"]["max_cost_usd"] = max_cost_usd
+            raw["limits"].update(budgets)
             try:
                 checked = JobSpec.model_validate(raw)
             except ValidationError as exc:
                 problems = "; ".join(_describe(e) for e in exc.errors())
-                raise SpecError(f"--max-cost: {problems}") from None
+                flags = " / ".join("--max-cost" + ("-per-run" if "run" in k else "") for k in budgets)
+                raise SpecError(f"{flags}: {problems}") from None
             spec = checked.model_copy(update={"source_path": spec.source_path, "digest": spec.digest})
         return spec
 
@@ -285,30 +294,6 @@ def _check_table_suffix(path: Path, section: str, shown: str) -> None:
         raise SpecError(msg)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a == b:
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _path_clashes(spec: JobSpec, *, output: str = "[output] path") -> list[str]:
-    """The input table, the output table and the store must be three different files."""
-    problems = []
-    src, out, db = spec.input.path, spec.output.path, spec.db_path
-    if _same_file(out, src):
-        problems.append(
-            f"{output} {str(out)!r} is the input table: writing it would overwrite the input; "
-            "name another file (e.g. out/<name>.csv)"
-        )
-    for other, what in ((src, "the input table"), (out, "the output table")):
-        if _same_file(db, other):
-            problems.append(f"the store ([job] db / --db) {str(db)!r} is {what}; name another file (<name>.sqlite)")
-    return problems
-
-
 def _resolve(base: Path, raw: dict[str, Any]) -> None:
     """Make relative paths in the raw TOML absolute, relative to the spec file's folder."""
     for section, key in (
@@ -364,7 +349,7 @@ def from_dict(raw: dict[str, Any], *, base_dir: Path, name: str = "<spec>", dige
             prompts.parse_template(spec.prompt.template)
     except SpecError as exc:
         raise SpecError(f"{name}: {exc}") from None
-    clashes = _path_clashes(spec)
+    clashes = specrules.path_clashes(spec)
     if clashes:
         raise SpecError(f"{name}: " + "; ".join(clashes))
     digest = hashlib.sha256(digest_of if digest_of is not None else repr(raw).encode()).hexdigest()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from .store import Store
@@ -70,8 +71,22 @@ def status_text(job: str, store: Store, holder: dict[str, object] | None = None)
     return "\n".join(lines) + "\n"
 
 
+def run_cost(run: dict[str, Any]) -> str:
+    """A run's cost for people: the sum of its attempts' costs (`unpriced` when none of its
+    answers had a price, never 0), or, from a store older than per-attempt costs, the run's own."""
+    if "paid_pusd" not in run:
+        return "-" if run.get("cost_usd") is None else f"{run['cost_usd']:.6f}"
+    unpriced = run.get("unpriced_attempts") or 0
+    if unpriced and run.get("cost_usd"):  # a run from before per-attempt costs: its own tally has them all
+        return f"{run['cost_usd']:.6f}"
+    if run["paid_pusd"] is None and unpriced:
+        return "unpriced"
+    text = f"{Decimal(run['paid_pusd'] or 0).scaleb(-12):.6f}"
+    return f"{text} + {unpriced} unpriced" if unpriced else text
+
+
 def runs_text(runs: Sequence[dict[str, Any]], holder: dict[str, object] | None = None) -> str:
-    """The runs of a job as a table: what `batchrunner runs` shows."""
+    """The runs of a job as a table: what `batchrunner runs` shows (cost in USD)."""
     lines = [
         f"{'run':>4} {'status':<11} {'exit':>4} {'started':<29} {'sent':>7} {'ok':>7} {'failed':>6} {'cost_usd':>10}"
     ]
@@ -79,6 +94,6 @@ def runs_text(runs: Sequence[dict[str, Any]], holder: dict[str, object] | None =
         exit_code = "-" if r["exit_code"] is None else r["exit_code"]
         lines.append(
             f"{r['id']:>4} {shown_status(r, holder):<11} {exit_code:>4} {r['started_at']:<29} {r['sent'] or 0:>7} "
-            f"{r['ok'] or 0:>7} {r['failed'] or 0:>6} {(r['cost_usd'] or 0):>10.6f}"
+            f"{r['ok'] or 0:>7} {r['failed'] or 0:>6} {run_cost(r):>10}"
         )
     return "\n".join(lines) + "\n"

@@ -43,6 +43,13 @@ def now() -> str:
 SETTLED_SQL = "(status = 'ok' OR (status = 'failed' AND NOT coalesce(retryable, 0)))"
 
 
+# A row's own total: every paid attempt of its request, across runs (the row's cost when no
+# attempt of it carries one: a store older than per-attempt costs).
+TOTAL_SQL = (
+    "UPDATE results SET (total_cost_pusd, total_cost_usd) = (SELECT t, t / 1e12 FROM (SELECT "
+    "coalesce(sum(a.cost_pusd), results.cost_pusd) AS t FROM attempts a WHERE a.key = results.key)) WHERE key = ?"
+)
+
 BUSY_TIMEOUT_MS = 10_000  # how long a statement waits for another connection's write lock
 
 
@@ -196,11 +203,34 @@ class Store:
             return int(self.db.execute(sql, [now()]).rowcount)
 
     def runs(self, job: str | None = None) -> list[dict[str, Any]]:
-        """Every run (of `job`, when given), oldest first."""
-        where, args = ("WHERE job = ?", [job]) if job is not None else ("", [])
-        cursor = self.conn.execute(f"SELECT * FROM runs {where} ORDER BY id", args)
+        """Every run (of `job`, when given), oldest first, with what its attempts cost (summed
+        from `attempts`, so a run killed before it recorded its end is costed too): `paid_pusd`
+        (NULL when none had a price), `unpriced_attempts` and `possibly_billed_attempts`."""
+        sql = "SELECT * FROM runs"
+        if "cost_pusd" in self._columns("attempts"):
+            sql = (
+                "SELECT runs.*, p.paid_pusd, coalesce(p.unpriced, 0) AS unpriced_attempts, "
+                "coalesce(p.unknown, 0) AS possibly_billed_attempts FROM runs LEFT JOIN (SELECT run_id, "
+                "sum(cost_pusd) AS paid_pusd, sum(cost_pusd IS NULL AND usage IS NOT NULL) AS unpriced, "
+                "sum(possibly_billed) AS unknown FROM attempts GROUP BY run_id) p ON p.run_id = runs.id"
+            )
+        where, args = (" WHERE runs.job = ?", [job]) if job is not None else ("", [])
+        cursor = self.conn.execute(sql + where + " ORDER BY runs.id", args)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def spent(self) -> int:
+        """What the job has spent in all its runs, in pico-USD: the recorded cost of every paid
+        attempt, plus the worst case of each attempt that may have been billed an unknown amount
+        (and, for rows no attempt of which carries a cost, the row's own cost)."""
+        if "worst_cost_pusd" not in self._columns("attempts"):
+            return 0
+        sql = (
+            "SELECT (SELECT coalesce(sum(coalesce(cost_pusd, CASE WHEN possibly_billed THEN worst_cost_pusd END)), 0) "
+            "FROM attempts) + (SELECT coalesce(sum(cost_pusd), 0) FROM results r WHERE NOT EXISTS "
+            "(SELECT 1 FROM attempts a WHERE a.key = r.key AND a.cost_pusd IS NOT NULL))"
+        )
+        return int(self._reader.execute(sql).fetchone()[0])
 
     def job_name(self) -> str:
         """The job name of the latest run, or the file's stem when it has none."""
@@ -240,6 +270,7 @@ class Store:
             if results:
                 sql, columns = self._insert_sql("results", replace=True)
                 conn.executemany(sql, [[getattr(r, c, None) for c in columns] for r in results])
+                conn.executemany(TOTAL_SQL, [[r.key] for r in results])
             if resume is not None:
                 run_id, offset = resume
                 conn.execute("UPDATE runs SET resume_offset = ? WHERE id = ?", [offset, run_id])
@@ -331,6 +362,25 @@ class Store:
         n, out, latency = row.fetchone()
         return int(n), out, latency
 
+    def cache_history(self) -> tuple[int, int, int, int, int]:
+        """The cache in the answered attempts on record (the rows, in a store older than
+        per-attempt usage): (input tokens, explicit-cache hits, implicit-cache hits) of those
+        that wrote nothing to the cache, then (tokens written, attempts that wrote)."""
+        table = "attempts" if "input_tokens" in self._columns("attempts") else "results"
+        if "cache_creation_input_tokens" not in self._columns(table):
+            return 0, 0, 0, 0, 0
+        wrote = "coalesce(cache_creation_input_tokens, 0) > 0"
+        explicit = "json_extract(usage, '$.prompt_tokens_details.cache_type') = 'ephemeral'"
+        sums = [
+            f"CASE WHEN NOT {wrote} THEN input_tokens END",
+            f"CASE WHEN NOT {wrote} AND {explicit} THEN cached_tokens END",
+        ]
+        sums += [f"CASE WHEN NOT {wrote} AND NOT coalesce({explicit}, 0) THEN cached_tokens END"]
+        sums += ["cache_creation_input_tokens", wrote]
+        sql = f"SELECT {', '.join(f'coalesce(sum({s}), 0)' for s in sums)} FROM {table} WHERE input_tokens IS NOT NULL"
+        inputs, explicit_hits, implicit_hits, written, writers = self.conn.execute(sql).fetchone()
+        return int(inputs), int(explicit_hits), int(implicit_hits), int(written), int(writers)
+
     def price_versions(self) -> set[str]:
         """The price-table versions the stored costs were computed with."""
         if "price_version" not in self._columns("results"):
@@ -341,41 +391,53 @@ class Store:
     def usage_sums(
         self, tokens: Sequence[str], money: Sequence[str], since: date | None, until: date | None
     ) -> list[tuple[Any, ...]]:
-        """Per (model, status, day, job) of the results finished in [since, until]: those four,
-        requests, ok, failed, *tokens, unpriced (tokens but no cost), *money. Columns an older
-        store lacks read as NULL; money sums are NULL when no row has a cost, never 0."""
-        have = self._columns("results")
+        """Sums per (model, status, day, job), days in [since, until]: those four, requests, ok,
+        failed, *tokens, unpriced answers, *money. Requests are the results, on the day they
+        finished. Tokens and money add up every answered attempt (re-asks for JSON, answers of
+        earlier runs sent again), on the day it was sent, under its row's status (`pending`
+        while the row has no result); a row none of whose answered attempts is on record (an
+        older store) adds its own. Job: the row's, else its run's. Missing columns read as NULL;
+        money sums are NULL when nothing in the group has a cost, never 0."""
+        have = {"r": self._columns("results"), "a": self._columns("attempts")}
 
-        def col(name: str) -> str:
-            return f"[{name}]" if name in have else "NULL"
+        def col(alias: str, name: str) -> str:
+            return f"{alias}.[{name}]" if name in have[alias] else "NULL"
 
-        used = f"coalesce({col('input_tokens')}, 0) + coalesce({col('output_tokens')}, 0) > 0"
-        made_by = "NULL"  # the job of the run that made the row, for stores older than results.job
-        if "job" in self._columns("runs") and "run_id" in have:
-            made_by = "(SELECT runs.job FROM runs WHERE runs.id = results.run_id)"
-        select = [
-            col("model"),
-            col("status"),
-            f"date({col('finished_at')})",
-            f"coalesce({col('job')}, {made_by})",
-            "count(*)",
-            f"coalesce(sum({col('status')} = 'ok'), 0)",
-            f"coalesce(sum({col('status')} = 'failed'), 0)",
-            *(f"coalesce(sum({col(t)}), 0)" for t in tokens),
-            f"coalesce(sum({col('cost_pusd')} IS NULL AND {used}), 0)",
-            *(f"sum({col(c)})" for c in money),
-        ]
-        where, args = [], []
-        if since is not None:
-            where.append(f"date({col('finished_at')}) >= ?")
-            args.append(since.isoformat())
-        if until is not None:
-            where.append(f"date({col('finished_at')}) <= ?")
-            args.append(until.isoformat())
-        sql = f"SELECT {', '.join(select)} FROM results"
-        sql += f" WHERE {' AND '.join(where)}" if where else ""
+        def paid(a: str) -> list[str]:
+            used = f"coalesce({col(a, 'input_tokens')}, 0) + coalesce({col(a, 'output_tokens')}, 0) > 0"
+            return [
+                *(col(a, t) for t in tokens),
+                f"{col(a, 'cost_pusd')} IS NULL AND {used}",
+                *(col(a, c) for c in money),
+            ]
+
+        def job_of(alias: str) -> str:  # the row's job, else (older stores) the job of its run
+            run = "NULL"
+            if "job" in self._columns("runs") and "run_id" in have[alias]:
+                run = f"(SELECT runs.job FROM runs WHERE runs.id = {alias}.run_id)"
+            return f"coalesce({col('r', 'job')}, {run})"
+
+        model, status, finished = col("r", "model"), col("r", "status"), f"date({col('r', 'finished_at')})"
+        counted = ["1", f"{status} = 'ok'", f"{status} = 'failed'", *["0"] * (len(tokens) + 1), *["NULL"] * len(money)]
+        parts = [([model, status, finished, job_of("r"), *counted], "FROM results r WHERE 1", finished)]
+        own = "FROM results r WHERE 1"
+        if "input_tokens" in have["a"]:
+            columns = [f"coalesce(a.model, {model})", f"coalesce({status}, 'pending')", "date(a.started_at)"]
+            answered = "FROM attempts a LEFT JOIN results r ON r.key = a.key WHERE a.input_tokens IS NOT NULL"
+            parts.append(([*columns, job_of("a"), "0", "0", "0", *paid("a")], answered, "date(a.started_at)"))
+            own += " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = r.key AND a.input_tokens IS NOT NULL)"
+        parts.append(([model, status, finished, job_of("r"), "0", "0", "0", *paid("r")], own, finished))
+        selects, args = [], []
+        for columns, source, day in parts:
+            bounds = [(f" AND {day} >= ?", since), (f" AND {day} <= ?", until)]
+            named = ", ".join(f"{c} AS c{i}" for i, c in enumerate(columns))
+            selects.append(f"SELECT {named} {source}" + "".join(sql for sql, v in bounds if v is not None))
+            args += [v.isoformat() for _, v in bounds if v is not None]
+        counts = range(4, 8 + len(tokens))
+        sums = [*(f"coalesce(sum(c{i}), 0)" for i in counts), *(f"sum(c{i})" for i in range(counts.stop, len(columns)))]
+        sql = f"SELECT c0, c1, c2, c3, {', '.join(sums)} FROM ({' UNION ALL '.join(selects)}) GROUP BY 1, 2, 3, 4"
         try:
-            return list(self.conn.execute(sql + " GROUP BY 1, 2, 3, 4", args).fetchall())
+            return list(self.conn.execute(sql, args).fetchall())
         except sqlite3.DatabaseError as exc:
             msg = f"{self.path}: cannot read the store: {exc}"
             raise StoreError(msg) from None

@@ -51,8 +51,10 @@ def test_a_model_without_a_price_is_never_costed_at_zero(tmp_path: Path, sim: Th
     summary = run_job(write_job(tmp_path, ROWS[:3], {"model": {"name": "qwen3.6-plus"}}), handle_signals=False)
     assert summary.exit_code == 0
     assert {r for r in results(summary.db_path, "cost_pusd, cost_usd")} == {(None, None)}
-    with pytest.raises(SpecError, match="has no price in the price table; add it under"):
-        run_job(write_job(tmp_path / "b", ROWS[:3], {"model": {"name": "qwen3.6-plus"}}), max_cost_usd=1.0)
+    with pytest.raises(SpecError, match="has no price in the price table .*; add it under"):
+        no_thinking = {"enable_thinking": False}  # a budget needs thinking bounded
+        spec = write_job(tmp_path / "b", ROWS[:3], {"model": {"name": "qwen3.6-plus"}, "parameters": no_thinking})
+        run_job(spec, max_cost_usd=1.0)
 
 
 def test_spec_pricing_overrides_the_shipped_table(tmp_path: Path, sim: ThreadHandle) -> None:
@@ -67,10 +69,10 @@ def test_spec_pricing_overrides_the_shipped_table(tmp_path: Path, sim: ThreadHan
 
 def test_budget_stop_exits_4_and_resumes(tmp_path: Path, sim: ThreadHandle) -> None:
     # each request: ~25 input tokens at 0.4 + up to 32 output at 1.2 per million, i.e. < 5e-5 USD
-    spec = write_job(tmp_path, ROWS, {"limits": {"concurrency": 4}})
+    spec = write_job(tmp_path, ROWS, {"limits": {"concurrency": 4}, "parameters": {"enable_thinking": False}})
     summary = run_job(spec, handle_signals=False, max_cost_usd=0.0002)
     assert summary.exit_code == 4 and summary.status == "budget"
-    assert "budget stop: max_cost_usd (0.000200) could be exceeded" in summary.message
+    assert "budget stop: max_cost_usd (0.000200 USD for the job) could be exceeded" in summary.message
     assert "USD left" in summary.message
     done = summary.counts.ok
     assert 0 < done < 20
@@ -98,7 +100,8 @@ def test_max_cost_needs_max_tokens(tmp_path: Path) -> None:
 
 
 def test_cli_max_cost_exit_code(tmp_path: Path, sim: ThreadHandle) -> None:
-    result = CliRunner().invoke(cli, ["run", str(write_job(tmp_path, ROWS)), "--max-cost", "0.0001"])
+    spec = write_job(tmp_path, ROWS, {"parameters": {"enable_thinking": False}})
+    result = CliRunner().invoke(cli, ["run", str(spec), "--max-cost", "0.0001"])
     assert result.exit_code == 4
     assert "budget stop" in result.output and "cost 0.0000" in result.output
 
@@ -110,7 +113,11 @@ def test_estimate_before_and_after_part_of_a_run(tmp_path: Path, sim: ThreadHand
     assert (before.requests_total, before.requests_remaining, before.requests_done) == (20, 20, 0)
     assert before.tokenizer.startswith("exact: Qwen tokenizer")
     assert before.output_tokens_worst == 32 * 20 and before.output_tokens_expected == 32 * 20
-    assert before.cost_worst_usd == pytest.approx((before.input_tokens * 0.4 + before.output_tokens_worst * 1.2) / 1e6)
+    # the worst case is what a budget reserves: the input bound, and (enable_thinking unset: the
+    # model may think by default) the thinking output price
+    assert before.input_tokens_bound is not None and before.input_tokens_bound > before.input_tokens
+    worst = (before.input_tokens_bound * 0.4 + before.output_tokens_worst * 4.0) / 1e6
+    assert before.cost_worst_usd == pytest.approx(worst)
     assert before.duration_s == pytest.approx(20 / (600 * 0.985 / 60))
     assert sim.sim.stats()["requests"] == 0  # sends nothing
     summary = run_job(spec_path, handle_signals=False, limit=8)

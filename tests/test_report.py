@@ -14,6 +14,7 @@ Two stores: `alpha` (a.sqlite) and `beta` (nested/b.sqlite). Costs in pico-USD:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from datetime import date
@@ -56,7 +57,9 @@ def result(key: str, model: str, status: str, finished_at: str, usage: Usage | N
         reasoning_tokens=usage.reasoning_tokens,
         cache_creation_input_tokens=usage.cache_creation_input_tokens,
     )
-    cost = PRICES.cost(model, usage, thinking=False, explicit_cache=explicit)
+    if explicit:  # the usage of an explicit-cache hit says so
+        usage = dataclasses.replace(usage, raw={"prompt_tokens_details": {"cache_type": "ephemeral"}})
+    cost = PRICES.cost(model, usage, thinking=False)
     if cost is not None:
         row.update(
             cost_pusd=cost.total_pusd,
@@ -228,7 +231,7 @@ def test_totals_reconcile_exactly_across_two_stores(stores: tuple[Path, Path], t
     rows = []
     for i in range(50):
         usage = Usage(1000 + 37 * i, 13 * i + 1, cached_tokens=7 * i)
-        cost = odd.cost("odd", usage, thinking=False, explicit_cache=False)
+        cost = odd.cost("odd", usage, thinking=False)
         assert cost is not None
         rows.append(
             record(

@@ -210,7 +210,8 @@ def test_read_timeout_is_retried_and_recorded_as_possibly_billed(tmp_path: Path,
         "SELECT a.error_code, a.possibly_billed FROM attempts a JOIN results r ON a.key = r.key "
         "WHERE r.row_id = 'r1' ORDER BY a.attempt",
     )
-    assert rows == [("ReadTimeout", 1), (None, 1)]
+    # the timeout may have been billed an unknown amount; the answer was billed exactly its usage
+    assert rows == [("ReadTimeout", 1), (None, 0)]
     assert query(summary.db_path, "SELECT possibly_billed_attempts FROM results WHERE row_id='r1'") == [(1,)]
 
 
