@@ -184,8 +184,8 @@ def test_requests_refused_by_the_budget_are_not_counted_as_sent(tmp_path: Path, 
 def test_m005_moves_each_rows_cost_to_its_last_answer(tmp_path: Path) -> None:
     import sqlite_utils
 
-    from batchrunner.migrations import MIGRATIONS
     from batchrunner.store import Store
+    from batchrunner.store.migrations import MIGRATIONS
 
     path = tmp_path / "old.sqlite"
     db = sqlite_utils.Database(path)

@@ -85,10 +85,10 @@ def served(request: pytest.FixtureRequest) -> Iterator[list[subprocess.Popen[str
     for proc in started:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.communicate(timeout=10)  # reaps it and closes its pipe
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.communicate()
 
 
 def start_simulator(args: list[str], served: list[subprocess.Popen[str]]) -> None:

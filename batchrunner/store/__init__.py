@@ -20,18 +20,19 @@ import os
 import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import storefile
-from .errors import StoreError
+from ..errors import StoreError
+from . import files as storefile
+from .history import History
 from .migrations import migrate
 
 if TYPE_CHECKING:
     import sqlite_utils
 
-    from .records import Attempt, Result
+    from ..records import Attempt, Result
 
 
 def now() -> str:
@@ -62,7 +63,7 @@ def _connect(path: Path, *, readonly: bool, busy_timeout_ms: int = BUSY_TIMEOUT_
     return conn
 
 
-class Store:
+class Store(History):
     """A job's SQLite checkpoint. One writer connection; reads may use a second one.
 
     Opening checks the file before anything is read or written (StoreError, exit 2): it must be
@@ -148,9 +149,6 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _columns(self, table: str) -> list[str]:
-        return [row[1] for row in self.conn.execute(f"PRAGMA table_info([{table}])")]
-
     # ------------------------------------------------------------------ runs
 
     def start_run(
@@ -218,19 +216,6 @@ class Store:
         cursor = self.conn.execute(sql + where + " ORDER BY runs.id", args)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]
-
-    def spent(self) -> int:
-        """What the job has spent in all its runs, in pico-USD: the recorded cost of every paid
-        attempt, plus the worst case of each attempt that may have been billed an unknown amount
-        (and, for rows no attempt of which carries a cost, the row's own cost)."""
-        if "worst_cost_pusd" not in self._columns("attempts"):
-            return 0
-        sql = (
-            "SELECT (SELECT coalesce(sum(coalesce(cost_pusd, CASE WHEN possibly_billed THEN worst_cost_pusd END)), 0) "
-            "FROM attempts) + (SELECT coalesce(sum(cost_pusd), 0) FROM results r WHERE NOT EXISTS "
-            "(SELECT 1 FROM attempts a WHERE a.key = r.key AND a.cost_pusd IS NOT NULL))"
-        )
-        return int(self._reader.execute(sql).fetchone()[0])
 
     def job_name(self) -> str:
         """The job name of the latest run, or the file's stem when it has none."""
@@ -355,106 +340,6 @@ class Store:
     def finished_in_run(self, run_id: int) -> int:
         """Requests the run `run_id` finished (ok or failed)."""
         return int(self.conn.execute("SELECT count(*) FROM results WHERE run_id = ?", [run_id]).fetchone()[0])
-
-    def answered_averages(self) -> tuple[int, float | None, float | None]:
-        """(answered requests, their mean output tokens, their mean latency in ms)."""
-        row = self.conn.execute("SELECT count(*), avg(output_tokens), avg(latency_ms) FROM results WHERE status = 'ok'")
-        n, out, latency = row.fetchone()
-        return int(n), out, latency
-
-    def cache_history(self) -> tuple[int, int, int, int, int]:
-        """The cache in the answered attempts on record (the rows, in a store older than
-        per-attempt usage): (input tokens, explicit-cache hits, implicit-cache hits) of those
-        that wrote nothing to the cache, then (tokens written, attempts that wrote)."""
-        table = "attempts" if "input_tokens" in self._columns("attempts") else "results"
-        if "cache_creation_input_tokens" not in self._columns(table):
-            return 0, 0, 0, 0, 0
-        wrote = "coalesce(cache_creation_input_tokens, 0) > 0"
-        explicit = "json_extract(usage, '$.prompt_tokens_details.cache_type') = 'ephemeral'"
-        sums = [
-            f"CASE WHEN NOT {wrote} THEN input_tokens END",
-            f"CASE WHEN NOT {wrote} AND {explicit} THEN cached_tokens END",
-        ]
-        sums += [f"CASE WHEN NOT {wrote} AND NOT coalesce({explicit}, 0) THEN cached_tokens END"]
-        sums += ["cache_creation_input_tokens", wrote]
-        sql = f"SELECT {', '.join(f'coalesce(sum({s}), 0)' for s in sums)} FROM {table} WHERE input_tokens IS NOT NULL"
-        inputs, explicit_hits, implicit_hits, written, writers = self.conn.execute(sql).fetchone()
-        return int(inputs), int(explicit_hits), int(implicit_hits), int(written), int(writers)
-
-    def price_versions(self) -> set[str]:
-        """The price-table versions the stored costs were computed with."""
-        if "price_version" not in self._columns("results"):
-            return set()
-        sql = "SELECT DISTINCT price_version FROM results WHERE price_version IS NOT NULL"
-        return {str(v) for (v,) in self.conn.execute(sql)}
-
-    def usage_sums(
-        self, tokens: Sequence[str], money: Sequence[str], since: date | None, until: date | None
-    ) -> list[tuple[Any, ...]]:
-        """Sums per (model, status, day, job), days in [since, until]: those four, requests, ok,
-        failed, *tokens, unpriced answers, *money. Requests are the results, on the day they
-        finished. Tokens and money add up every answered attempt (re-asks for JSON, answers of
-        earlier runs sent again), on the day it was sent, under its row's status (`pending`
-        while the row has no result); a row none of whose answered attempts is on record (an
-        older store) adds its own. Job: the row's, else its run's. Missing columns read as NULL;
-        money sums are NULL when nothing in the group has a cost, never 0."""
-        have = {"r": self._columns("results"), "a": self._columns("attempts")}
-
-        def col(alias: str, name: str) -> str:
-            return f"{alias}.[{name}]" if name in have[alias] else "NULL"
-
-        def paid(a: str) -> list[str]:
-            used = f"coalesce({col(a, 'input_tokens')}, 0) + coalesce({col(a, 'output_tokens')}, 0) > 0"
-            return [
-                *(col(a, t) for t in tokens),
-                f"{col(a, 'cost_pusd')} IS NULL AND {used}",
-                *(col(a, c) for c in money),
-            ]
-
-        def job_of(alias: str) -> str:  # the row's job, else (older stores) the job of its run
-            run = "NULL"
-            if "job" in self._columns("runs") and "run_id" in have[alias]:
-                run = f"(SELECT runs.job FROM runs WHERE runs.id = {alias}.run_id)"
-            return f"coalesce({col('r', 'job')}, {run})"
-
-        model, status, finished = col("r", "model"), col("r", "status"), f"date({col('r', 'finished_at')})"
-        counted = ["1", f"{status} = 'ok'", f"{status} = 'failed'", *["0"] * (len(tokens) + 1), *["NULL"] * len(money)]
-        parts = [([model, status, finished, job_of("r"), *counted], "FROM results r WHERE 1", finished)]
-        own = "FROM results r WHERE 1"
-        if "input_tokens" in have["a"]:
-            columns = [f"coalesce(a.model, {model})", f"coalesce({status}, 'pending')", "date(a.started_at)"]
-            answered = "FROM attempts a LEFT JOIN results r ON r.key = a.key WHERE a.input_tokens IS NOT NULL"
-            parts.append(([*columns, job_of("a"), "0", "0", "0", *paid("a")], answered, "date(a.started_at)"))
-            own += " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = r.key AND a.input_tokens IS NOT NULL)"
-        parts.append(([model, status, finished, job_of("r"), "0", "0", "0", *paid("r")], own, finished))
-        selects, args = [], []
-        for columns, source, day in parts:
-            bounds = [(f" AND {day} >= ?", since), (f" AND {day} <= ?", until)]
-            named = ", ".join(f"{c} AS c{i}" for i, c in enumerate(columns))
-            selects.append(f"SELECT {named} {source}" + "".join(sql for sql, v in bounds if v is not None))
-            args += [v.isoformat() for _, v in bounds if v is not None]
-        counts = range(4, 8 + len(tokens))
-        sums = [*(f"coalesce(sum(c{i}), 0)" for i in counts), *(f"sum(c{i})" for i in range(counts.stop, len(columns)))]
-        sql = f"SELECT c0, c1, c2, c3, {', '.join(sums)} FROM ({' UNION ALL '.join(selects)}) GROUP BY 1, 2, 3, 4"
-        try:
-            return list(self.conn.execute(sql, args).fetchall())
-        except sqlite3.DatabaseError as exc:
-            msg = f"{self.path}: cannot read the store: {exc}"
-            raise StoreError(msg) from None
-
-    def distinct_row_count(self) -> int:
-        """Input row ids with a stored result (fewer than the results when a row was stored
-        under more than one request key)."""
-        return int(self.conn.execute("SELECT count(DISTINCT row_id) FROM results").fetchone()[0])
-
-    def attempt_counts(self, outcome: str | None = None) -> dict[str, int]:
-        """Stored attempts per request key (only those with `outcome`, e.g. 'ok', when given)."""
-        sql = "SELECT key, count(*) FROM attempts"
-        args: list[str] = []
-        if outcome is not None:
-            sql += " WHERE outcome = ?"
-            args = [outcome]
-        return {key: n for key, n in self.conn.execute(sql + " GROUP BY key", args).fetchall()}
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

@@ -12,7 +12,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from .errors import StoreError
+from ..errors import StoreError
 from .migrations import migrate
 
 
