@@ -114,6 +114,10 @@ class History:
         under more than one request key)."""
         return int(self.conn.execute("SELECT count(DISTINCT row_id) FROM results").fetchone()[0])
 
+    def ok_row_ids(self) -> set[str]:
+        """The input row ids with an answer on record."""
+        return {str(r) for (r,) in self.conn.execute("SELECT row_id FROM results WHERE status = 'ok'")}
+
     def attempt_counts(self, outcome: str | None = None) -> dict[str, int]:
         """Stored attempts per request key (only those with `outcome`, e.g. 'ok', when given)."""
         sql = "SELECT key, count(*) FROM attempts"
