@@ -83,10 +83,10 @@ class TokenBudget:
 
     A leaky bucket holding a twentieth of a second's tokens, drained at the per-second
     allowance less that bucket, so no one-second window can take more than the service's
-    TPM/60 however the requests fall. A charge bigger than the bucket is taken in parts
-    (the rest is carried as a debt into the next charges); the difference between the
-    estimate and the real usage is carried the same way (a debt or a credit), so over a run
-    the limiter follows the tokens actually used.
+    TPM/60 however the requests fall. A charge bigger than the bucket is taken whole, in
+    bucket-sized parts, one charge at a time (so the parts of two charges do not interleave);
+    the difference between the estimate and the real usage is carried into the next charge (a
+    debt or a credit), so over a run the limiter follows the tokens actually used.
     """
 
     def __init__(self, tpm: int, headroom: float = 0.015) -> None:
@@ -95,14 +95,17 @@ class TokenBudget:
         rate = per_second * (1.0 - headroom) - self.bucket
         self._limiter = AsyncLimiter(self.bucket, self.bucket / rate)
         self._carry = 0.0
+        self._turn = asyncio.Lock()
 
     async def charge(self, estimate: int) -> None:
         """Wait until `estimate` tokens (plus any debt, less any credit) fit the budget."""
-        wanted = estimate + self._carry
-        amount = min(self.bucket, max(0.0, wanted))
-        self._carry = wanted - amount
-        if amount > 0:
-            await self._limiter.acquire(amount)
+        async with self._turn:
+            wanted = estimate + self._carry
+            self._carry = min(0.0, wanted)  # a credit left over stays for the next charge
+            while wanted > 0:
+                part = min(self.bucket, wanted)
+                await self._limiter.acquire(part)
+                wanted -= part
 
     def settle(self, estimate: int, used: int) -> None:
         """Record what a call really used against what `charge` assumed."""

@@ -258,14 +258,6 @@ def test_the_token_budget_at_the_service_tpm_draws_no_429_and_uses_most_of_it(es
     assert all(900 <= tokens <= 1000 for tokens in per_second), per_second
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "package bug: TokenBudget.charge takes at most one bucket (TPM/1200 tokens) per call and "
-        "carries the rest as a debt, but the next charge is capped at one bucket again, so the debt "
-        "is never paid: calls bigger than the bucket go out at ~19 a second whatever their size"
-    ),
-)
 def test_calls_bigger_than_the_token_bucket_are_paced_in_full() -> None:
     sent = budget_run(60_000, estimate=200, used=200)  # the bucket is 50 tokens
     assert refused_by_the_service(sent, SlidingWindow.per_minute(60_000)) == 0
