@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import read_table, write_job
 
-from batchrunner import run_job
+from batchrunner import SpecError, run_job
 from batchrunner.simulator import SimulatorConfig, ThreadHandle, serve_in_thread
 
 ROWS = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(100)]
@@ -65,4 +65,13 @@ def test_https_to_a_plain_http_server_names_the_tls_error(
     summary = run_job(write_job(tmp_path, ROWS, {"limits": FAST_RETRY}))
     assert summary.exit_code == 2
     assert "TLSError" in summary.message and "scheme" in summary.message
+    assert nowhere.sim.stats()["requests"] == 0
+
+
+def test_a_base_url_that_is_not_http_is_refused_before_sending(
+    tmp_path: Path, nowhere: ThreadHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_BASE_URL", "ftp://127.0.0.1/api/v1")
+    with pytest.raises(SpecError, match="is not an http\\(s\\) URL"):
+        run_job(write_job(tmp_path, ROWS, {"limits": FAST_RETRY}))
     assert nowhere.sim.stats()["requests"] == 0
