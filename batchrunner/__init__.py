@@ -14,8 +14,8 @@ from .errors import AuthError, BatchRunnerError, ExitCode, InputError, JobLocked
 
 if TYPE_CHECKING:
     from .progress import Progress
-    from .records import RunCounts
-    from .runner import RunSummary, run_job
+    from .records import RunCounts, RunSummary
+    from .runner import run_job
     from .spec import JobSpec, from_dict
     from .spec import load as load_spec
 
@@ -23,7 +23,7 @@ _LAZY = {
     "JobSpec": ("spec", "JobSpec"),
     "Progress": ("progress", "Progress"),
     "RunCounts": ("records", "RunCounts"),
-    "RunSummary": ("runner", "RunSummary"),
+    "RunSummary": ("records", "RunSummary"),
     "from_dict": ("spec", "from_dict"),
     "load_spec": ("spec", "load"),
     "run_job": ("runner", "run_job"),

@@ -10,7 +10,8 @@ classified outcome decides:
 
     answer      record it (or, with [output] parse_json, re-ask while the answer is not JSON)
     RETRY       429 / 5xx / timeout / dropped connection: back off (full jitter or Retry-After)
-                and try again, up to `max_retries`; a 429 also slows the pacer and the gate
+                and try again, up to `max_retries` (429s: for up to throttle_patience_s); a
+                429 also slows the pacer and the gate
     ROW_FAILED  a 4xx about this request: the row fails with the service's code
     ABORT       401 / 403 / account or model errors: AuthError, which stops the whole run
 
@@ -179,13 +180,16 @@ class Attempts:
             await asyncio.sleep(delay)
 
     async def _send(self, life: Life, attempt: int) -> Sent | None:
-        """One paced, budgeted call; None when the budget guard refused to send it."""
+        """One paced, budgeted call; None when the run stopped (a signal, the budget guard, the
+        breaker, a store failure) before it could be sent: the row stays pending."""
         request = life.request
         await self.gate.acquire()
         try:
             await self.pacer.wait()
             if self.tokens is not None:
                 await self.tokens.charge(self._token_estimate(request))
+            if self.stop.requested:  # it may have waited long in the pacers: look again
+                return None
             reservation = self._reserve(life)
             if reservation is None:
                 return None
@@ -238,6 +242,9 @@ class Attempts:
         self._log(life, attempt, sent, "failed" if last else "invalid_json", failure=failure)
         if last:  # paid for: keep the answer and its usage, marked failed
             self._finish(life, attempt, completion=answer, failure=failure, cost=sent.cost)
+            return True
+        if self.stop.requested:  # do not buy a new answer now: keep this one, the next run re-asks
+            self._finish(life, attempt, completion=answer, failure=failure, cost=sent.cost, retryable=True)
             return True
         self.counts.retries += 1
         return False

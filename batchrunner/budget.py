@@ -5,7 +5,7 @@
     max_requests            HTTP attempts of this run (retries count)
     max_tokens_total        tokens (input + output) of this run
 
-Before each attempt the pool asks `reserve` for the attempt's worst case (`WorstCase`: its
+Before each attempt, attempts.py asks `reserve` for the attempt's worst case (`WorstCase`: its
 input bounded by `tokens.bound`, every allowed output token, each at the highest price that can
 apply, and one request). The attempt is sent only if what has been spent, plus the worst case of
 the attempts in flight, plus this one stays within every limit; when it returns, `settle` swaps

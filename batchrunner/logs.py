@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from .errors import OutputError
+
 PROGRESS = "batchrunner.progress"
 
 
@@ -55,6 +57,10 @@ def configure(*, log_file: Path | None, fmt: Literal["text", "json"], quiet: boo
     logger.addHandler(stderr)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            msg = f"--log-file {log_file}: cannot open it for writing ({exc.strerror or exc}); name a writable file"
+            raise OutputError(msg) from None
         handler.setFormatter(formatter)
         logger.addHandler(handler)

@@ -1,6 +1,6 @@
 """What a run records: one `Result` per finished request and one `Attempt` per HTTP attempt.
 
-Both are frozen values whose field names are the store's column names (store.py writes them
+Both are frozen values whose field names are the store's column names (the store writes them
 as they are). A result is *settled* when no later run sends its request again: answered ok,
 or failed for a reason a rerun would not fix (`retryable` false). That rule lives here, in
 `settled`, and nowhere else (the store's SQL form of it is built from the same words).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from . import wire
@@ -352,3 +353,47 @@ def parse_json_answer(content: str | None) -> tuple[str | None, str | None]:
     except json.JSONDecodeError as exc:
         return None, f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")), None
+
+
+@dataclass
+class RunSummary:
+    """What one run did. `exit_code` is one of errors.ExitCode."""
+
+    run_id: int
+    exit_code: int
+    status: str  # finished | interrupted | aborted | unreachable | budget | outage | store_failed
+    db_path: Path
+    output_path: Path | None
+    rows_total: int
+    already_done: int
+    skipped: int
+    counts: RunCounts
+    table: dict[str, int]  # rows by status in the output table (ok, failed, skipped, pending)
+    simulated: bool
+    elapsed_s: float
+    message: str = ""
+    job: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        """The summary as structured log fields."""
+        c = self.counts
+        return {
+            "job": self.job,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "sent": c.sent,
+            "ok": c.ok,
+            "failed": c.failed,
+            "cost_usd": None if c.unpriced and not c.priced else round(c.cost_usd, 6),
+            "unpriced_answers": c.unpriced,
+        }
+
+    def line(self) -> str:
+        """One line for people: what happened, in counts, tokens, money and time."""
+        c = self.counts
+        return (
+            f"{self.job}: {self.status}{' (simulated)' if self.simulated else ''}: sent {c.sent}, ok {c.ok}, "
+            f"failed {c.failed}, already done {self.already_done}, skipped {self.skipped}; {c.input_tokens} input + "
+            f"{c.output_tokens} output tokens ({c.cached_tokens} cached), {c.retries} retries, "
+            f"cost {c.cost_text()}, {self.elapsed_s:.1f}s"
+        )

@@ -33,7 +33,7 @@ from .pending import Frontier, Pending
 from .pool import Pool, Stop
 from .pricing import PriceTable, load_prices, price_warnings
 from .progress import Progress
-from .records import Result, RunCounts
+from .records import Result, RunSummary
 from .render import Request
 from .source import Source
 from .spec import JobSpec, load
@@ -41,50 +41,6 @@ from .store import Store
 from .writer import CheckpointWriter, load_spilled
 
 log = logging.getLogger("batchrunner")
-
-
-@dataclass
-class RunSummary:
-    """What one run did. `exit_code` is one of errors.ExitCode."""
-
-    run_id: int
-    exit_code: int
-    status: str  # finished | interrupted | aborted | unreachable | budget | outage | store_failed
-    db_path: Path
-    output_path: Path | None
-    rows_total: int
-    already_done: int
-    skipped: int
-    counts: RunCounts
-    table: dict[str, int]  # rows by status in the output table (ok, failed, skipped, pending)
-    simulated: bool
-    elapsed_s: float
-    message: str = ""
-    job: str = ""
-
-    def fields(self) -> dict[str, Any]:
-        """The summary as structured log fields."""
-        c = self.counts
-        return {
-            "job": self.job,
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "sent": c.sent,
-            "ok": c.ok,
-            "failed": c.failed,
-            "cost_usd": None if c.unpriced and not c.priced else round(c.cost_usd, 6),
-            "unpriced_answers": c.unpriced,
-        }
-
-    def line(self) -> str:
-        """One line for people: what happened, in counts, tokens, money and time."""
-        c = self.counts
-        return (
-            f"{self.job}: {self.status}{' (simulated)' if self.simulated else ''}: sent {c.sent}, ok {c.ok}, "
-            f"failed {c.failed}, already done {self.already_done}, skipped {self.skipped}; {c.input_tokens} input + "
-            f"{c.output_tokens} output tokens ({c.cached_tokens} cached), {c.retries} retries, "
-            f"cost {c.cost_text()}, {self.elapsed_s:.1f}s"
-        )
 
 
 @dataclass(frozen=True)
@@ -173,7 +129,9 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
                 if killed:
                     log.warning("%s: %d earlier run(s) had not ended cleanly; marked killed", spec.job.name, killed)
                 run = _Run(spec, prices, source, store, svc, options, progress)
-                with signals.handled(run.interrupt, spec.limits.grace_s, enabled=options.handle_signals):
+                with signals.handled(
+                    run.interrupt, spec.limits.grace_s, enabled=options.handle_signals, last_words=run.keep_unsaved
+                ):
                     summary = await run.go()
                 summary.elapsed_s = time.monotonic() - t0
                 return summary
@@ -198,6 +156,12 @@ class _Run:
         self.stop = Stop()
         self.interrupted = False
         self._task: asyncio.Task[None] | None = None
+        self.writer: CheckpointWriter | None = None
+
+    def keep_unsaved(self) -> None:
+        """The watchdog's last call: put what the writer has not committed in its side file."""
+        if self.writer is not None:
+            self.writer.spill()
 
     def interrupt(self, first: bool) -> None:
         """A signal: stop dispatching; cancel what is in flight after grace_s (first) or now."""
@@ -250,6 +214,7 @@ class _Run:
             on_commit=committed,
             on_error=lambda exc: self.stop.request(),
         )
+        self.writer = writer
         writer_task = asyncio.create_task(writer.run())
         try:
             attempts, (status, exit_code, message) = await self._send(pending, frontier, writer, run_id)
@@ -328,7 +293,7 @@ class _Run:
                 stop=self.stop,
                 prices=self.prices,
                 on_result=self.progress.row_finished,
-                spent_before_pusd=self.store.spent() if spec.limits.max_cost_usd is not None else 0,
+                spent_before_pusd=self.store.spent(spec.job.name) if spec.limits.max_cost_usd is not None else 0,
             )
             pool: Pool[Request] = Pool(attempts.process, concurrency=spec.limits.concurrency, stop=self.stop)
             self.progress.start(self.rows_total, attempts.counts)
@@ -337,10 +302,12 @@ class _Run:
                 await task
                 return attempts, _ending(attempts, self.interrupted)
             except AuthError as exc:
-                message = (
-                    f"the service refused the request: {exc}. Check the key in ${spec.api.api_key_env}, "
-                    f"the workspace and your access to model {spec.model.name!r}; nothing was marked failed."
+                check = (
+                    f"the base URL ({self.svc.base_url}: a wrong path answers 404) and the model name"
+                    if exc.status == 404
+                    else f"the key in ${spec.api.api_key_env}, the workspace and your access to {spec.model.name!r}"
                 )
+                message = f"the service refused the request: {exc}. Check {check}; nothing was marked failed."
                 return attempts, ("aborted", ExitCode.AUTH, message)
             except ServiceUnreachable as exc:
                 return attempts, ("unreachable", ExitCode.BAD_INPUT, f"{exc}; nothing was marked failed")

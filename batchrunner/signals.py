@@ -22,24 +22,36 @@ from .errors import ExitCode
 WATCHDOG_MARGIN_S = 5.0  # how long an orderly stop may take beyond the grace period
 
 
-def hard_exit(reason: str) -> None:
+def hard_exit(reason: str, last_words: Callable[[], None] | None = None) -> None:
     """The watchdog's last resort: the run did not end in time, so the process ends now.
-    Answers already committed are safe; the next run resumes from the store."""
+    `last_words` first keeps what is not committed yet (the writer's side file); answers
+    already committed are safe; the next run resumes from the store."""
+    if last_words is not None:
+        try:
+            last_words()
+        except Exception as exc:  # the exit must happen whatever goes wrong here
+            os.write(2, f"batchrunner: could not keep the unsaved answers ({exc})\n".encode())
     os.write(2, f"batchrunner: {reason}; exiting now (exit 130). Run again to resume.\n".encode())
     os._exit(int(ExitCode.INTERRUPTED))
 
 
 @contextlib.contextmanager
-def handled(interrupt: Callable[[bool], None], grace_s: float, *, enabled: bool) -> Iterator[None]:
+def handled(
+    interrupt: Callable[[bool], None],
+    grace_s: float,
+    *,
+    enabled: bool,
+    last_words: Callable[[], None] | None = None,
+) -> Iterator[None]:
     """While inside: the first SIGINT/SIGTERM calls `interrupt(True)`, the second
-    `interrupt(False)`, on the event loop; each also arms the watchdog. Off when not `enabled`
-    (or not on the main thread)."""
+    `interrupt(False)`, on the event loop; each also arms the watchdog, which calls
+    `last_words` before it ends the process. Off when not `enabled` (or not on the main thread)."""
     loop = asyncio.get_running_loop()
     hits = [0]
     watchdogs: list[threading.Timer] = []
 
     def watchdog(after_s: float, reason: str) -> None:
-        timer = threading.Timer(after_s, hard_exit, args=(reason,))
+        timer = threading.Timer(after_s, hard_exit, args=(reason, last_words))
         timer.daemon = True
         timer.start()
         watchdogs.append(timer)

@@ -133,7 +133,7 @@ class CheckpointWriter:
             try:
                 # Shielded: a cancelled run must still finish writing what it had been paid for.
                 await asyncio.shield(loop.run_in_executor(self._executor, write))
-            except sqlite3.Error as exc:
+            except Exception as exc:  # any failure to commit keeps the records
                 self._failed(exc)
                 return False
             del self._results[: len(results)]
@@ -146,7 +146,7 @@ class CheckpointWriter:
                 self.on_commit(results)
             return True
 
-    def _failed(self, exc: sqlite3.Error) -> None:
+    def _failed(self, exc: Exception) -> None:
         self._failures += 1
         if is_busy(exc):
             if self._failures == 1:
@@ -168,17 +168,18 @@ class CheckpointWriter:
         deadline = loop.time() + CLOSE_TRIES_S
         while not (await self.flush() and await self.flush()):  # the 2nd: the point the 1st moved
             if loop.time() >= deadline or (self.error is not None and self._failures >= len(RETRY_S)):
-                self._spill()
+                self.spill()
                 break
             await asyncio.sleep(RETRY_S[min(self._failures, len(RETRY_S)) - 1])
         self._executor.shutdown(wait=True)
 
-    def _spill(self) -> None:
+    def spill(self) -> None:
         """Keep the records that could not be committed in a side file the next run loads."""
-        if not self._results and not self._attempts:
+        results, attempts = list(self._results), list(self._attempts)  # may run on another thread
+        if not results and not attempts:
             return
-        lines = [json.dumps({"result": asdict(r)}) for r in self._results]
-        lines += [json.dumps({"attempt": asdict(a)}) for a in self._attempts]
+        lines = [json.dumps({"result": asdict(r)}) for r in results]
+        lines += [json.dumps({"attempt": asdict(a)}) for a in attempts]
         text = "\n".join(lines) + "\n"
         for folder in _spill_dirs(self.store.path):
             path = folder / f"{_spill_stem(self.store.path)}-run{self.run_id}.jsonl"

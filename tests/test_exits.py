@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 from helpers import write_job
 
+from batchrunner import Progress, run_job
+from batchrunner.records import Result
 from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle, serve_in_thread
 from batchrunner.store import Store
+from batchrunner.writer import load_spilled
 
 ROWS = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(320)]
 LIMITS = {"concurrency": 16, "max_retries": 2, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "grace_s": 30}
@@ -173,3 +176,85 @@ def test_a_run_whose_event_loop_is_blocked_still_ends_after_a_signal(
         proc.communicate()
     assert code == 130, err
     assert "still running" in err and "Run again to resume" in err
+
+
+class SignalsAfterFirstAnswers(Progress):
+    """Sends this process SIGINT once `after` answers are in (as a person pressing Ctrl-C)."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.seen = 0
+
+    def row_finished(self, result: Result) -> None:
+        self.seen += 1
+        if self.seen == self.after:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_the_first_signal_stops_sending_even_requests_waiting_in_the_pacer(
+    tmp_path: Path, served: ThreadHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_BASE_URL", served.base_url)
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-good")
+    limits = {**LIMITS, "requests_per_minute": 120, "grace_s": 5}  # two a second: most rows wait
+    summary = run_job(
+        write_job(tmp_path, ROWS, {"limits": limits}), progress=SignalsAfterFirstAnswers(3), handle_signals=True
+    )
+    assert summary.exit_code == 130
+    sent = len(served.sim.log)
+    assert sent <= 3 + 2  # what was answered, plus what was already on the wire
+    assert summary.counts.ok == sent
+
+
+BLOCKED_WITH_A_LOCKED_STORE = """
+import sqlite3, sys, time
+from batchrunner import Progress, run_job
+
+class Blocking(Progress):
+    def __init__(self):
+        self.n = 0
+    def row_finished(self, result):
+        self.n += 1
+        if self.n == 20:
+            shell = sqlite3.connect(sys.argv[2], isolation_level=None)
+            shell.execute("BEGIN IMMEDIATE")  # a person's sqlite3 shell holds the store
+            print("locked", flush=True)
+            time.sleep(3600)  # and the event loop is stuck as well
+
+run_job(sys.argv[1], progress=Blocking(), handle_signals=True)
+"""
+
+
+def test_the_watchdog_keeps_uncommitted_answers_before_it_ends_the_process(
+    tmp_path: Path, served: ThreadHandle
+) -> None:
+    spec = write_job(tmp_path, ROWS, {"limits": {**LIMITS, "grace_s": 1}})
+    db = tmp_path / "out" / "t.sqlite"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")}
+    env.update(DASHSCOPE_API_KEY="sk-good", DASHSCOPE_BASE_URL=served.base_url, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BLOCKED_WITH_A_LOCKED_STORE, str(spec), str(db)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "locked"
+        proc.send_signal(signal.SIGTERM)
+        code, err = ended(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert code == 130, err
+    answered = sum(1 for r in served.sim.log if r.status == 200)
+    with Store(db) as store:  # the next run: loads what the watchdog kept aside
+        loaded = load_spilled(store)
+        ok = store.counts().get("ok", 0)
+    assert loaded > 0
+    # the 20 answers received before the loop froze are all in the store now (the service
+    # answered more, but those were still unread on the sockets: in flight when it died)
+    assert ok == 20 <= answered

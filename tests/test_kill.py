@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import API_KEY, Launch, query, read_table, write_job
 
-from batchrunner import run_job
-from batchrunner.runner import RunSummary
+from batchrunner import RunSummary, run_job
 from batchrunner.simulator import SimulatorConfig, ThreadHandle, serve_in_thread
 
 N = 400

@@ -1,4 +1,4 @@
-"""The checkpoint store: one plain SQLite file per job, and the only module that writes SQL.
+"""The checkpoint store: one plain SQLite file per job; this package is the only code that writes SQL.
 
 Tables (open them with sqlite3, sqlite-utils or datasette; the schema is in migrations.py):
 
@@ -329,7 +329,7 @@ class Store(History):
     def queued_count(self, job: str | None = None) -> int:
         """Failed requests (of `job`) that the next run sends again (retryable, or re-queued)."""
         mine, args = self._of_job(job)
-        sql = f"SELECT count(*) FROM results WHERE status = 'failed' AND coalesce(retryable, 0) AND {mine}"
+        sql = f"SELECT count(*) FROM results WHERE status = 'failed' AND NOT {SETTLED_SQL} AND {mine}"
         return int(self.conn.execute(sql, args).fetchone()[0])
 
     def run_tally(self, run_id: int) -> dict[str, int]:

@@ -127,15 +127,27 @@ class History:
             args = [outcome]
         return {key: n for key, n in self.conn.execute(sql + " GROUP BY key", args).fetchall()}
 
-    def spent(self) -> int:
-        """What the job has spent in all its runs, in pico-USD: the recorded cost of every paid
-        attempt, plus the worst case of each attempt that may have been billed an unknown amount
-        (and, for rows no attempt of which carries a cost, the row's own cost)."""
+    def spent(self, job: str | None = None) -> int:
+        """What the job (every job, when None) has spent in all its runs, in pico-USD: the
+        recorded cost of every paid attempt, plus the worst case of each attempt that may have
+        been billed an unknown amount (and, for rows no attempt of which carries a cost, the
+        row's own cost). Specs may share a store: attempts count for the job of their run."""
         if "worst_cost_pusd" not in self._columns("attempts"):
             return 0
+        runs = "1"
+        rows = "1"
+        args: list[str] = []
+        if job is not None:
+            runs = "run_id IN (SELECT id FROM runs WHERE job = ?)"
+            rows = (
+                "(r.job = ? OR r.job IS NULL)"
+                if "job" in self._columns("results")
+                else runs.replace("run_id", "r.run_id")
+            )
+            args = [job, job]
         sql = (
             "SELECT (SELECT coalesce(sum(coalesce(cost_pusd, CASE WHEN possibly_billed THEN worst_cost_pusd END)), 0) "
-            "FROM attempts) + (SELECT coalesce(sum(cost_pusd), 0) FROM results r WHERE NOT EXISTS "
-            "(SELECT 1 FROM attempts a WHERE a.key = r.key AND a.cost_pusd IS NOT NULL))"
+            f"FROM attempts WHERE {runs}) + (SELECT coalesce(sum(cost_pusd), 0) FROM results r WHERE {rows} AND "
+            "NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = r.key AND a.cost_pusd IS NOT NULL))"
         )
-        return int(self._reader.execute(sql).fetchone()[0])
+        return int(self._reader.execute(sql, args).fetchone()[0])
