@@ -166,12 +166,15 @@ def test_a_run_whose_store_is_locked_for_a_while_by_a_person_keeps_every_answer(
     spec = write_job(tmp_path, rows, {"limits": {"requests_per_minute": 30_000, "concurrency": 8}})
     held = threading.Event()
 
+    held_through: list[bool] = []
+
     def hold_the_lock() -> None:  # a sqlite3 shell writing in the store in the middle of the run
-        assert sim_thread.sim.wait_for_requests(50, timeout=60)
+        if not sim_thread.sim.wait_for_requests(50, timeout=60):
+            return
         shell = sqlite3.connect(tmp_path / "out" / "t.sqlite", isolation_level=None)
         shell.execute("BEGIN IMMEDIATE")
         held.set()
-        sim_thread.sim.wait_for_requests(400, timeout=60)
+        held_through.append(sim_thread.sim.wait_for_requests(400, timeout=60))  # 350 answers while held
         shell.execute("COMMIT")
         shell.close()
 
@@ -181,7 +184,7 @@ def test_a_run_whose_store_is_locked_for_a_while_by_a_person_keeps_every_answer(
         summary = run_job(spec)
     finally:
         holder.join()
-    assert held.is_set()
+    assert held.is_set() and held_through == [True]
     assert summary.exit_code == 0, summary.message
     assert read_table(summary.output_path)["status"].to_list() == ["ok"] * len(rows)
     assert sim_thread.sim.stats()["answered"] == len(rows)
