@@ -5,8 +5,9 @@ imports): the text and multimodal generation endpoints, key checks, the service'
 messages, per-second rate windows, the implicit and explicit context cache, SSE streaming,
 function calling, logprobs, image/video token accounting, and scripted or random faults.
 The OpenAI-compatible endpoint (/compatible-mode/v1/chat/completions) gives the same answers
-in OpenAI shapes. Answers depend only on (model, messages, seed) and the parameters that
-shape them (tools, max_tokens, stop, response_format, n, enable_thinking).
+in OpenAI shapes, and the Batch API (/compatible-mode/v1/files and /batches) answers each
+line the same way, its progress on `SimulatorConfig.clock`. Answers depend only on (model, messages, seed) and
+the parameters that shape them (tools, max_tokens, stop, response_format, n, enable_thinking).
 Control endpoints: GET /_simulator/stats, GET /_simulator/log, POST /_simulator/reset (also
 under /api/v1/_simulator/).
 

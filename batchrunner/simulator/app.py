@@ -2,7 +2,9 @@
 
 Native endpoints: text and multimodal generation under /api/v1. OpenAI-compatible endpoint:
 /compatible-mode/v1/chat/completions, translated to the native call it stands for (see
-compat.py) and answered by the same path. Per request, in this order: API key (401), body and
+compat.py) and answered by the same path. The Batch API (files and batches under
+/compatible-mode/v1) is routed by batchapi.py, its state in batches.py.
+Per request, in this order: API key (401), body and
 parameter validation (400/404/500), rate limits on admitted requests (429), scripted then
 random faults, `latency_ms`, answer. Everything runs on the serving loop; `stats`,
 `wait_for_requests` and `reset` may be called from other threads.
@@ -26,6 +28,8 @@ from batchrunner.wire import MULTIMODAL_PATH, SSE_HEADER, TEXT_PATH
 
 from . import compat, reply, stream
 from .answers import request_key
+from .batchapi import BatchRoutes
+from .batches import BatchStore
 from .cache import PrefixCache
 from .catalogue import SimError, error_for_code
 from .config import DROP, MALFORMED, SLOW, Fault, SimulatorConfig
@@ -62,6 +66,7 @@ class Simulator:
         self._rpm = SlidingWindow.per_minute(self.config.rpm) if self.config.rpm else None
         self._tpm = SlidingWindow(self.config.tpm / 60.0) if self.config.tpm else None
         self._need_key = self.config.keep_log or bool(self.config.faults)
+        self.batches = BatchStore(self.config)
         self.reset()
 
     # ------------------------------------------------------------------ observation
@@ -77,6 +82,7 @@ class Simulator:
                 if window is not None:
                     window.clear()
             self._ledger.clear()
+        self.batches.reset()
 
     @property
     def log(self) -> list[RequestRecord]:
@@ -85,8 +91,9 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, by_status ("0" = dropped), throttled, faults_injected, plus
-        answered (valid 200 answers) and the input/output tokens of those answers."""
-        return self._ledger.stats()
+        answered (valid 200 answers) and the input/output tokens of those answers; and the
+        Batch API's batches_created, lines_billed, batch_input_tokens, batch_output_tokens."""
+        return {**self._ledger.stats(), **self.batches.counters()}
 
     def wait_for_in_flight(self, n: int, timeout: float) -> bool:
         """Block until at least `n` requests are being served at once; False on timeout."""
@@ -104,6 +111,7 @@ class Simulator:
         app.router.add_post(API_PREFIX + TEXT_PATH, self._text)
         app.router.add_post(API_PREFIX + MULTIMODAL_PATH, self._multimodal)
         app.router.add_post(compat.COMPAT_PATH, self._compat)
+        BatchRoutes(self.batches, self._authorize).add_to(app.router, compat.COMPAT_BASE)
         for prefix in (CONTROL_PREFIX, API_PREFIX + CONTROL_PREFIX):
             app.router.add_get(prefix + "/stats", self._stats_endpoint)
             app.router.add_get(prefix + "/log", self._log_endpoint)

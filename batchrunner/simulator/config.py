@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .catalogue import CODES, SimError, error_for_code, error_for_status
@@ -116,6 +118,10 @@ class SimulatorConfig:
     "compact" writes each event straight after the previous one, as some real DashScope
     streams do. sse_crlf: end stream lines with CRLF. sse_bom: start a stream with a UTF-8
     byte-order mark. sse_gzip: send streams gzip-compressed (Content-Encoding: gzip).
+    Batch API (see batches.py): `clock` is what a batch's progress is measured on (seconds;
+    tests pass a controlled one); a batch validates for `batch_validate_s`, then answers one
+    line every `batch_line_s` (0: all at once) and expires after its completion window.
+    `batch_none_id` is what an absent output / error file id is written as (None or "").
     """
 
     rpm: int | None = None
@@ -134,8 +140,15 @@ class SimulatorConfig:
     sse_crlf: bool = False
     sse_bom: bool = False
     sse_gzip: bool = False
+    clock: Callable[[], float] = time.monotonic
+    batch_validate_s: float = 1.0
+    batch_line_s: float = 0.01
+    batch_none_id: str | None = None
 
     def __post_init__(self) -> None:
+        if self.batch_validate_s < 0 or self.batch_line_s < 0 or self.batch_none_id not in (None, ""):
+            msg = 'SimulatorConfig: batch_validate_s and batch_line_s must be >= 0; batch_none_id None or ""'
+            raise ValueError(msg)
         for name in ("rpm", "tpm"):
             value = getattr(self, name)
             if value is not None and value <= 0:
