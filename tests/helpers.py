@@ -7,7 +7,7 @@ import json
 import re
 import sqlite3
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +115,30 @@ def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
     """The rows of one SQL query against a store (the connection is closed after)."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
         return conn.execute(sql, args).fetchall()
+
+
+def invoke_cli(*args: str):  # type: ignore[no-untyped-def]
+    """The CLI in-process; a traceback (anything but SystemExit) fails the test."""
+    from click.testing import CliRunner
+
+    from batchrunner.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted on `folder` (a disk that fills up), unmounted at the end;
+    the test is skipped where mounting is not allowed (it needs root)."""
+    import pytest
+
+    folder.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

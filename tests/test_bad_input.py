@@ -18,36 +18,26 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
-from helpers import merged, read_table, spec_text, write_job
+from helpers import invoke_cli, merged, read_table, spec_text, write_job
 
 from batchrunner import run_job
-from batchrunner.cli import cli
 from batchrunner.errors import SpecError
-from batchrunner.simulator import SimulatorConfig, ThreadHandle, serve_in_thread
+from batchrunner.simulator import ThreadHandle
 from batchrunner.spec import load
 
 KEY = "sk-test-bad-input-0123456789"
 
 
 @pytest.fixture
-def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadHandle]:
-    with serve_in_thread(SimulatorConfig(), "127.0.0.1", 0) as handle:
-        monkeypatch.setenv("DASHSCOPE_BASE_URL", handle.base_url)
-        monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
-        yield handle
+def api_key() -> str:
+    return KEY  # the shared `sim` fixture exports it
 
 
-def invoke(*args: str):  # type: ignore[no-untyped-def]
-    """The CLI in-process; a traceback (anything but SystemExit) fails the test."""
-    result = CliRunner().invoke(cli, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
+invoke = invoke_cli
 
 
 def sent(sim: ThreadHandle) -> int:

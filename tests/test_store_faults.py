@@ -21,29 +21,20 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
-from helpers import read_table, write_job
+from helpers import invoke_cli, read_table, small_tmpfs, write_job
 
-from batchrunner.cli import cli
-from batchrunner.simulator import SimulatorConfig, ThreadHandle, serve_in_thread
+from batchrunner.simulator import ThreadHandle
 
 KEY = "sk-test-store-faults-0123456789"
 ROWS = [{"id": f"r{i}", "text": f"row {i} " + "words " * 40} for i in range(300)]
 
 
 @pytest.fixture
-def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadHandle]:
-    with serve_in_thread(SimulatorConfig(), "127.0.0.1", 0) as handle:
-        monkeypatch.setenv("DASHSCOPE_BASE_URL", handle.base_url)
-        monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
-        yield handle
+def api_key() -> str:
+    return KEY  # the shared `sim` fixture exports it
 
 
-def invoke(*args: str):  # type: ignore[no-untyped-def]
-    """The CLI in-process; a traceback (anything but SystemExit) fails the test."""
-    result = CliRunner().invoke(cli, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
+invoke = invoke_cli
 
 
 def sent(sim: ThreadHandle) -> int:
@@ -233,15 +224,8 @@ def test_a_full_output_disk_at_the_final_write_exits_2_and_keeps_every_answer(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB filesystem (tmpfs), unmounted at the end."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "256k") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_a_real_full_disk_during_the_output_write(tmp_path: Path, small_disk: Path, sim: ThreadHandle) -> None:

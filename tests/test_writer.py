@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import read_table, write_job
+from helpers import read_table, small_tmpfs, write_job
 
 from batchrunner import run_job
 from batchrunner import store as store_module
@@ -124,15 +123,8 @@ async def test_a_full_disk_stops_the_run_and_keeps_the_answers_for_the_next_one(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB filesystem (tmpfs), unmounted at the end: a disk that can fill up mid-run."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "16m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_a_run_on_a_disk_that_fills_up_exits_6_and_the_next_run_buys_only_what_is_missing(
