@@ -31,7 +31,8 @@ class ExitCode(enum.IntEnum):
     AUTH = 3  # the service refused the key, account or model; the run stopped
     BUDGET = 4  # stopped by a budget limit; resumable
     OUTAGE = 5  # stopped by the circuit breaker (the service looks down); resumable
-    STORE = 6  # the store could not be written (disk full, I/O error); answers kept aside; resumable
+    BATCHES_RUNNING = 6  # batch mode, --detach: batches are still running at the service; run again to collect
+    STORE = 7  # the store could not be written (disk full, I/O error); answers kept aside; resumable
     LOCKED = 75  # the job is already running elsewhere; nothing was done (EX_TEMPFAIL)
     INTERRUPTED = 130  # stopped by a signal; every answer received is saved; resumable
 
@@ -43,6 +44,7 @@ EXIT_CODE_HELP = {
     ExitCode.AUTH: "aborted by an authentication or permission error",
     ExitCode.BUDGET: "stopped by a budget limit (resumable)",
     ExitCode.OUTAGE: "stopped by the circuit breaker, the service looks down (resumable)",
+    ExitCode.BATCHES_RUNNING: "batches still running at the service (--detach): run again to collect",
     ExitCode.STORE: "the store could not be written; answers kept in a side file (resumable)",
     ExitCode.LOCKED: "the job is already running elsewhere (nothing done)",
     ExitCode.INTERRUPTED: "interrupted (resumable)",

@@ -51,6 +51,8 @@ class ModelEntry(_Strict):
     source: str | None = None
     as_of: Annotated[str, Field(pattern=r"^\d{4}-\d{2}(-\d{2})?$")] | None = None
     notes: str | None = None
+    batch_api: bool = False  # the Batch API (files + batches) serves this model
+    batch_chat: bool = False  # the Batch Chat API (synchronous, Beijing) serves this model
 
     @model_validator(mode="after")
     def _ordered_tiers(self) -> ModelEntry:

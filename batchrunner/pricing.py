@@ -23,6 +23,7 @@ only models priced by an override are costed there, and every other request is u
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import math
@@ -76,6 +77,8 @@ class ModelPrice:
     source: str | None = None
     as_of: str | None = None
     notes: str | None = None
+    batch_api: bool = False
+    batch_chat: bool = False
 
     def tier_for(self, input_tokens: int) -> Tier:
         """The tier that prices a request with this many input tokens."""
@@ -159,6 +162,8 @@ class PriceTable:
     _index: Mapping[str, ModelPrice] = field(repr=False, compare=False)
     region: str = "intl"
     _limits: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _batch: Mapping[str, tuple[bool, bool]] = field(default_factory=dict, repr=False, compare=False)
+    batch: bool = False  # the Batch API's prices (see `for_batch`)
 
     @classmethod
     def load(cls, overrides: Sequence[Mapping[str, Any] | Path] = (), *, region: str = "intl") -> PriceTable:
@@ -186,7 +191,33 @@ class PriceTable:
         version = meta.version + ("+overrides" if changed else "")
         if region != "intl":
             version = f"overrides (region {region})"
-        return cls(version, meta, models, _index(models), region, {k: v for k, v in limits.items() if v})
+        # So do the flags of what the batch APIs serve.
+        batch = {n.lower(): (e.batch_api, e.batch_chat) for name, e in everything.values() for n in (*e.aliases, name)}
+        return cls(version, meta, models, _index(models), region, {k: v for k, v in limits.items() if v}, batch)
+
+    def batch_support(self, model: str) -> tuple[bool, bool] | None:
+        """(the Batch API serves it, the Batch Chat API serves it) by the price table's flags;
+        None when the table does not know the model at all."""
+        return self._batch.get(model.strip().lower())
+
+    def for_batch(self) -> PriceTable:
+        """The same table at the batch APIs' prices: input and output at `[meta] batch_discount`
+        of the real-time price, with no cache discount on top (a cache hit costs an input token)."""
+        if self.batch:
+            return self
+        d = self.meta.batch_discount
+
+        def cut(tier: Tier) -> Tier:
+            inp = tier.input * d
+            thinking = None if tier.thinking_output is None else tier.thinking_output * d
+            return Tier(tier.up_to, inp, tier.output * d, thinking, inp, inp, inp)
+
+        models = {
+            name: dataclasses.replace(price, tiers=tuple(cut(t) for t in price.tiers))
+            for name, price in self.models.items()
+        }
+        version = f"{self.version}+batch"
+        return PriceTable(version, self.meta, models, _index(models), self.region, self._limits, self._batch, True)
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The prices of a model by name or alias, ignoring case; None when it has none."""
@@ -288,7 +319,17 @@ def _resolve(name: str, entry: ModelEntry, meta: MetaEntry) -> ModelPrice:
         )
         for t in entry.tiers
     )
-    return ModelPrice(name, tuple(entry.aliases), tiers, entry.max_input_tokens, entry.source, entry.as_of, entry.notes)
+    return ModelPrice(
+        name,
+        tuple(entry.aliases),
+        tiers,
+        entry.max_input_tokens,
+        entry.source,
+        entry.as_of,
+        entry.notes,
+        entry.batch_api,
+        entry.batch_chat,
+    )
 
 
 def load_prices(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,7 @@ class Attempt:
     saved_pusd: int | None = None
     price_version: str | None = None
     worst_cost_pusd: int | None = None
+    mode: str = "online"  # online | batch | batch-chat: how the attempt was sent (and priced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,7 @@ class Result:
     price_version: str | None = None
     total_cost_pusd: int | None = None  # every paid attempt of this request, across runs: the
     total_cost_usd: float | None = None  # store fills both in from `attempts` as it writes the row
+    mode: str = "online"  # online | batch | batch-chat: how the answer kept was bought
 
     @property
     def settled(self) -> bool:
@@ -209,10 +211,6 @@ class RunCounts:
             return "unpriced"
         text = f"{format_usd(self.cost_pusd, places)} USD"
         return f"{text} + {self.unpriced} unpriced answer(s)" if self.unpriced else text
-
-
-RESULT_FIELDS = tuple(f.name for f in fields(Result))
-ATTEMPT_FIELDS = tuple(f.name for f in fields(Attempt))
 
 
 def _cost_fields(cost: Cost | None, price_version: str | None) -> dict[str, Any]:

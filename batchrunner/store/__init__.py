@@ -160,6 +160,7 @@ class Store(History):
         base_url: str,
         rows_total: int = 0,
         input_signature: str | None = None,
+        mode: str = "online",
     ) -> int:
         with self.db.atomic():
             row = self.db.table("runs").insert(
@@ -174,6 +175,7 @@ class Store(History):
                     "status": "running",
                     "rows_total": rows_total,
                     "input_signature": input_signature,
+                    "mode": mode,
                 }
             )
         assert row.last_pk is not None

@@ -208,3 +208,68 @@ def m006_result_job(db: sqlite_utils.Database) -> None:
     results.add_column("job", str)
     db.execute("UPDATE results SET job = (SELECT runs.job FROM runs WHERE runs.id = results.run_id)")
     results.create_index(["job", "status"])
+
+
+@migration
+def m007_batches(db: sqlite_utils.Database) -> None:
+    """The Batch API: a store identity, one row per planned batch file (its state machine, see
+    store/batches.py) and one per request line in it; and the mode (online, batch, batch-chat)
+    of each result, attempt and run. Earlier rows were all online."""
+    import uuid
+
+    db.table("meta").create({"name": str, "value": str}, pk="name")
+    db.table("meta").insert({"name": "store_id", "value": uuid.uuid4().hex})
+    db.table("batch_files").create(
+        {
+            "id": int,
+            "job": str,
+            "purpose": str,  # job | check (batch-test-model, --batch-check)
+            "attempt": int,
+            "model": str,
+            "endpoint": str,
+            "state": str,
+            "lines": int,
+            "bytes": int,
+            "spool": str,
+            "ds_name": str,
+            "input_file_id": str,
+            "batch_id": str,
+            "remote_status": str,
+            "total": int,
+            "completed": int,
+            "failed": int,
+            "output_file_id": str,
+            "error_file_id": str,
+            "errors": str,
+            "note": str,
+            "run_id": int,
+            "planned_at": str,
+            "submitted_at": str,
+            "terminal_at": str,
+            "ingested_at": str,
+            "cleaned_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+    )
+    db.table("batch_files").create_index(["job", "state"])
+    db.table("batch_lines").create(
+        {
+            "file": int,
+            "custom_id": str,
+            "key": str,
+            "row_index": int,
+            "row_id": str,
+            "sample": int,
+            "seed": int,
+            "outcome": str,
+        },
+        pk=("file", "custom_id"),
+    )
+    db.table("batch_lines").create_index(["key"])
+    db.table("batch_lines").create_index(["outcome"])
+    for table in ("results", "attempts", "runs"):
+        db.table(table).add_column("mode", str)
+    db.execute("UPDATE results SET mode = 'online'")
+    db.execute("UPDATE attempts SET mode = 'online'")
+    db.execute("UPDATE runs SET mode = 'online'")
