@@ -49,6 +49,11 @@ def mode_problems(spec: JobSpec) -> list[str]:
             '[batch] deadline: mode = "auto" needs a deadline (e.g. "6h"), after which what the '
             "batches have not answered is sent online"
         )
+    if mode == "auto" and spec.parameters.enable_thinking is None:
+        problems.append(
+            '[parameters] enable_thinking: mode = "auto" sends rows both in batches (where it is always set, '
+            "false when left out) and online (where some models think by default): set it true or false"
+        )
     if mode != "auto" and spec.batch.deadline is not None:
         problems.append(f'[batch] deadline applies to mode = "auto" only ([api] mode is "{mode}")')
     return problems

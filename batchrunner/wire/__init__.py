@@ -19,6 +19,7 @@ from .native import (
     CN_BASE_URL,
     INTL_BASE_URL,
     MULTIMODAL_PATH,
+    NATIVE_ONLY_PARAMETERS,
     SSE_HEADER,
     TEXT_PATH,
     NativeStream,
@@ -91,6 +92,25 @@ def parameters_of(body: dict[str, Any]) -> dict[str, Any]:
     if "parameters" in body:
         return dict(body["parameters"])
     return {k: v for k, v in body.items() if k not in ("model", "messages", "input")}
+
+
+_NOT_IN_CHAT = NATIVE_ONLY_PARAMETERS | {"stream", "stream_options"}
+
+
+def chat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A built body of either dialect as the chat/completions body the batch APIs take: the same
+    model, messages and parameters, never streamed, and `enable_thinking` always set (false when
+    the job leaves it out: some models think by default, and their thinking would be billed)."""
+    messages = []
+    for m in messages_of(body):
+        content = m.get("content")
+        if isinstance(content, list):
+            content = [openai_part(item) for item in content]
+        messages.append({**m, "content": content})
+    chat: dict[str, Any] = {"model": model_of(body), "messages": messages}
+    chat.update((k, v) for k, v in parameters_of(body).items() if k not in _NOT_IN_CHAT)
+    chat.setdefault("enable_thinking", False)
+    return chat
 
 
 __all__ = [
