@@ -7,67 +7,21 @@ Heavy modules (polars, httpx, aiohttp) are imported inside the commands that use
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import logging
-import sqlite3
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import click
 
-from .errors import EXIT_CODE_HELP, BatchRunnerError, ExitCode
+from .batchcli import batches, cancel
+from .clihelp import _reports_errors, _spec, db_option, job_argument, prices_option
+from .errors import EXIT_CODE_HELP, BatchRunnerError
 
-if TYPE_CHECKING:
-    from .spec import JobSpec
-
-F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("batchrunner")
 
 
-def _reports_errors(func: F) -> F:
-    """Turn expected errors into one clear line on stderr and the documented exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except BatchRunnerError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(int(exc.exit_code))
-        except sqlite3.DatabaseError as exc:  # a store damaged where opening it could not tell
-            click.echo(f"error: the store could not be read ({exc}); see `--db` and the store's file", err=True)
-            sys.exit(int(ExitCode.BAD_INPUT))
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _spec(
-    job: Path,
-    *,
-    db: Path | None = None,
-    output: Path | None = None,
-    max_cost: float | None = None,
-    max_cost_per_run: float | None = None,
-) -> JobSpec:
-    """The job spec with the command line's overrides applied (the one place they are)."""
-    from .spec import load
-
-    spec = load(job)
-    return spec.with_overrides(db=db, output=output, max_cost_usd=max_cost, max_cost_usd_per_run=max_cost_per_run)
-
-
-job_argument = click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-db_option = click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path), help="Store file (default: from the spec)."
-)
-prices_option = click.option(
-    "--prices",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A TOML price file that overrides or adds models.",
-)
 _EXIT_CODES = "\n".join(f"    {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items())
 
 
@@ -116,6 +70,21 @@ def cli() -> None:
     is_flag=True,
     help="Start a new store in an empty store file (0 bytes, or no tables) instead of refusing it.",
 )
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Batch modes: ingest what finished, submit what is pending, and exit (6 while batches run).",
+)
+@click.option(
+    "--batch-check",
+    is_flag=True,
+    help="Send the first 100 rows as a free batch on batch-test-model and report; nothing is billed.",
+)
+@click.option(
+    "--sim-batch-seconds",
+    type=click.FloatRange(min=0),
+    help="With --simulate: how long each simulated batch takes (default: the simulator's pace).",
+)
 @_reports_errors
 def run(
     job: Path,
@@ -132,6 +101,9 @@ def run(
     log_format: str,
     quiet: bool,
     new_store: bool,
+    detach: bool,
+    batch_check: bool,
+    sim_batch_seconds: float | None,
 ) -> None:
     """Run JOB (a TOML spec): send every row not yet done, then write the output table.
 
@@ -159,6 +131,9 @@ def run(
         write_partial=write_partial,
         handle_signals=True,
         new_store=new_store,
+        detach=detach,
+        batch_check=batch_check,
+        sim_batch_seconds=sim_batch_seconds,
     )
     log.info(summary.line(), extra={"fields": summary.fields()})
     if summary.message:
@@ -355,6 +330,10 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, latency_ms:
         reason = "it is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
         msg = f"cannot listen on {host}:{port} ({reason}); pick another --port (0 picks a free one)"
         raise BatchRunnerError(msg) from None
+
+
+cli.add_command(batches)
+cli.add_command(cancel)
 
 
 def main() -> None:

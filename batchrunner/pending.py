@@ -38,6 +38,10 @@ class Frontier:
         self._open[offset] = self._open.get(offset, 0) + 1
         self._slice_of[key] = offset
 
+    def block(self, offset: int) -> None:
+        """A request of this slice is left for a later run."""
+        self._blocked.add(offset)
+
     def read_through(self, offset: int) -> None:
         self.scanned = offset
 
@@ -61,6 +65,7 @@ class Pending:
     """The requests of one run still to send."""
 
     def __init__(self, source: Source, store: Store, *, retry_failed: bool, limit: int | None) -> None:
+        """Requests a batch may still answer are never pending: sending them would buy them twice."""
         self.source = source
         self.store = store
         self.retry_failed = retry_failed
@@ -69,6 +74,7 @@ class Pending:
         self.recent: set[str] = set()
         self.already_done = 0
         self.skipped = 0
+        self.live = 0  # requests skipped because a batch may still answer them
 
     def committed(self, results: Sequence[Result]) -> None:
         keys = [result.key for result in results]
@@ -95,7 +101,12 @@ class Pending:
 
     def _prepare(self, offset: int) -> tuple[list[Request | Skipped], dict[str, tuple[str, int]]]:
         items = list(self.source.requests(self.source.batch_at(offset, BATCH_ROWS)))
-        return items, self.store.lookup([i.key for i in items if isinstance(i, Request)])
+        keys = [i.key for i in items if isinstance(i, Request)]
+        stored = self.store.lookup(keys)
+        for key in self.store.live_keys(keys):  # out in a batch: neither done nor to send
+            self.live += 1
+            stored[key] = ("live", 1)
+        return items, stored
 
     async def requests(
         self, frontier: Frontier, advance: Callable[[int], None] = lambda n: None
@@ -120,6 +131,10 @@ class Pending:
                     quiet += 1
                     continue
                 status, retryable = stored.get(item.key, ("", 0))
+                if status == "live":
+                    frontier.block(offset)  # a later run may have to send it
+                    quiet += 1
+                    continue
                 if settled(status, retryable or self.retry_failed):
                     self.already_done += 1
                     quiet += 1

@@ -21,6 +21,7 @@ class Progress:
     def start(self, total_rows: int, counts: RunCounts) -> None: ...
     def advance(self, n: int) -> None: ...
     def row_finished(self, result: Result) -> None: ...
+    def batch_state(self, text: str) -> None: ...  # batch mode: files by state, lines, money, next poll
     def close(self) -> None: ...
 
 
@@ -68,6 +69,10 @@ class BarProgress(Progress):
                 refresh=False,
             )
 
+    def batch_state(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -84,6 +89,8 @@ class LogProgress(Progress):
         self.counts = RunCounts()
         self._t0 = time.monotonic()
         self._last = self._t0
+        self._batch_last = 0.0
+        self._batch_text = ""
 
     def start(self, total_rows: int, counts: RunCounts) -> None:
         self.total, self.counts = total_rows, counts
@@ -98,6 +105,12 @@ class LogProgress(Progress):
         if now - self._last >= self.every_s:
             self._last = now
             self.line()
+
+    def batch_state(self, text: str) -> None:
+        now = time.monotonic()
+        if text != self._batch_text and (now - self._batch_last >= self.every_s or "next poll" not in text):
+            self._batch_last, self._batch_text = now, text
+            log.info("%s: %s", self.job, text)
 
     def line(self) -> None:
         c = self.counts
@@ -150,6 +163,10 @@ class Both(Progress):
     def row_finished(self, result: Result) -> None:
         for d in self.displays:
             d.row_finished(result)
+
+    def batch_state(self, text: str) -> None:
+        for d in self.displays:
+            d.batch_state(text)
 
     def close(self) -> None:
         for d in self.displays:

@@ -24,9 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import service, signals, sink
+from . import batchphase, service, signals, sink
 from .attempts import Attempts, Policy
+from .batchmodels import check_batch_model
+from .batchrun import Clock
 from .client import DashScopeClient
+from .endings import finish_run as _finish_run
+from .endings import finished as _finished
 from .errors import AuthError, ExitCode, OutputError, ServiceUnreachable, StoreError
 from .lock import JobLock
 from .pending import Frontier, Pending
@@ -53,6 +57,10 @@ class RunOptions:
     write_partial: bool = False
     handle_signals: bool = False
     new_store: bool = False
+    detach: bool = False  # batch modes: one round, then exit (6 while batches are running)
+    clock: Clock | None = None  # batch modes: the time polls and the deadline are measured on
+    batch_check: bool = False  # send the first rows as a free test batch instead of the job
+    sim_batch_seconds: float | None = None  # with simulate: how long a simulated batch takes
 
 
 def run_job(
@@ -70,6 +78,10 @@ def run_job(
     max_cost_usd_per_run: float | None = None,
     write_partial: bool = False,
     new_store: bool = False,
+    detach: bool = False,
+    clock: Clock | None = None,
+    batch_check: bool = False,
+    sim_batch_seconds: float | None = None,
 ) -> RunSummary:
     """Run a job to completion (or interruption) and write its output table.
 
@@ -83,7 +95,18 @@ def run_job(
     job = spec if isinstance(spec, JobSpec) else load(spec)
     job = job.with_overrides(db=db, output=output, max_cost_usd=max_cost_usd, max_cost_usd_per_run=max_cost_usd_per_run)
     table = prices_for(job, prices)
-    options = RunOptions(limit, simulate, retry_failed, write_partial, handle_signals, new_store)
+    options = RunOptions(
+        limit,
+        simulate,
+        retry_failed,
+        write_partial,
+        handle_signals,
+        new_store,
+        detach,
+        clock,
+        batch_check,
+        sim_batch_seconds,
+    )
     return asyncio.run(_run(job, table, options, progress or Progress()))
 
 
@@ -103,13 +126,20 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
     t0 = time.monotonic()
     for warning in price_warnings(prices, spec.model.name):
         log.warning("%s: %s", spec.job.name, warning)
+    if spec.batched and not options.batch_check:
+        unknown = check_batch_model(prices, spec.model.name, chat=False)
+        if unknown:
+            log.warning("%s: %s", spec.job.name, unknown)
     source = Source(spec)
     source.check(reserved=sink.result_columns(spec))
     sink.check_writable(spec.output.path)
     note = sink.conversion_note(spec.output.path, source.schema)
     if note:
         log.warning(note)
-    async with service.connect(spec.api, simulate=options.simulate) as svc:
+    sim_clock = options.clock.time if options.clock is not None else None
+    async with service.connect(
+        spec.api, simulate=options.simulate, sim_batch_seconds=options.sim_batch_seconds, sim_clock=sim_clock
+    ) as svc:
         with JobLock(spec.db_path) as lock:
             if lock.previous:
                 log.warning(
@@ -155,7 +185,7 @@ class _Run:
         self.rows_total = source.n_rows * spec.job.repeat
         self.stop = Stop()
         self.interrupted = False
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
         self.writer: CheckpointWriter | None = None
 
     def keep_unsaved(self) -> None:
@@ -176,6 +206,13 @@ class _Run:
             task.cancel()
 
     async def go(self) -> RunSummary:
+        if self.options.batch_check:
+            return await batchphase.check(self)
+        if self.spec.batched:
+            summary = await batchphase.run(self)
+            if summary is not None:
+                return summary
+            self.stop = Stop()  # mode auto past its deadline: the rest goes online
         spec, store, options = self.spec, self.store, self.options
         signature = self.source.signature()
         try:
@@ -317,17 +354,6 @@ class _Run:
                 return attempts, _ending(attempts, True)
 
 
-def _finished(table: dict[str, int], *, limited: bool) -> tuple[ExitCode, str]:
-    """The exit code of a run that went through its input: 0 only when every row is settled."""
-    if table.get("failed"):
-        return ExitCode.FAILED_ROWS, f"{table['failed']} row(s) failed: see `batchrunner status` and `retry`"
-    if table.get("pending") and not limited:
-        return ExitCode.FAILED_ROWS, (
-            f"{table['pending']} row(s) are still pending (the input changed during the run?); run again to send them"
-        )
-    return ExitCode.OK, ""
-
-
 def _store_failure(writer: CheckpointWriter) -> str:
     cause = writer.error or "the store stayed locked by another connection"
     kept = f"kept in {writer.spilled}, which the next run loads first" if writer.spilled else "NOT kept (see above)"
@@ -335,14 +361,6 @@ def _store_failure(writer: CheckpointWriter) -> str:
         f"the store {writer.store.path} could not be written ({cause}); sending stopped. Answers not committed: "
         f"{kept}. Free the disk (or the lock) and run again to go on"
     )
-
-
-def _finish_run(store: Store, run_id: int, **fields: Any) -> None:
-    """Record how the run ended, if the store can still be written."""
-    try:
-        store.finish_run(run_id, **fields)
-    except sqlite3.Error as exc:
-        log.error("%s: cannot record the end of run %d (%s)", store.path, run_id, exc)
 
 
 def _ending(attempts: Attempts, interrupted: bool) -> tuple[str, ExitCode, str]:

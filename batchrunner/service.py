@@ -15,11 +15,13 @@ import contextlib
 import ipaddress
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import wire
+from .batchspec import BatchSection
 from .errors import SpecError
 from .spec import ApiSection, ModelSection
 
@@ -42,6 +44,17 @@ def base_url(api: ApiSection) -> str:
     """The base URL in force: DASHSCOPE_BASE_URL, else the spec's, else the region's default."""
     env = os.environ.get(BASE_URL_ENV, "").rstrip("/")
     return env or api.base_url or wire.base_url_for(api.region, api.protocol)
+
+
+def batch_root(api: ApiSection, batch: BatchSection, svc: Service) -> str:
+    """The root of the Files and Batches APIs: `[batch] base_url`, else the OpenAI-compatible
+    root beside the base URL in force (the simulator's, for a simulated run)."""
+    if batch.base_url and not svc.simulated:
+        check_base_url(batch.base_url, allow_insecure_http=api.allow_insecure_http)
+        return batch.base_url
+    if api.protocol == "openai" or svc.base_url.endswith(wire.COMPATIBLE_SUFFIX):
+        return svc.base_url
+    return wire.compatible_root(svc.base_url)
 
 
 def api_key(api: ApiSection) -> str:
@@ -124,8 +137,15 @@ class Service:
 
 
 @contextlib.asynccontextmanager
-async def connect(api: ApiSection, *, simulate: bool) -> AsyncIterator[Service]:
-    """The real service (key and URL checked), or a simulator served in this event loop."""
+async def connect(
+    api: ApiSection,
+    *,
+    simulate: bool,
+    sim_batch_seconds: float | None = None,
+    sim_clock: Callable[[], float] | None = None,
+) -> AsyncIterator[Service]:
+    """The real service (key and URL checked), or a simulator served in this event loop
+    (`sim_batch_seconds`: how long its batches take, on `sim_clock`)."""
     if not simulate:
         url = base_url(api)
         check_base_url(url, allow_insecure_http=api.allow_insecure_http)
@@ -133,7 +153,12 @@ async def connect(api: ApiSection, *, simulate: bool) -> AsyncIterator[Service]:
         return
     from .simulator import Simulator, SimulatorConfig
 
-    async with Simulator(SimulatorConfig()).serve(host="127.0.0.1", port=0) as url:
+    settings: dict[str, Any] = {}
+    if sim_batch_seconds is not None:
+        settings["batch_seconds"] = sim_batch_seconds
+    if sim_clock is not None:
+        settings["clock"] = sim_clock
+    async with Simulator(SimulatorConfig(**settings)).serve(host="127.0.0.1", port=0) as url:
         if api.protocol == "openai":
             url = wire.compatible_root(url)
         yield Service(url, SIMULATED_KEY, simulated=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from batchtools import JumpClock
 from helpers import API_KEY, Launch
 
 from batchrunner.simulator import Simulator, SimulatorConfig, ThreadHandle, serve_in_thread
@@ -111,3 +112,19 @@ def launch() -> Iterator[Launch]:
                 os.killpg(proc.pid, signal.SIGKILL)
         with proc:  # closes the pipes and waits
             pass
+
+
+@pytest.fixture
+def jump() -> JumpClock:
+    return JumpClock()
+
+
+@pytest.fixture
+def bsim(
+    jump: JumpClock, sim_config: SimulatorConfig, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ThreadHandle]:
+    """A simulator whose batches run on the test's JumpClock, with a job pointed at it."""
+    with serve_in_thread(dataclasses.replace(sim_config, clock=jump.time), "127.0.0.1", 0) as handle:
+        monkeypatch.setenv("DASHSCOPE_BASE_URL", handle.base_url)
+        monkeypatch.setenv("DASHSCOPE_API_KEY", api_key)
+        yield handle

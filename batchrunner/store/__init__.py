@@ -20,12 +20,15 @@ import os
 import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from . import files as storefile
+from .batches import Batches
+from .common import TOTAL_SQL, now
+
+__all__ = ["SETTLED_SQL", "TOTAL_SQL", "Store", "now"]
 from .history import History
 from .migrations import migrate
 
@@ -35,21 +38,9 @@ if TYPE_CHECKING:
     from ..records import Attempt, Result
 
 
-def now() -> str:
-    """A UTC timestamp as stored (ISO 8601, milliseconds)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 # records.settled, in SQL: ok, or failed and not to be retried.
 SETTLED_SQL = "(status = 'ok' OR (status = 'failed' AND NOT coalesce(retryable, 0)))"
 
-
-# A row's own total: every paid attempt of its request, across runs (the row's cost when no
-# attempt of it carries one: a store older than per-attempt costs).
-TOTAL_SQL = (
-    "UPDATE results SET (total_cost_pusd, total_cost_usd) = (SELECT t, t / 1e12 FROM (SELECT "
-    "coalesce(sum(a.cost_pusd), results.cost_pusd) AS t FROM attempts a WHERE a.key = results.key)) WHERE key = ?"
-)
 
 BUSY_TIMEOUT_MS = 10_000  # how long a statement waits for another connection's write lock
 
@@ -63,7 +54,7 @@ def _connect(path: Path, *, readonly: bool, busy_timeout_ms: int = BUSY_TIMEOUT_
     return conn
 
 
-class Store(History):
+class Store(History, Batches):
     """A job's SQLite checkpoint. One writer connection; reads may use a second one.
 
     Opening checks the file before anything is read or written (StoreError, exit 2): it must be
@@ -272,6 +263,11 @@ class Store(History):
         with self.db.atomic():
             changed = self.db.execute(sql, args).rowcount
             self.db.execute("UPDATE runs SET resume_offset = NULL")
+            # Lines that batches returned without a verdict start their count of tries again.
+            self.db.execute(
+                "UPDATE batch_lines SET outcome = 'retried' WHERE outcome = 'resubmit' AND key IN "
+                "(SELECT key FROM results WHERE status = 'failed' AND retryable = 1)"
+            )
         return int(changed)
 
     # ------------------------------------------------------------------ reading results

@@ -20,6 +20,10 @@ class History:
     conn: sqlite3.Connection
     _reader: sqlite3.Connection  # for reads made while the writer thread commits
 
+    def tables(self) -> set[str]:
+        """The tables of the file (a store older than a migration lacks its tables)."""
+        return {name for (name,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
     def _columns(self, table: str) -> list[str]:
         return [row[1] for row in self.conn.execute(f"PRAGMA table_info([{table}])")]
 
