@@ -269,7 +269,11 @@ def estimate(job: Path, db: Path | None, prices: Path | None, fmt: str) -> None:
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
-    "--by", "by", default="model", show_default=True, help="Group by model, job, day and/or status (comma-separated)."
+    "--by",
+    "by",
+    default="model",
+    show_default=True,
+    help="Group by model, job, day, status and/or mode (online, batch, batch-chat), comma-separated.",
 )
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC) to include.")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day (UTC) to include.")
@@ -283,13 +287,14 @@ def report(paths: tuple[Path, ...], by: str, since: Any, until: Any, fmt: str) -
     \b
     Example:
         batchrunner report jobs/ --by model,day --since 2026-11-01 --format csv
+        batchrunner report jobs/ --by mode
     """
     from . import report as reporting
 
     groups = [g.strip() for g in by.split(",") if g.strip()]
     unknown = sorted(set(groups) - set(reporting.BY_KEYS))
     if unknown:
-        raise click.BadParameter(f"unknown group(s) {unknown}; use model, job, day, status", param_hint="--by")
+        raise click.BadParameter(f"unknown group(s) {unknown}; use {', '.join(reporting.BY_KEYS)}", param_hint="--by")
     built = reporting.build(list(paths), groups, since.date() if since else None, until.date() if until else None)
     click.echo(reporting.render(built, reporting.as_format(fmt)), nl=False)
 

@@ -16,9 +16,19 @@ Cache hits (the expected case; `cache_basis` says what was assumed):
                   5 minutes)
     none          otherwise: the implicit cache is not guaranteed, so no hit is assumed
 The worst case is what a budget reserves (`budget.Bounds`): the input bound, every allowed
-output token, the highest price that can apply, no cache hit. The duration is the remaining
-requests over the slowest of: the request pacing, the token pacing, and (once rows have
-finished) concurrency divided by the observed latency.
+output token, the highest price that can apply, no cache hit.
+
+Online and in batch: the same tokens are also priced at the batch APIs' price (`for_batch`:
+`[meta] batch_discount` of the real-time prices, no cache discount, so no cache hit is assumed
+there; thinking off unless the job turns it on), beside what batch saves (negative when the
+online cache hits beat the discount). The headline (`cost_expected_usd`, `cost_worst_usd`) is
+the figure of `[api] mode`: online for online, batch for batch, auto and batch-chat. The batch
+figure is the Batch API's (the Batch Chat API's in mode batch-chat); for a model the price
+table's flags say that API does not serve, `batch_note` says so instead.
+
+The duration is the remaining requests over the slowest of: the request pacing, the token
+pacing, and (once rows have finished) concurrency divided by the observed latency. In modes
+batch and auto it is `[batch] completion_window` instead: the Batch API promises no sooner.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import prompts, tokens, wire
-from .budget import Bounds, max_output_tokens
+from .budget import Bounds, WorstCase, max_output_tokens
 from .pricing import CURRENCY, PriceTable, price_warnings, pusd_to_usd
 from .records import settled
 from .render import Request
@@ -36,6 +46,7 @@ from .source import Source
 from .spec import JobSpec
 from .store import Store
 from .wire import Usage
+from .wire import batch as wb
 
 APPROXIMATION_NOTE = (
     "approximate: UTF-8 bytes / 3 per text item plus 4 per message (overestimates; measured "
@@ -43,6 +54,7 @@ APPROXIMATION_NOTE = (
     "`dashscope` package for exact counts"
 )
 EXPLICIT_MIN_TOKENS = 1024  # the explicit cache's smallest prefix (reference, section D)
+WINDOWED = ("batch", "auto")  # the modes whose answers come back from the Batch API's files
 
 
 @dataclass
@@ -62,11 +74,25 @@ class Estimate:
     expected_output_basis: str
     cached_tokens_expected: int
     cache_basis: str
-    cost_expected_usd: float | None
+    cost_expected_usd: float | None  # the headline's figures (online or batch, by the mode)
     cost_worst_usd: float | None
     price_version: str
-    duration_s: float
+    duration_s: float  # modes batch and auto: the completion window (an upper bound)
     limited_by: str
+    mode: str  # [api] mode
+    headline: str  # online | batch: which figures cost_expected_usd and cost_worst_usd are
+    online_cost_usd: float | None
+    online_cost_worst_usd: float | None
+    batch_api: str  # the API the batch figures are for: "Batch API" or "Batch Chat API"
+    batch_supported: bool | None  # by the price table's flags; None: it does not know the model
+    batch_cost_usd: float | None  # None when unpriced, or not served by `batch_api`
+    batch_cost_worst_usd: float | None
+    batch_savings_usd: float | None  # online expected - batch expected
+    batch_savings_pct: float | None  # of the online expected cost
+    batch_note: str  # why there is no batch figure, or what to know about it ("" when nothing)
+    batch_price_version: str
+    completion_window: str | None  # modes batch and auto
+    batch_deadline: str | None  # mode auto: when what the batches have not answered goes online
     currency: str = CURRENCY
     warnings: list[str] = field(default_factory=list)
 
@@ -142,13 +168,55 @@ def projection(spec: JobSpec, store: Store | None, first: Request | None) -> Cac
     return CacheProjection(basis, explicit=True, prefix=prefix)
 
 
+@dataclass
+class _Money:
+    """The expected and worst-case cost of the remaining requests, online and in batch (pico-USD;
+    a worst case is None once a request has no bound)."""
+
+    model: str
+    prices: PriceTable
+    batch_prices: PriceTable
+    thinking: bool
+    online: int = 0
+    batch: int = 0
+    online_worst: int | None = 0
+    batch_worst: int | None = 0
+
+    def add(self, usage: Usage, worst: WorstCase, max_out: int) -> None:
+        online = self.prices.cost(self.model, usage, thinking=self.thinking)
+        self.online += online.total_pusd if online else 0
+        flat = Usage(usage.input_tokens, usage.output_tokens)  # the batch price has no cache discount
+        batch = self.batch_prices.cost(self.model, flat, thinking=self.thinking)
+        self.batch += batch.total_pusd if batch else 0
+        if self.online_worst is not None:
+            self.online_worst = None if worst.cost_pusd is None else self.online_worst + worst.cost_pusd
+        if self.batch_worst is not None and worst.tokens is not None:  # thinking is off unless turned on
+            args = (self.model, worst.tokens - max_out, max_out)
+            bound = self.batch_prices.worst_case(*args, thinking=self.thinking, cache_writes=False)
+            self.batch_worst = None if bound is None else self.batch_worst + bound
+        elif worst.tokens is None:
+            self.batch_worst = None
+
+
+def batch_availability(spec: JobSpec, prices: PriceTable) -> tuple[str, bool | None, str]:
+    """(the batch API the job's figure is for, whether the price table says it serves the model,
+    the note to show beside the figure)."""
+    chat = spec.api.mode == "batch-chat"
+    api = "Batch Chat API" if chat else "Batch API"
+    flags = prices.batch_support(spec.model.name)
+    if flags is None:
+        return api, None, "(unknown to the price table's batch list)"
+    served = flags[1] if chat else flags[0]
+    flag = "batch_chat" if chat else "batch_api"
+    return api, served, "" if served else f"not served by the {api} (no {flag} = true in the price table)"
+
+
 def estimate(spec: JobSpec, prices: PriceTable) -> Estimate:
     source = Source(spec)
     source.check()
     store = Store(spec.db_path, readonly=True) if spec.db_path.is_file() else None
     count, tokenizer = _counter()
     p = spec.parameters
-    thinking = bool(p.enable_thinking)
     max_out = max_output_tokens(p)
     bounds = Bounds(p, prices, priced=True)
     history = _history(store)
@@ -156,8 +224,8 @@ def estimate(spec: JobSpec, prices: PriceTable) -> Estimate:
     basis = f"average of {history['ok']} finished rows" if history["ok"] else "max_tokens (no finished rows yet)"
     total = done = remaining = input_tokens = cached = 0
     bound: int | None = 0
-    expected_pusd = 0
-    worst_pusd: int | None = 0
+    batch_prices = prices.for_batch()
+    money = _Money(spec.model.name, prices, batch_prices, thinking=bool(p.enable_thinking))
     cache: CacheProjection | None = None
     priced = prices.lookup(spec.model.name) is not None
     try:
@@ -179,13 +247,22 @@ def estimate(spec: JobSpec, prices: PriceTable) -> Estimate:
                 worst = bounds.worst(item)
                 bound = None if bound is None or worst.tokens is None else bound + worst.tokens - max_out
                 if priced:
-                    cost = prices.cost(spec.model.name, usage, thinking=thinking)
-                    expected_pusd += cost.total_pusd if cost else 0
-                    worst_pusd = None if worst_pusd is None or worst.cost_pusd is None else worst_pusd + worst.cost_pusd
+                    money.add(usage, worst, max_out)
     finally:
         if store is not None:
             store.close()
     duration, limited_by = _duration(spec, remaining, input_tokens, expected_out, history["avg_latency_s"])
+    api, supported, note = batch_availability(spec, prices)
+
+    def usd(pusd: int | None, *, batch: bool = False) -> float | None:
+        if not priced or pusd is None or (batch and supported is False):
+            return None
+        return pusd_to_usd(pusd)
+
+    online, batch_cost = usd(money.online), usd(money.batch, batch=True)
+    online_worst, batch_worst = usd(money.online_worst), usd(money.batch_worst, batch=True)
+    savings = None if batch_cost is None else money.online - money.batch
+    headline = "online" if spec.api.mode == "online" else "batch"
     return Estimate(
         job=spec.job.name,
         model=spec.model.name,
@@ -200,11 +277,25 @@ def estimate(spec: JobSpec, prices: PriceTable) -> Estimate:
         expected_output_basis=basis,
         cached_tokens_expected=cached,
         cache_basis=(cache or projection(spec, None, None)).basis,
-        cost_expected_usd=pusd_to_usd(expected_pusd) if priced else None,
-        cost_worst_usd=pusd_to_usd(worst_pusd) if priced and worst_pusd is not None else None,
+        cost_expected_usd=online if headline == "online" else batch_cost,
+        cost_worst_usd=online_worst if headline == "online" else batch_worst,
         price_version=prices.version,
         duration_s=duration,
         limited_by=limited_by,
+        mode=spec.api.mode,
+        headline=headline,
+        online_cost_usd=online,
+        online_cost_worst_usd=online_worst,
+        batch_api=api,
+        batch_supported=supported,
+        batch_cost_usd=batch_cost,
+        batch_cost_worst_usd=batch_worst,
+        batch_savings_usd=None if savings is None else pusd_to_usd(savings),
+        batch_savings_pct=round(100 * savings / money.online, 2) if savings is not None and money.online else None,
+        batch_note=note,
+        batch_price_version=batch_prices.version,
+        completion_window=spec.batch.completion_window if spec.api.mode in WINDOWED else None,
+        batch_deadline=spec.batch.deadline if spec.api.mode == "auto" else None,
         warnings=price_warnings(prices, spec.model.name),
     )
 
@@ -221,6 +312,9 @@ def _duration(
 ) -> tuple[float, str]:
     if remaining == 0:
         return 0.0, "nothing left"
+    if spec.api.mode in WINDOWED:
+        window = spec.batch.completion_window
+        return wb.window_hours(window) * 3600.0, f"[batch] completion_window ({window})"
     limits = spec.limits
     rates = {"requests_per_minute": limits.requests_per_minute * 0.985 / 60}
     if limits.tokens_per_minute:
@@ -232,18 +326,49 @@ def _duration(
     return remaining / rates[limited_by], limited_by
 
 
+def _figures(expected: float, worst: float | None, currency: str) -> str:
+    shown = "none (a video or audio input has no bound)" if worst is None else f"{worst:.6f} {currency}"
+    return f"expected {expected:.6f} {currency}, worst case {shown}"
+
+
+def _saving(e: Estimate) -> str:
+    """What batch saves against online, in words ("" without both figures)."""
+    if e.batch_savings_usd is None:
+        return ""
+    if e.batch_savings_usd < 0:
+        return f"{-e.batch_savings_usd:.6f} {e.currency} more than online with its cache hits"
+    pct = "" if e.batch_savings_pct is None else f" ({e.batch_savings_pct:.1f}%)"
+    return f"saves {e.batch_savings_usd:.6f} {e.currency}{pct} against online"
+
+
+def cost_lines(e: Estimate) -> list[str]:
+    """The cost lines of `render`: the headline figure first, the other beneath it to compare."""
+    if e.online_cost_usd is None:
+        return ["cost:           no price for this model (add it under [pricing.models] or --prices)"]
+    online = f"{_figures(e.online_cost_usd, e.online_cost_worst_usd, e.currency)} (prices {e.price_version})"
+    batch = e.batch_note
+    if e.batch_cost_usd is not None:
+        batch = _figures(e.batch_cost_usd, e.batch_cost_worst_usd, e.currency)
+        batch += f" ({e.batch_api} prices {e.batch_price_version}, no cache discount) {e.batch_note}".rstrip()
+        batch += f"; {_saving(e)}" if _saving(e) else ""
+    if e.headline == "online":
+        return [f"cost:           {online}; the worst case assumes no cache hit", f"in batch:       {batch}"]
+    return [f"cost (batch):   {batch}", f"online:         {online}, to compare"]
+
+
+def _duration_line(e: Estimate) -> str:
+    if e.completion_window is None or not e.requests_remaining:
+        hours, rest = divmod(int(e.duration_s), 3600)
+        return f"duration:       about {hours}h{rest // 60:02d}m{rest % 60:02d}s, limited by {e.limited_by}"
+    window = f"{e.completion_window} ([batch] completion_window; the Batch API promises no sooner)"
+    line = f"duration:       results within {window}"
+    if e.batch_deadline is not None:
+        line += f"; what is unanswered {e.batch_deadline} after the first submission goes online ([batch] deadline)"
+    return line
+
+
 def render(e: Estimate) -> str:
-    hours, rest = divmod(int(e.duration_s), 3600)
     bound = "no bound (a video or audio input)" if e.input_tokens_bound is None else str(e.input_tokens_bound)
-    cost = "no price for this model (add it under [pricing.models] or --prices)"
-    if e.cost_expected_usd is not None:
-        worst = "none (a video or audio input has no bound)"
-        if e.cost_worst_usd is not None:
-            worst = f"{e.cost_worst_usd:.6f} {e.currency}"
-        cost = (
-            f"expected {e.cost_expected_usd:.6f} {e.currency}, worst case {worst} "
-            f"(prices {e.price_version}; the worst case assumes no cache hit)"
-        )
     lines = [
         f"job {e.job} ({e.model}): {e.requests_remaining} of {e.requests_total} requests to send "
         f"({e.requests_done} already done)",
@@ -251,8 +376,8 @@ def render(e: Estimate) -> str:
         f"output tokens:  expected {e.output_tokens_expected} ({e.expected_output_basis}), "
         f"worst {e.output_tokens_worst}",
         f"cache:          {e.cached_tokens_expected} input tokens expected to hit: {e.cache_basis}",
-        f"cost:           {cost}",
-        f"duration:       about {hours}h{rest // 60:02d}m{rest % 60:02d}s, limited by {e.limited_by}",
+        *cost_lines(e),
+        _duration_line(e),
         *(f"warning:        {w}" for w in e.warnings),
     ]
     return "\n".join(lines)

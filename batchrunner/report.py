@@ -1,13 +1,16 @@
 """Usage and cost reports, read from one or more stores (read-only).
 
-`build` sums every store, grouped by any of model, job (the job that made the row; for an older store, the job of its
-run), day (UTC) and status, and `render`
-prints a report as a terminal table, CSV, JSON or Markdown. `requests`, `ok` and `failed` count
-the results (on the day they finished); tokens and money add up every paid attempt (on the day
-it was sent), so an answer re-asked for invalid JSON or sent again by `--retry-failed` is
-counted each time it was paid for (see `Store.usage_sums`). Money is summed in whole pico-USD
-and converted to USD (the only currency batchrunner counts in) only for display, so the
-totals equal the sum of the rows exactly.
+`build` sums every store, grouped by any of model, job (the job that made the row; for an
+older store, the job of its run), day (UTC), status and mode (how it was bought: online, batch
+or batch-chat; online for rows stored before batchrunner recorded it), and `render` prints a
+report as a terminal table, CSV, JSON or Markdown. `requests`, `ok` and `failed` count the
+results (on the day they finished, in the mode of the answer kept); tokens and money add up
+every paid attempt (on the day it was sent, in the mode it was sent in), so an answer re-asked
+for invalid JSON or sent again by `--retry-failed` is counted each time it was paid for (see
+`Store.usage_sums`). Each attempt's cost was recorded at the price that applied to it (the
+batch price for batch and batch-chat attempts), so a report adds costs up and prices nothing
+itself. Money is summed in whole pico-USD and converted to USD (the only currency batchrunner
+counts in) only for display, so the totals equal the sum of the rows exactly.
 
 Money columns of a group are empty (None, JSON null) when nothing in it has a recorded cost,
 never zero. An answer is counted in `unpriced_requests` when it used tokens but has no cost
@@ -39,7 +42,7 @@ from .errors import StoreError
 from .pricing import CURRENCY, format_usd
 from .store import Store
 
-BY_KEYS = ("model", "job", "day", "status")
+BY_KEYS = ("model", "job", "day", "status", "mode")
 FORMATS = ("table", "csv", "json", "markdown")
 TOKENS = (
     "input_tokens",
@@ -165,7 +168,7 @@ def build(
     paths: Sequence[Path], by: Sequence[str] = (), since: date | None = None, until: date | None = None
 ) -> Report:
     """Read the stores named by `paths` (see `collect`) and sum their results per group of `by`
-    (any of model, job, day, status, in the order given); since/until bound the day, inclusive."""
+    (any of model, job, day, status, mode, in the order given); since/until bound the day, inclusive."""
     unknown = [k for k in by if k not in BY_KEYS]
     if unknown:
         msg = f"cannot group by {', '.join(unknown)}; choose from {', '.join(BY_KEYS)}"
@@ -179,8 +182,10 @@ def build(
         with Store(path, readonly=True) as store:
             job = store.job_name()  # for rows whose job is not recorded
             versions |= store.price_versions()
-            for model, status, day, made_by, *sums in store.usage_sums(TOKENS, list(MONEY.values()), since, until):
-                found = {"model": model, "job": made_by or job, "day": day, "status": status}
+            for model, status, day, made_by, mode, *sums in store.usage_sums(
+                TOKENS, list(MONEY.values()), since, until
+            ):
+                found = {"model": model, "job": made_by or job, "day": day, "status": status, "mode": mode}
                 group = tuple(None if found[k] is None else str(found[k]) for k in keys)
                 row = ReportRow(group, **dict(zip(counters, sums, strict=True)))
                 groups[group] = groups[group].plus(row, group) if group in groups else row

@@ -62,13 +62,15 @@ class History:
     def usage_sums(
         self, tokens: Sequence[str], money: Sequence[str], since: date | None, until: date | None
     ) -> list[tuple[Any, ...]]:
-        """Sums per (model, status, day, job), days in [since, until]: those four, requests, ok,
-        failed, *tokens, unpriced answers, *money. Requests are the results, on the day they
-        finished. Tokens and money add up every answered attempt (re-asks for JSON, answers of
-        earlier runs sent again), on the day it was sent, under its row's status (`pending`
-        while the row has no result); a row none of whose answered attempts is on record (an
-        older store) adds its own. Job: the row's, else its run's. Missing columns read as NULL;
-        money sums are NULL when nothing in the group has a cost, never 0."""
+        """Sums per (model, status, day, job, mode), days in [since, until]: those five, requests,
+        ok, failed, *tokens, unpriced answers, *money. Requests are the results, on the day they
+        finished, in the mode their answer was bought in. Tokens and money add up every answered
+        attempt (re-asks for JSON, answers of earlier runs sent again), on the day it was sent,
+        in the mode it was sent in, under its row's status (`pending` while the row has no
+        result); a row none of whose answered attempts is on record (an older store) adds its
+        own. Job: the row's, else its run's. Mode: online, batch or batch-chat; online where it
+        is not recorded (rows from before the column). Missing columns read as NULL; money sums
+        are NULL when nothing in the group has a cost, never 0."""
         have = {"r": self._columns("results"), "a": self._columns("attempts")}
 
         def col(alias: str, name: str) -> str:
@@ -88,25 +90,32 @@ class History:
                 run = f"(SELECT runs.job FROM runs WHERE runs.id = {alias}.run_id)"
             return f"coalesce({col('r', 'job')}, {run})"
 
+        def mode_of(alias: str) -> str:  # rows written before the mode column were all online
+            return f"coalesce({col(alias, 'mode')}, 'online')"
+
         model, status, finished = col("r", "model"), col("r", "status"), f"date({col('r', 'finished_at')})"
+        row_keys = [model, status, finished, job_of("r"), mode_of("r")]
         counted = ["1", f"{status} = 'ok'", f"{status} = 'failed'", *["0"] * (len(tokens) + 1), *["NULL"] * len(money)]
-        parts = [([model, status, finished, job_of("r"), *counted], "FROM results r WHERE 1", finished)]
+        parts = [([*row_keys, *counted], "FROM results r WHERE 1", finished)]
         own = "FROM results r WHERE 1"
         if "input_tokens" in have["a"]:
             columns = [f"coalesce(a.model, {model})", f"coalesce({status}, 'pending')", "date(a.started_at)"]
+            columns += [job_of("a"), mode_of("a")]
             answered = "FROM attempts a LEFT JOIN results r ON r.key = a.key WHERE a.input_tokens IS NOT NULL"
-            parts.append(([*columns, job_of("a"), "0", "0", "0", *paid("a")], answered, "date(a.started_at)"))
+            parts.append(([*columns, "0", "0", "0", *paid("a")], answered, "date(a.started_at)"))
             own += " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = r.key AND a.input_tokens IS NOT NULL)"
-        parts.append(([model, status, finished, job_of("r"), "0", "0", "0", *paid("r")], own, finished))
+        parts.append(([*row_keys, "0", "0", "0", *paid("r")], own, finished))
         selects, args = [], []
         for columns, source, day in parts:
             bounds = [(f" AND {day} >= ?", since), (f" AND {day} <= ?", until)]
             named = ", ".join(f"{c} AS c{i}" for i, c in enumerate(columns))
             selects.append(f"SELECT {named} {source}" + "".join(sql for sql, v in bounds if v is not None))
             args += [v.isoformat() for _, v in bounds if v is not None]
-        counts = range(4, 8 + len(tokens))
+        keys = len(row_keys)
+        counts = range(keys, keys + 4 + len(tokens))
         sums = [*(f"coalesce(sum(c{i}), 0)" for i in counts), *(f"sum(c{i})" for i in range(counts.stop, len(columns)))]
-        sql = f"SELECT c0, c1, c2, c3, {', '.join(sums)} FROM ({' UNION ALL '.join(selects)}) GROUP BY 1, 2, 3, 4"
+        grouped = ", ".join(f"c{i}" for i in range(keys))
+        sql = f"SELECT {grouped}, {', '.join(sums)} FROM ({' UNION ALL '.join(selects)}) GROUP BY {grouped}"
         try:
             return list(self.conn.execute(sql, args).fetchall())
         except sqlite3.DatabaseError as exc:
