@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import read_table
+from helpers import query, read_table
 
 from batchrunner import load_spec, run_job
 
@@ -34,12 +34,20 @@ def test_every_job_is_covered() -> None:
             "tools-eval",
             "repeats",
             "openai-compatible",
+            "batch-reviews",
         ]
     )
 
 
 def test_text(tmp_path: Path) -> None:
     assert run_example("reviews-summary", tmp_path).height == 12
+
+
+def test_batch(tmp_path: Path) -> None:
+    table = run_example("batch-reviews", tmp_path)
+    assert table.height == 12
+    (mode,) = query(tmp_path / "store.sqlite", "SELECT DISTINCT mode FROM results")
+    assert mode == ("batch",)
 
 
 def test_vision(tmp_path: Path) -> None:
