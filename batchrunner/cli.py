@@ -299,6 +299,9 @@ def report(paths: tuple[Path, ...], by: str, since: Any, until: Any, fmt: str) -
     click.echo(reporting.render(built, reporting.as_format(fmt)), nl=False)
 
 
+_COUNT = click.IntRange(min=0)
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -312,9 +315,37 @@ def report(paths: tuple[Path, ...], by: str, since: Any, until: Any, fmt: str) -
     type=click.FloatRange(0, 1),
     help="Share of requests answered 500.",
 )
+@click.option(
+    "--batch-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Every batch completes this many seconds after its creation (validating for at most a tenth of them); "
+    "replaces --batch-line-s.",
+)
+@click.option(
+    "--batch-validate-s",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a batch validates.",
+)
+@click.option(
+    "--batch-line-s", default=0.01, show_default=True, type=click.FloatRange(min=0), help="Seconds per batch line."
+)
+@click.option("--batch-drop-creates", default=0, type=_COUNT, help="Lose the answer of the first N batch creates.")
+@click.option("--batch-throttle-creates", default=0, type=_COUNT, help="Answer 429 to the first N batch creates.")
+@click.option("--batch-fail-gets", default=0, type=_COUNT, help="Answer 503 to the first N batch GETs.")
+@click.option("--batch-download-503", is_flag=True, help="Answer 503 to the first download of each file.")
+@click.option("--batch-cut-downloads", default=0, type=_COUNT, help="Cut the first N file downloads halfway.")
+@click.option(
+    "--batch-none-id",
+    type=click.Choice(["null", ""]),
+    default="null",
+    show_default=True,
+    help="How a batch without an output or error file shows its id.",
+)
 @_reports_errors
-def simulate(host: str, port: int, rpm: int | None, tpm: int | None, latency_ms: float, fail_rate: float) -> None:
-    """Serve the DashScope simulator until Ctrl-C.
+def simulate(host: str, port: int, **options: Any) -> None:
+    """Serve the DashScope simulator (and its Batch API) until Ctrl-C.
 
     \b
     Example:
@@ -323,7 +354,8 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, latency_ms:
     """
     from .simulator import SimulatorConfig, run_simulator
 
-    config = SimulatorConfig(rpm=rpm, tpm=tpm, latency_ms=latency_ms, fail_rate=fail_rate, keep_log=False)
+    none_id = options.pop("batch_none_id")
+    config = SimulatorConfig(keep_log=False, batch_none_id=None if none_id == "null" else none_id, **options)
     try:
         run_simulator(
             config,

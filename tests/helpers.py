@@ -35,6 +35,19 @@ BASE_SPEC: dict[str, dict[str, Any]] = {
 }
 
 
+class Clock:
+    """A clock the test moves by hand (e.g. SimulatorConfig.clock): seconds, starting at 1000."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def toml_key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 

@@ -10,22 +10,10 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from helpers import Clock, invoke_cli
 
-from batchrunner.simulator import SimulatorConfig, ThreadHandle, serve_in_thread
+from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle, serve_in_thread
 from batchrunner.wire import batch as wb
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -227,3 +215,171 @@ def test_bad_requests_are_refused(client: openai.OpenAI) -> None:
     bad = openai.OpenAI(base_url=str(client.base_url), api_key="nokey", max_retries=0, http_client=http)
     with bad, pytest.raises(openai.AuthenticationError):
         bad.batches.list()
+
+
+# ----------------------------------------------------------------- pacing, faults, test model
+
+
+def create(client: openai.OpenAI, file_id: str, endpoint: str = "/v1/chat/completions") -> str:
+    return client.batches.create(input_file_id=file_id, endpoint=endpoint, completion_window="24h").id  # type: ignore[arg-type]
+
+
+def status(client: openai.OpenAI, batch_id: str) -> wb.Batch:
+    return wb.parse_batch(client.batches.retrieve(batch_id).model_dump())
+
+
+@pytest.mark.sim(TIMING, batch_seconds=100.0, batch_validate_s=60.0)
+def test_batch_seconds_sets_how_long_every_batch_takes(client: openai.OpenAI, clock: Clock) -> None:
+    start = clock.now
+    four, one = create(client, upload(client, jsonl(4))), create(client, upload(client, jsonl(1)))
+    clock.now = start + 9.9  # validation takes min(60, 100 / 10) = 10 s
+    assert status(client, four).status == "validating"
+    clock.now = start + 10
+    b = status(client, four)
+    assert b.status == "in_progress" and b.request_counts.completed == 0
+    assert b.timestamps["in_progress_at"] - b.timestamps["created_at"] == 10
+    clock.now = start + 32.5  # the other 90 s are shared by the 4 lines: one every 22.5 s
+    assert status(client, four).request_counts.completed == 1
+    clock.now = start + 99.9
+    assert status(client, four).request_counts.completed == 3
+    assert status(client, one).status == "in_progress"  # one line takes the whole 90 s
+    clock.now = start + 100
+    assert [status(client, b).status for b in (four, one)] == ["completed", "completed"]
+    assert status(client, four).request_counts == wb.RequestCounts(4, 4, 0)
+
+
+@pytest.mark.sim(TIMING, batch_throttle_creates=1, batch_drop_creates=1)
+def test_throttled_and_dropped_creates(client: openai.OpenAI, handle: ThreadHandle) -> None:
+    file_id = upload(client, jsonl(1))
+    with pytest.raises(openai.RateLimitError) as throttled:
+        create(client, file_id)
+    assert throttled.value.code == "limit_requests"
+    assert client.batches.list().data == []  # a throttled create makes nothing
+    with pytest.raises(openai.APIConnectionError):  # made, but the answer never came
+        create(client, file_id)
+    [made] = client.batches.list().data
+    assert made.input_file_id == file_id
+    assert create(client, file_id) != made.id  # the knobs are used up: answered normally
+    stats = handle.sim.stats()
+    assert (stats["creates_throttled"], stats["creates_dropped"], stats["batches_created"]) == (1, 1, 2)
+    assert stats["batch_calls"]["create"] == 3
+
+
+@pytest.mark.sim(TIMING, batch_download_503=True, batch_cut_downloads=1)
+def test_download_faults(client: openai.OpenAI, handle: ThreadHandle) -> None:
+    data = jsonl(30)
+    first, second = upload(client, data), upload(client, data)
+    with pytest.raises(openai.InternalServerError) as unavailable:  # each file's first download
+        client.files.content(first)
+    assert unavailable.value.status_code == 503
+    with pytest.raises(openai.APIConnectionError):  # cut halfway, Content-Length unmet
+        client.files.content(first)
+    assert client.files.content(first).content == data
+    with pytest.raises(openai.InternalServerError):
+        client.files.content(second)
+    assert client.files.content(second).content == data
+    assert handle.sim.stats()["downloads_failed"] == 3
+
+
+def line_with(i: int, text: str) -> bytes:
+    return wb.encode_line(f"row-{i}", {"model": "qwen-plus", "messages": [{"role": "user", "content": text}]})
+
+
+LINE_FAULTS = (
+    FaultRule("poison", ("always:400",)),
+    FaultRule("flaky", (503,)),
+    FaultRule("dropme", ("drop",)),
+    FaultRule("quota", ("Throttling.AllocationQuota",)),
+)
+
+
+@pytest.mark.sim(TIMING, batch_line_s=0.0, faults=LINE_FAULTS)
+def test_scripted_line_faults_land_in_the_error_file(client: openai.OpenAI, handle: ThreadHandle, clock: Clock) -> None:
+    texts = ["a plain question", "poison pill", "a flaky one", "dropme now", "quota please"]
+    data = b"".join(line_with(i, t) for i, t in enumerate(texts))
+    batch_id = create(client, upload(client, data))
+    clock.advance(10)
+    b = status(client, batch_id)
+    assert b.status == "completed" and b.request_counts == wb.RequestCounts(5, 1, 4)
+    assert list(results(client, b.output_file_id)) == ["row-0"]
+    failed = results(client, b.error_file_id)
+    assert {cid: (r.status_code, r.code, r.resubmit) for cid, r in failed.items()} == {
+        "row-1": (400, "invalid_request_error", False),
+        "row-2": (503, "internal_error", True),
+        "row-3": (500, "internal_error", True),  # a transport kind is a 500 line
+        "row-4": (429, "insufficient_quota", True),
+    }
+    assert handle.sim.stats()["lines_billed"] == 1
+
+    again = create(client, upload(client, line_with(1, "poison pill") + line_with(2, "a flaky one")))
+    clock.advance(10)  # second arrival of each body: "always:400" repeats, 503 was a one-off
+    b = status(client, again)
+    assert list(results(client, b.output_file_id)) == ["row-2"]
+    assert [r.status_code for r in results(client, b.error_file_id).values()] == [400]
+    assert handle.sim.stats()["lines_billed"] == 2
+
+
+def model_test_lines(n: int, size: int = 0) -> bytes:
+    lines = []
+    for i in range(n):
+        body = {"model": wb.TEST_MODEL, "messages": [{"role": "user", "content": f"q{i} " + "x" * size}]}
+        lines.append(wb.encode_line(f"t-{i}", body, url=wb.TEST_ENDPOINT))
+    return b"".join(lines)
+
+
+def test_batch_test_model_answers_a_fixed_text_for_free(
+    client: openai.OpenAI, handle: ThreadHandle, clock: Clock
+) -> None:
+    batch_id = create(client, upload(client, model_test_lines(3)), wb.TEST_ENDPOINT)
+    clock.advance(20)
+    b = status(client, batch_id)
+    assert b.status == "completed" and b.error_file_id is None
+    answered = results(client, b.output_file_id)
+    assert sorted(answered) == ["t-0", "t-1", "t-2"]
+    for line in answered.values():
+        assert line.completion is not None and line.completion.first.content == "This is a test result."
+        assert (line.completion.usage.input_tokens, line.completion.usage.output_tokens) == (10, 6)
+    stats = handle.sim.stats()
+    assert (stats["lines_billed"], stats["batch_input_tokens"], stats["batch_output_tokens"]) == (0, 0, 0)
+
+
+def test_batch_test_model_limits(client: openai.OpenAI, handle: ThreadHandle, clock: Clock) -> None:
+    small = upload(client, model_test_lines(2))
+    first, second = create(client, small, wb.TEST_ENDPOINT), create(client, small, wb.TEST_ENDPOINT)
+    with pytest.raises(openai.RateLimitError):  # two test batches are running already
+        create(client, small, wb.TEST_ENDPOINT)
+    create(client, upload(client, jsonl(1)))  # the limit is for test batches only
+    clock.advance(20)
+    assert [status(client, b).status for b in (first, second)] == ["completed", "completed"]
+    too_many = create(client, upload(client, model_test_lines(101)), wb.TEST_ENDPOINT)
+    too_big = create(client, upload(client, model_test_lines(3, size=400_000)), wb.TEST_ENDPOINT)
+    clock.advance(20)
+    assert [(e.code, e.line) for e in status(client, too_many).errors] == [("too_many_lines", 101)]
+    assert [e.code for e in status(client, too_big).errors] == ["file_too_large"]
+    assert handle.sim.stats()["creates_throttled"] == 1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"batch_seconds": 0.0}, {"batch_drop_creates": -1}, {"batch_cut_downloads": -2}, {"batch_fail_gets": -1}],
+)
+def test_bad_batch_fault_fields_are_refused(fields: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        SimulatorConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_simulate_command_builds_the_batch_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchrunner.simulator
+
+    served: list[SimulatorConfig] = []
+    monkeypatch.setattr(batchrunner.simulator, "run_simulator", lambda config, **_: served.append(config))
+    options = ["--batch-seconds", "30", "--batch-validate-s", "2", "--batch-line-s", "0.5", "--batch-drop-creates", "1"]
+    options += ["--batch-throttle-creates", "2", "--batch-fail-gets", "3", "--batch-download-503"]
+    result = invoke_cli("simulate", "--port", "0", *options, "--batch-cut-downloads", "4", "--batch-none-id", "")
+    assert result.exit_code == 0, result.output
+    [config] = served
+    assert (config.batch_seconds, config.batch_validate_s, config.batch_line_s) == (30.0, 2.0, 0.5)
+    assert (config.batch_drop_creates, config.batch_throttle_creates, config.batch_fail_gets) == (1, 2, 3)
+    assert (config.batch_download_503, config.batch_cut_downloads, config.batch_none_id) == (True, 4, "")
+    invoke_cli("simulate", "--port", "0")
+    assert served[-1].batch_none_id is None and served[-1].batch_seconds is None and not served[-1].batch_download_503

@@ -92,7 +92,9 @@ class Simulator:
     def stats(self) -> dict[str, Any]:
         """Counters: requests, by_status ("0" = dropped), throttled, faults_injected, plus
         answered (valid 200 answers) and the input/output tokens of those answers; and the
-        Batch API's batches_created, lines_billed, batch_input_tokens, batch_output_tokens."""
+        Batch API's batches_created, lines_billed, batch_input_tokens, batch_output_tokens,
+        batch_calls (requests by route: create, get, list, content, ...) and the faults it
+        injected: creates_dropped, creates_throttled, gets_failed, downloads_failed."""
         return {**self._ledger.stats(), **self.batches.counters()}
 
     def wait_for_in_flight(self, n: int, timeout: float) -> bool:

@@ -2,12 +2,15 @@
 
 A batch validates for `batch_validate_s` seconds of `SimulatorConfig.clock`, then answers one
 line every `batch_line_s` (0: every line at once) in file order, and completes when every
-line is answered; past its completion window it expires. A cancel freezes the lines answered
-so far ("cancelling"); the next read finishes it ("cancelled"). A finished batch writes an
-output file (200 lines) and an error file (4xx lines, and `batch_expired` / `batch_cancelled`
-for lines never run); a file with no lines is not written (its id is `batch_none_id`).
-Lines are answered exactly as POST /compatible-mode/v1/chat/completions answers the same
-body. Only lines answered 200 are billed (`lines_billed`). Thread-safe: one lock.
+line is answered; with `batch_seconds` set, it completes that many seconds after creation
+instead (validating for a tenth of them at most). Past its completion window it expires. A
+cancel freezes the lines answered so far ("cancelling"); the next read finishes it
+("cancelled"). A finished batch writes an output file (200 lines) and an error file (4xx
+and 5xx lines, and `batch_expired` / `batch_cancelled` for lines never run); a file with no
+lines is not written (its id is `batch_none_id`). Lines are answered as batchlines.py says
+(like the chat endpoint, or a scripted line fault, or the free test model's fixed text).
+Only chat lines answered 200 are billed (`lines_billed`). At most two batch-test-model
+batches run at once: a third create answers 429. Thread-safe: one lock.
 """
 
 from __future__ import annotations
@@ -21,12 +24,9 @@ from typing import Any
 
 from batchrunner.wire import batch as wb
 
-from . import compat, reply
-from .catalogue import SimError
+from .batchfaults import BatchFaults
+from .batchlines import TEST_MAX_RUNNING, answer_line, parse_lines, test_answer
 from .config import SimulatorConfig
-from .validate import check_request
-
-_NO_CACHE = {"cached_tokens": 0}  # the Batch API gives no cache discount
 
 
 class BatchApiError(Exception):
@@ -41,18 +41,6 @@ class BatchApiError(Exception):
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def answer_line(body: dict[str, Any], request_id: str, created: int, max_output: int) -> tuple[int, dict[str, Any]]:
-    """(status, chat.completion or error body) of one line's body, as the chat endpoint answers."""
-    body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-    try:
-        native, path, _, options = compat.to_native(body, created)
-        call = check_request(path, native, False, max_output)
-        answer = reply.compose(call)
-    except SimError as err:
-        return err.status, compat.error(err, request_id)
-    return 200, compat.body(call, answer, dict(_NO_CACHE), request_id, options)
 
 
 @dataclass(slots=True)
@@ -88,6 +76,8 @@ class SimBatch:
     errors: list[dict[str, Any]]
     start: float  # on the config's clock
     epoch: int  # wall-clock seconds at creation
+    validate_s: float  # how long it validates
+    line_s: float  # then one line every line_s seconds (0: all at once)
     status: str = wb.VALIDATING
     results: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     frozen_at: int | None = None  # lines answered when cancelled
@@ -117,43 +107,10 @@ class SimBatch:
         obj.update({k: self.stamps.get(k) for k in wb.TIMESTAMPS})
         return obj
 
-
-def _parse_lines(data: bytes, endpoint: str) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
-    """The lines of an input file and the validation errors that fail the batch (1-based lines)."""
-    lines: list[tuple[str, dict[str, Any]]] = []
-    errors: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    models: set[str] = set()
-
-    def fail(code: str, message: str, param: str | None, line: int) -> None:
-        errors.append({"code": code, "message": message, "param": param, "line": line})
-
-    raw_lines = [raw for raw in data.split(b"\n") if raw.strip()]
-    if len(raw_lines) > wb.MAX_LINES:
-        fail(wb.TOO_MANY_LINES, f"The file has more than {wb.MAX_LINES} requests.", None, wb.MAX_LINES + 1)
-    for n, raw in enumerate(raw_lines[: wb.MAX_LINES], start=1):
-        if len(raw) > wb.MAX_LINE_BYTES:
-            fail(wb.LINE_TOO_LARGE, f"The line is larger than {wb.MAX_LINE_BYTES} bytes.", None, n)
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict) or not isinstance(obj.get("body"), dict):
-            fail(wb.INVALID_LINE, "The line is not a JSON object with a body.", None, n)
-            continue
-        custom_id, url, body = str(obj.get("custom_id")), obj.get("url"), obj["body"]
-        if url != endpoint:
-            fail(wb.URL_NOT_FOUND, f"The provided url '{url}' is not supported by the Batch API.", "url", n)
-        if custom_id in seen:
-            fail(wb.DUPLICATE_CUSTOM_ID, f"The custom_id '{custom_id}' is duplicated.", "custom_id", n)
-        seen.add(custom_id)
-        models.add(str(body.get("model")))
-        if len(models) > 1:
-            fail(wb.MISMATCHED_MODEL, "All requests in a file must use the same model.", "body.model", n)
-            models = {str(body.get("model"))}
-        lines.append((custom_id, body))
-    return lines, errors
+    @property
+    def test(self) -> bool:
+        """A batch-test-model batch: fixed answers, never billed."""
+        return self.endpoint == wb.TEST_ENDPOINT
 
 
 class BatchStore:
@@ -162,6 +119,7 @@ class BatchStore:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
+        self.faults = BatchFaults(config)
         self.reset()
 
     def reset(self) -> None:
@@ -172,16 +130,26 @@ class BatchStore:
             self._billed = 0
             self._billed_in = 0
             self._billed_out = 0
+            self._calls: dict[str, int] = {}
+        self.faults.reset()
 
-    def counters(self) -> dict[str, int]:
-        """batches_created, lines_billed and the billed lines' input / output tokens."""
+    def counters(self) -> dict[str, Any]:
+        """batches_created, lines_billed, the billed lines' input / output tokens, the faults
+        injected (see BatchFaults.counters) and `batch_calls`: requests by route name."""
         with self._lock:
-            return {
+            counts: dict[str, Any] = {
                 "batches_created": self._created,
                 "lines_billed": self._billed,
                 "batch_input_tokens": self._billed_in,
                 "batch_output_tokens": self._billed_out,
+                "batch_calls": dict(self._calls),
             }
+        return {**counts, **self.faults.counters()}
+
+    def count_call(self, route: str) -> None:
+        """Count one request to a Batch API route ("create", "get", "content", ...)."""
+        with self._lock:
+            self._calls[route] = self._calls.get(route, 0) + 1
 
     # ------------------------------------------------------------------ files
 
@@ -226,6 +194,8 @@ class BatchStore:
     # ------------------------------------------------------------------ batches
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.faults.throttle_create():
+            raise BatchApiError(429, "limit_requests", "Batch throttling: too many batches created; try again later.")
         endpoint = body.get("endpoint")
         window = body.get("completion_window")
         metadata = body.get("metadata") or {}
@@ -239,7 +209,11 @@ class BatchStore:
             raise BatchApiError(400, "invalid_request_error", "metadata.ds_name is at most 100 characters.")
         with self._lock:
             source = self._file(str(body.get("input_file_id")))
-            lines, errors = _parse_lines(source.data, str(endpoint))
+            if endpoint == wb.TEST_ENDPOINT and self._tests_running() >= TEST_MAX_RUNNING:
+                self.faults.count_throttled()
+                message = f"At most {TEST_MAX_RUNNING} {wb.TEST_MODEL} batches may run at once."
+                raise BatchApiError(429, "limit_requests", message)
+            lines, errors = parse_lines(source.data, str(endpoint))
             epoch = int(time.time())
             batch = SimBatch(
                 "batch_" + str(uuid.uuid4()),
@@ -251,11 +225,28 @@ class BatchStore:
                 errors,
                 self.config.clock(),
                 epoch,
+                *self._pace(len(lines)),
             )
             batch.stamps["created_at"] = epoch
             self._batches[batch.id] = batch
             self._created += 1
             return batch.to_wire(self.config.batch_none_id)
+
+    def _pace(self, lines: int) -> tuple[float, float]:
+        """(validation seconds, seconds per line) of a new batch of `lines` lines."""
+        cfg = self.config
+        if cfg.batch_seconds is None:
+            return cfg.batch_validate_s, cfg.batch_line_s
+        validate_s = min(cfg.batch_validate_s, cfg.batch_seconds / 10)
+        return validate_s, (cfg.batch_seconds - validate_s) / lines if lines else 0.0
+
+    def _tests_running(self) -> int:
+        running = 0
+        for batch in self._batches.values():
+            if batch.test:
+                self._advance(batch)
+                running += batch.status not in wb.TERMINAL
+        return running
 
     def _batch(self, batch_id: str) -> SimBatch:
         batch = self._batches.get(batch_id)
@@ -316,12 +307,11 @@ class BatchStore:
         """Bring a batch up to the clock: validate, answer lines, finish."""
         if batch.status in wb.TERMINAL:
             return
-        cfg = self.config
-        elapsed = cfg.clock() - batch.start
+        elapsed = self.config.clock() - batch.start
         if batch.status == wb.CANCELLING:
             self._finish(batch, wb.CANCELLED, wb.LINE_CANCELLED)
             return
-        if elapsed < cfg.batch_validate_s:
+        if elapsed < batch.validate_s:
             return
         if batch.errors:
             batch.status = wb.FAILED
@@ -329,12 +319,13 @@ class BatchStore:
             return
         if batch.status == wb.VALIDATING:
             batch.status = wb.IN_PROGRESS
-            batch.stamps["in_progress_at"] = batch.epoch + int(cfg.batch_validate_s)
+            batch.stamps["in_progress_at"] = batch.epoch + int(batch.validate_s)
             batch.stamps["expires_at"] = batch.epoch + wb.window_hours(batch.window) * 3600
         window_s = wb.window_hours(batch.window) * 3600.0
-        running = min(elapsed, window_s) - cfg.batch_validate_s
+        running = min(elapsed, window_s) - batch.validate_s
         total = len(batch.lines)
-        done = total if cfg.batch_line_s == 0 else min(total, int(running / cfg.batch_line_s))
+        # The small slack keeps float rounding from holding back the line that is due now.
+        done = total if batch.line_s == 0 else min(total, int(running / batch.line_s + 1e-9))
         self._answer(batch, done)
         if done >= total:
             batch.stamps["finalizing_at"] = self._stamp(batch)
@@ -347,9 +338,14 @@ class BatchStore:
         while len(batch.results) < done:
             n = len(batch.results)
             request_id = f"{batch.id}-{n + 1}"
-            status, body = answer_line(batch.lines[n][1], request_id, created, self.config.max_output_tokens)
+            line = batch.lines[n][1]
+            if batch.test:
+                status, body = 200, test_answer(line, request_id, created)
+            else:
+                max_output = self.config.max_output_tokens
+                status, body = answer_line(line, request_id, created, max_output, self.faults.line_fault)
             batch.results.append((status, body))
-            if status == 200:
+            if status == 200 and not batch.test:
                 usage = body.get("usage") or {}
                 self._billed += 1
                 self._billed_in += int(usage.get("prompt_tokens", 0))

@@ -122,6 +122,16 @@ class SimulatorConfig:
     tests pass a controlled one); a batch validates for `batch_validate_s`, then answers one
     line every `batch_line_s` (0: all at once) and expires after its completion window.
     `batch_none_id` is what an absent output / error file id is written as (None or "").
+    `batch_seconds`, when set, replaces that pacing: every batch takes this many seconds of
+    the clock from creation to completion (it validates for min(batch_validate_s,
+    batch_seconds / 10), then its lines are answered evenly over the rest).
+    Batch API faults (counted in stats; see batchfaults.py): the first `batch_drop_creates`
+    POST /batches make their batch but close the connection without answering; the first
+    `batch_throttle_creates` answer 429 and make nothing; the first `batch_fail_gets`
+    GET /batches/{id} answer 503; with `batch_download_503`, the first download of each
+    file's content answers 503; the first `batch_cut_downloads` downloads send half the body
+    (Content-Length promising all of it) and close the connection. A batch line matched by
+    a FaultRule gets the rule's outcome as its line's status (transport kinds: 500).
     """
 
     rpm: int | None = None
@@ -144,11 +154,15 @@ class SimulatorConfig:
     batch_validate_s: float = 1.0
     batch_line_s: float = 0.01
     batch_none_id: str | None = None
+    batch_seconds: float | None = None
+    batch_drop_creates: int = 0
+    batch_throttle_creates: int = 0
+    batch_fail_gets: int = 0
+    batch_download_503: bool = False
+    batch_cut_downloads: int = 0
 
     def __post_init__(self) -> None:
-        if self.batch_validate_s < 0 or self.batch_line_s < 0 or self.batch_none_id not in (None, ""):
-            msg = 'SimulatorConfig: batch_validate_s and batch_line_s must be >= 0; batch_none_id None or ""'
-            raise ValueError(msg)
+        self._check_batch_fields()
         for name in ("rpm", "tpm"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -169,6 +183,18 @@ class SimulatorConfig:
         if self.valid_keys is not None and not isinstance(self.valid_keys, frozenset):
             object.__setattr__(self, "valid_keys", frozenset(self.valid_keys))
         object.__setattr__(self, "faults", tuple(self.faults))
+
+    def _check_batch_fields(self) -> None:
+        if self.batch_validate_s < 0 or self.batch_line_s < 0 or self.batch_none_id not in (None, ""):
+            msg = 'SimulatorConfig: batch_validate_s and batch_line_s must be >= 0; batch_none_id None or ""'
+            raise ValueError(msg)
+        if self.batch_seconds is not None and not self.batch_seconds > 0:
+            msg = f"SimulatorConfig.batch_seconds must be positive or None, got {self.batch_seconds}"
+            raise ValueError(msg)
+        for name in ("batch_drop_creates", "batch_throttle_creates", "batch_fail_gets", "batch_cut_downloads"):
+            if getattr(self, name) < 0:
+                msg = f"SimulatorConfig.{name} must be >= 0, got {getattr(self, name)}"
+                raise ValueError(msg)
 
     def random_faults(self) -> tuple[tuple[float, Fault], ...]:
         """The random fault table: (cumulative probability, fault), in a fixed order."""
