@@ -15,9 +15,8 @@ classified outcome decides:
     ROW_FAILED  a 4xx about this request: the row fails with the service's code
     ABORT       401 / 403 / account or model errors: AuthError, which stops the whole run
 
-Every attempt becomes one `Attempt` record, saying what it led to and what it cost (its
-outcome and billing words are defined in records.py); the request's end becomes one `Result`.
-Both go to the checkpoint writer.
+Every attempt becomes one `Attempt` record (what it led to and cost: the words are in records.py),
+the request's end one `Result`; both carry the policy's `mode` and go to the checkpoint writer.
 """
 
 from __future__ import annotations
@@ -53,9 +52,10 @@ class Policy:
     json_retries: int = 0
     context_limit: int | None = None
     job: str | None = None  # stamped on each result: specs may share one store
+    mode: str = "online"  # online | batch-chat: stamped on each result and attempt
 
     @classmethod
-    def of(cls, spec: JobSpec, prices: PriceTable | None) -> Policy:
+    def of(cls, spec: JobSpec, prices: PriceTable | None, *, mode: str = "online") -> Policy:
         p = spec.parameters
         context = spec.model.context_tokens or (prices.context_tokens(spec.model.name) if prices else None)
         return cls(
@@ -66,6 +66,7 @@ class Policy:
             json_retries=spec.output.json_retries,
             context_limit=context,
             job=spec.job.name,
+            mode=mode,
         )
 
 
@@ -355,6 +356,7 @@ class Attempts:
                 cost=sent.cost,
                 price_version=self.prices.version if self.prices else None,
                 worst_cost_pusd=worst,
+                mode=self.policy.mode,
             )
         )
 
@@ -383,6 +385,7 @@ class Attempts:
             cost=cost,
             price_version=self.prices.version if self.prices else None,
             job=self.policy.job,
+            mode=self.policy.mode,
         )
         if result.ok:
             self.counts.ok += 1

@@ -22,9 +22,7 @@ from .store import now
 
 def dumps(value: Any) -> str | None:
     """JSON for a TEXT column (None stays NULL)."""
-    if value is None:
-        return None
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def settled(status: str, retryable: bool | int | None) -> bool:
@@ -263,17 +261,14 @@ def result_of(
     cost: Cost | None = None,
     price_version: str | None = None,
     job: str | None = None,
+    mode: str = "online",
 ) -> Result:
     """The result of a request that ended: answered (ok, or failed when its answer was unusable:
     the answer and usage are kept, since they were paid for) or failed without an answer."""
     failed: dict[str, Any] = {}
     if failure is not None:
-        failed = {
-            "error_code": failure.error_code,
-            "error_message": failure.error_message,
-            "http_status": failure.http_status,
-            "request_id": failure.request_id,
-        }
+        names = ("error_code", "error_message", "http_status", "request_id")
+        failed = {name: getattr(failure, name) for name in names}
     return Result(
         key=request.key,
         row_id=request.row_id,
@@ -292,6 +287,7 @@ def result_of(
         sample=request.sample,
         seed=request.seed,
         job=job,
+        mode=mode,
         **{**failed, **_cost_fields(cost, price_version), **_answer_fields(completion, parsed)},
     )
 
@@ -310,6 +306,7 @@ def attempt_of(
     price_version: str | None = None,
     worst_cost_pusd: int | None = None,
     possibly_billed: bool = False,
+    mode: str = "online",
 ) -> Attempt:
     """The record of one attempt: its outcome, its failure, or its answer's usage and cost."""
     answered: dict[str, Any] = {}
@@ -333,6 +330,7 @@ def attempt_of(
         possibly_billed=int(possibly_billed),
         model=wire.model_of(request.body),
         worst_cost_pusd=worst_cost_pusd,
+        mode=mode,
         **answered,
     )
 
@@ -371,12 +369,14 @@ class RunSummary:
     elapsed_s: float
     message: str = ""
     job: str = ""
+    mode: str = "online"  # online | batch | batch-chat (the two batch modes pay the batch price)
 
     def fields(self) -> dict[str, Any]:
         """The summary as structured log fields."""
         c = self.counts
         return {
             "job": self.job,
+            "mode": self.mode,
             "status": self.status,
             "exit_code": self.exit_code,
             "sent": c.sent,
@@ -388,10 +388,11 @@ class RunSummary:
 
     def line(self) -> str:
         """One line for people: what happened, in counts, tokens, money and time."""
-        c = self.counts
+        c, batch = self.counts, self.mode != "online"
+        notes = ", ".join(["simulated"] * self.simulated + [self.mode] * batch)
         return (
-            f"{self.job}: {self.status}{' (simulated)' if self.simulated else ''}: sent {c.sent}, ok {c.ok}, "
+            f"{self.job}: {self.status}{f' ({notes})' if notes else ''}: sent {c.sent}, ok {c.ok}, "
             f"failed {c.failed}, already done {self.already_done}, skipped {self.skipped}; {c.input_tokens} input + "
             f"{c.output_tokens} output tokens ({c.cached_tokens} cached), {c.retries} retries, "
-            f"cost {c.cost_text()}, {self.elapsed_s:.1f}s"
+            f"cost {c.cost_text()}{' at the batch price' if batch else ''}, {self.elapsed_s:.1f}s"
         )

@@ -39,6 +39,7 @@ from .pricing import PriceTable, load_prices, price_warnings
 from .progress import Progress
 from .records import Result, RunSummary
 from .render import Request
+from .route import check_route, route_of
 from .source import Source
 from .spec import JobSpec, load
 from .store import Store
@@ -124,7 +125,7 @@ def prices_for(spec: JobSpec, prices_file: Path | None = None) -> PriceTable:
 
 async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress: Progress) -> RunSummary:
     t0 = time.monotonic()
-    for warning in price_warnings(prices, spec.model.name):
+    for warning in [*price_warnings(prices, spec.model.name), *check_route(spec, prices, simulate=options.simulate)]:
         log.warning("%s: %s", spec.job.name, warning)
     if spec.batched and not options.batch_check:
         unknown = check_batch_model(prices, spec.model.name, chat=False)
@@ -182,6 +183,7 @@ class _Run:
     ) -> None:
         self.spec, self.prices, self.source, self.store = spec, prices, source, store
         self.svc, self.options, self.progress = svc, options, progress
+        self.route = route_of(spec, svc, prices, source.renderer.wire)  # where the online pool sends
         self.rows_total = source.n_rows * spec.job.repeat
         self.stop = Stop()
         self.interrupted = False
@@ -222,9 +224,10 @@ class _Run:
                 job=spec.job.name,
                 spec_digest=spec.digest,
                 simulated=self.svc.simulated,
-                base_url=self.svc.base_url,
+                base_url=self.route.base_url,
                 rows_total=self.rows_total,
                 input_signature=signature,
+                mode=self.route.mode,
             )
         except sqlite3.Error as exc:  # before anything is sent: the store cannot be written
             raise StoreError(f"{store.path}: cannot write the store ({exc}); nothing was sent") from None
@@ -306,33 +309,36 @@ class _Run:
             elapsed_s=0.0,
             message=message,
             job=spec.job.name,
+            mode=self.route.mode,
         )
 
     async def _send(
         self, pending: Pending, frontier: Frontier, writer: CheckpointWriter, run_id: int
     ) -> tuple[Attempts, tuple[str, ExitCode, str]]:
         """Send what is pending; (the attempts, (status, exit code, message))."""
-        spec = self.spec
+        spec, route = self.spec, self.route
         async with DashScopeClient(
-            self.svc.base_url,
+            route.base_url,
             self.svc.api_key,
-            timeout_s=spec.limits.timeout_s,
+            timeout_s=route.timeout_s,
             max_connections=spec.limits.concurrency,
-            wire=self.source.renderer.wire,
-            stream=spec.parameters.stream,
+            wire=route.wire,
+            stream=route.stream,
         ) as client:
             attempts = Attempts(
-                Policy.of(spec, self.prices),
+                Policy.of(spec, route.prices, mode=route.mode),
                 client,
                 writer.add_result,
                 writer.add_attempt,
                 run_id=run_id,
                 stop=self.stop,
-                prices=self.prices,
+                prices=route.prices,
                 on_result=self.progress.row_finished,
                 spent_before_pusd=self.store.spent(spec.job.name) if spec.limits.max_cost_usd is not None else 0,
             )
-            pool: Pool[Request] = Pool(attempts.process, concurrency=spec.limits.concurrency, stop=self.stop)
+            pool: Pool[Request] = Pool(
+                route.work(attempts.process), concurrency=spec.limits.concurrency, stop=self.stop
+            )
             self.progress.start(self.rows_total, attempts.counts)
             self._task = task = asyncio.create_task(pool.run(pending.requests(frontier, self.progress.advance)))
             try:
@@ -340,14 +346,14 @@ class _Run:
                 return attempts, _ending(attempts, self.interrupted)
             except AuthError as exc:
                 check = (
-                    f"the base URL ({self.svc.base_url}: a wrong path answers 404) and the model name"
+                    f"the base URL ({route.base_url}: a wrong path answers 404) and the model name"
                     if exc.status == 404
                     else f"the key in ${spec.api.api_key_env}, the workspace and your access to {spec.model.name!r}"
                 )
                 message = f"the service refused the request: {exc}. Check {check}; nothing was marked failed."
                 return attempts, ("aborted", ExitCode.AUTH, message)
             except ServiceUnreachable as exc:
-                return attempts, ("unreachable", ExitCode.BAD_INPUT, f"{exc}; nothing was marked failed")
+                return attempts, ("unreachable", ExitCode.BAD_INPUT, f"{exc}{route.hint()}; nothing was marked failed")
             except asyncio.CancelledError:
                 if not self.interrupted:
                     raise

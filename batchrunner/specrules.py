@@ -44,6 +44,11 @@ def mode_problems(spec: JobSpec) -> list[str]:
             f'[parameters] stream: the Batch API does not stream its answers (mode = "{mode}"); '
             "remove stream (or set it false)"
         )
+    if mode == "batch-chat" and spec.parameters.stream:
+        problems.append(
+            "[parameters] stream: the Batch Chat API answers each request whole, once it is done (mode = "
+            '"batch-chat"); streaming is not documented for it: remove stream (or set it false)'
+        )
     if mode == "auto" and spec.batch.deadline is None:
         problems.append(
             '[batch] deadline: mode = "auto" needs a deadline (e.g. "6h"), after which what the '

@@ -42,17 +42,18 @@ def _results_line(store: Store, job: str) -> str:
 
 def _last_run(store: Store, last: dict[str, Any], holder: dict[str, object] | None, job: str) -> list[str]:
     status = shown_status(last, holder)
+    mode = f" ({last['mode']})" if last.get("mode") not in (None, "online") else ""
     if status == "running":
         tally = store.run_tally(last["id"])
         who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
         head = (
-            f"run #{last['id']} is running ({who}), started {last['started_at']}; so far "
+            f"run #{last['id']}{mode} is running ({who}), started {last['started_at']}; so far "
             f"ok {tally.get('ok', 0)}, failed {tally.get('failed', 0)}"
         )
     else:
         exit_code = "-" if last["exit_code"] is None else last["exit_code"]
         head = (
-            f"last run #{last['id']}: {status}, exit {exit_code}, "
+            f"last run #{last['id']}{mode}: {status}, exit {exit_code}, "
             f"started {last['started_at']}, ended {last['ended_at'] or '-'}, "
             f"sent {last['sent'] or 0}, ok {last['ok'] or 0}, failed {last['failed'] or 0}"
         )

@@ -30,8 +30,8 @@ from .native import (
     parse_completion,
     path_for_model,
 )
+from .openai import BATCH_CHAT_BASE_URL, COMPATIBLE_SUFFIX, OpenAIStream, OpenAIWire, openai_part, parse_chat_completion
 from .openai import CHAT_PATH as OPENAI_CHAT_PATH
-from .openai import COMPATIBLE_SUFFIX, OpenAIStream, OpenAIWire, openai_part, parse_chat_completion
 from .sse import SSEEvent, SSEParser, StreamAssembler, StreamError
 from .types import USAGE_FIELDS, Choice, Completion, MalformedResponse, Usage, load_json, text_of
 
@@ -115,6 +115,7 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "ACCOUNT_CODES",
+    "BATCH_CHAT_BASE_URL",
     "CN_BASE_URL",
     "COMPATIBLE_SUFFIX",
     "INTL_BASE_URL",

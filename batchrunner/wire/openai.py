@@ -1,6 +1,9 @@
 """The OpenAI-compatible dialect: chat/completions (DashScope compatible mode, vLLM, Ollama).
 
 POST {base}/chat/completions   body {model, messages, ...parameters}; SSE by `stream: true`
+
+The Batch Chat API takes the same body at its own root (BATCH_CHAT_BASE_URL): it queues the
+request and answers over the open connection, at the batch price.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from .types import Choice, Completion, MalformedResponse, Usage, load_json, text
 
 CHAT_PATH = "/chat/completions"
 COMPATIBLE_SUFFIX = "/compatible-mode/v1"
+BATCH_CHAT_BASE_URL = "https://batch.dashscope.aliyuncs.com" + COMPATIBLE_SUFFIX  # Beijing only
 
 
 def openai_part(item: dict[str, Any]) -> dict[str, Any]:
