@@ -114,7 +114,7 @@ def test_empty_string_file_ids_mean_no_file(tmp_path: Path, bsim: ThreadHandle, 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"model": {"name": "qwen3-coder-plus"}}, "not served by the Batch API"),
+        ({"model": {"name": "qwen3-coder-plus"}}, "the Batch API .* does not serve"),
         ({"batch": {"max_lines_per_file": 50_001}}, "max_lines_per_file"),
         ({"parameters": {"stream": True, "enable_thinking": False, "max_tokens": 32}}, "does not stream"),
         ({"api": {"mode": "auto"}}, "needs a deadline"),
