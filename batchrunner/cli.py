@@ -82,7 +82,7 @@ def cli() -> None:
 )
 @click.option(
     "--sim-batch-seconds",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, min_open=True),
     help="With --simulate: how long each simulated batch takes (default: the simulator's pace).",
 )
 @_reports_errors

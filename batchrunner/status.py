@@ -5,6 +5,7 @@ Kept apart from report.py (and from the price table) so that these commands star
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -66,10 +67,31 @@ def status_text(job: str, store: Store, holder: dict[str, object] | None = None)
     the job's lock now (lock.live_holder), None when no run is going."""
     lines = [f"job {job}  store {store.path}", _results_line(store, job)]
     lines += [f"  failed with {code}: {n}" for code, n in store.error_counts(job)]
+    lines += _batches(store, job)
     runs = store.runs(job)
     if runs:
         lines += _last_run(store, runs[-1], holder, job)
     return "\n".join(lines) + "\n"
+
+
+def _batches(store: Store, job: str) -> list[str]:
+    """The job's batch files by state and its request lines by outcome (batch modes)."""
+    if "batch_files" not in store.tables():
+        return []
+    files = store.batch_files(job, purpose="job")
+    if not files:
+        return []
+    states = Counter(str(f["state"]) for f in files)
+    live = Counter(
+        str(f["remote_status"] or f["state"]) for f in files if f["state"] not in ("ingested", "cleaned", "abandoned")
+    )
+    lines = store.line_outcomes(job)
+    shown = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    text = f"batches: {len(files)} file(s): {shown}"
+    if live:
+        text += " (at the service: " + ", ".join(f"{n} {s}" for s, n in sorted(live.items())) + ")"
+    out = [text, f"  lines out in batches: {lines.get('live', 0)}; came back to send again: {lines.get('resubmit', 0)}"]
+    return out
 
 
 def run_cost(run: dict[str, Any]) -> str:

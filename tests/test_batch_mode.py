@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from batchtools import JumpClock, batch_job
-from helpers import query, read_table
+from helpers import invoke_cli, query, read_table
 
 from batchrunner.errors import ExitCode, SpecError
 from batchrunner.pricing import PriceTable
 from batchrunner.runner import run_job
-from batchrunner.simulator import SimulatorConfig, ThreadHandle
+from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle
 from batchrunner.spec import load
 from batchrunner.wire import Usage
 
@@ -95,8 +95,6 @@ def test_lines_without_an_answer_after_max_attempts_fail_and_retry_requeues_them
     db = load(spec).db_path
     failed = query(db, "SELECT error_code, retryable, attempts FROM results WHERE status = 'failed'")
     assert len(failed) == 6 and {f[0] for f in failed} == {"batch_expired"} and {f[2] for f in failed} == {2}
-    from helpers import invoke_cli
-
     assert invoke_cli("retry", str(spec)).exit_code == 0
     final = run_job(spec, clock=jump.clock())
     assert final.exit_code == ExitCode.OK, final.message
@@ -127,3 +125,59 @@ def test_bad_batch_specs_fail_before_anything_is_uploaded(
     with pytest.raises(SpecError, match=message):
         run_job(spec, clock=jump.clock())
     assert bsim.sim.batches.list_files()["data"] == [] and bsim.sim.stats()["batches_created"] == 0
+
+
+@pytest.mark.sim(FAST, faults=(FaultRule("item number 3", ("always:400",)), FaultRule("item number 5", (500,))))
+def test_line_failures_a_4xx_fails_the_row_a_5xx_goes_again(
+    tmp_path: Path, bsim: ThreadHandle, jump: JumpClock
+) -> None:
+    spec = batch_job(tmp_path, 8)
+    summary = run_job(spec, clock=jump.clock())
+    assert summary.exit_code == ExitCode.FAILED_ROWS
+    db = load(spec).db_path
+    assert query(db, "SELECT row_id, http_status, retryable FROM results WHERE status = 'failed'") == [("r3", 400, 0)]
+    assert query(db, "SELECT lines FROM batch_files ORDER BY id") == [(8,), (1,)]  # only r5 went again
+    assert query(db, "SELECT row_id FROM batch_lines WHERE file = 2") == [("r5",)]
+    assert bsim.sim.stats()["lines_billed"] == 7
+
+
+@pytest.mark.sim(FAST, faults=(FaultRule("item number", ("always:400",)),))
+def test_a_completed_batch_whose_only_file_is_the_error_file(
+    tmp_path: Path, bsim: ThreadHandle, jump: JumpClock
+) -> None:
+    spec = batch_job(tmp_path, 3)
+    summary = run_job(spec, clock=jump.clock())
+    assert summary.exit_code == ExitCode.FAILED_ROWS
+    db = load(spec).db_path
+    assert query(db, "SELECT remote_status, output_file_id IS NULL, error_file_id IS NOT NULL FROM batch_files") == [
+        ("completed", 1, 1)
+    ]
+    assert query(db, "SELECT count(*) FROM results WHERE status = 'failed' AND mode = 'batch'") == [(3,)]
+
+
+@pytest.mark.sim(FAST, batch_seconds=60.0)
+def test_the_batch_check_sends_the_first_rows_free_and_keeps_them_apart(
+    tmp_path: Path, bsim: ThreadHandle, jump: JumpClock
+) -> None:
+    spec = batch_job(tmp_path, 120)
+    summary = run_job(spec, clock=jump.clock(), batch_check=True)
+    assert summary.exit_code == 0, summary.message
+    assert "100/100 line(s) came back answered" in summary.message and "round trip are right" in summary.message
+    db = load(spec).db_path
+    assert query(db, "SELECT count(*) FROM results") == [(0,)]  # the check's answers are not the job's
+    assert query(db, "SELECT purpose, state, lines FROM batch_files") == [("check", "cleaned", 100)]
+    assert bsim.sim.stats()["lines_billed"] == 0
+    real = run_job(spec, clock=jump.clock())  # the job itself then sends all 120 rows
+    assert real.exit_code == 0 and real.counts.sent == 120
+
+
+def test_the_cli_detaches_with_exit_6_and_lists_the_batches(tmp_path: Path, bsim: ThreadHandle) -> None:
+    spec = batch_job(tmp_path, 4)
+    result = invoke_cli("run", str(spec), "--detach", "-q")
+    assert result.exit_code == ExitCode.BATCHES_RUNNING, result.output
+    listing = invoke_cli("batches", str(spec))
+    assert listing.exit_code == 0 and "submitted" in listing.output and "batch_" in listing.output
+    as_json = invoke_cli("batches", str(spec), "--format", "json")
+    assert '"state": "submitted"' in as_json.output and "sk-" not in as_json.output
+    status = invoke_cli("status", str(spec))
+    assert "batches: 1 file(s): 1 submitted" in status.output and "lines out in batches: 4" in status.output
