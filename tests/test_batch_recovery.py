@@ -5,6 +5,7 @@ that fails validation, cancel with partial output, and mode auto crossing its de
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,32 @@ def test_auto_mode_crossing_its_deadline_sends_the_rest_online(
         db, "SELECT count(*) FROM (SELECT key FROM attempts WHERE outcome = 'ok' GROUP BY key HAVING count(*) > 1)"
     ) == [(0,)]
     assert query(db, "SELECT remote_status FROM batch_files") == [("cancelled",)]
+
+
+def test_unknown_and_repeated_custom_ids_are_logged_and_ignored(
+    tmp_path: Path, bsim: ThreadHandle, jump: JumpClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = batch_job(tmp_path, 3)
+    assert run_job(spec, clock=jump.clock(), detach=True).exit_code == ExitCode.BATCHES_RUNNING
+    db = load(spec).db_path
+    keys = [k for (k,) in query(db, "SELECT custom_id FROM batch_lines ORDER BY row_index")]
+
+    def line(custom_id: str, content: str) -> str:
+        body = {
+            "id": "chatcmpl-x",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+        }
+        return json.dumps({"id": "l", "custom_id": custom_id, "response": {"status_code": 200, "body": body}})
+
+    crafted = "\n".join([line(keys[0], "first"), line(keys[0], "second"), line("not-ours", "stray")]) + "\n"
+    remote = bsim.sim.batches.add_file("output.jsonl", "batch", crafted.encode())["id"]
+    with Store(db) as store:  # as if the service had finished the batch with this output file
+        store.update_file(1, state=bs.TERMINAL, remote_status="completed", output_file_id=remote)
+    summary = run_job(spec, clock=jump.clock())
+    assert summary.exit_code == 0, summary.message
+    assert query(db, "SELECT content FROM results WHERE key = ?", keys[0]) == [("first",)]
+    assert query(db, "SELECT lines FROM batch_files ORDER BY id") == [(3,), (2,)]  # the two missing went again
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("not an open line" in w for w in warnings) == 2  # the repeat and the stranger
