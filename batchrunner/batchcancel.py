@@ -67,13 +67,10 @@ async def _cancel(spec: JobSpec, clock: Clock, poll: tuple[float, float]) -> str
                     keep_remote_files=spec.batch.keep_remote_files,
                     clock=clock,
                 )
-                for file in live:
-                    if file["state"] in (bs.PLANNED, bs.UPLOADING, bs.UPLOADED):
-                        store.abandon_file(int(file["id"]), "cancelled before it was submitted")
-                    elif file["state"] == bs.SUBMITTED:
-                        await driver.cancel(file)
                 waits, start = Poll(*poll), clock.time()
                 while clock.time() - start < CANCEL_WAIT_S:
+                    for file in store.batch_files(spec.job.name, states=bs.UNFINISHED, purpose=bs.JOB):
+                        await driver.stop(file, "cancelled (batchrunner cancel) before it was submitted")
                     for file in store.batch_files(spec.job.name, states=(*bs.UNFINISHED, bs.INGESTED), purpose=bs.JOB):
                         await driver.step(file)
                     if not store.batch_files(spec.job.name, states=bs.UNFINISHED, purpose=bs.JOB):

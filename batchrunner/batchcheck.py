@@ -59,6 +59,20 @@ async def batch_check(
 ) -> CheckReport:
     """Send the check batch and wait for it; what went right or wrong, for people."""
     async with BatchClient(root, api_key, sleep=clock.sleep) as client:
+        ingester = Ingester(
+            store,
+            client,
+            job=job,
+            run_id=run_id,
+            prices=prices,
+            parameters={},
+            max_attempts=1,
+            counts=RunCounts(),
+            keep_results=False,
+        )
+        window = wb.DEFAULT_WINDOW
+        driver = Driver(store, client, ingester, job=job, window=window, keep_remote_files=False, clock=clock)
+        await _forget_earlier_checks(store, driver, job)
         planner = Planner(
             store,
             job=job,
@@ -92,10 +106,22 @@ async def batch_check(
         while True:
             await driver.step(file)
             file = store.batch_file(file_id)
-            if file["state"] in bs.DONE or clock.time() - start > CHECK_WAIT_S:
+            if file["state"] in bs.DONE:
+                break
+            if clock.time() - start > CHECK_WAIT_S:
+                await _forget_earlier_checks(store, driver, job)
                 break
             await clock.sleep(waits.next())
         return _report(file, store.line_outcomes_of(file_id), plan.too_large, clock.time() - start)
+
+
+async def _forget_earlier_checks(store: Store, driver: Driver, job: str) -> None:
+    """Cancel check batches that an earlier (killed or timed-out) check left, and let their
+    lines go: a check's answers are never needed, and its lines must not hold the rows."""
+    for file in store.batch_files(job, states=bs.UNFINISHED, purpose=bs.CHECK):
+        if file["state"] == bs.SUBMITTED:
+            await driver.cancel(file)
+        store.abandon_file(int(file["id"]), "a check that did not finish; cancelled")
 
 
 def _report(file: dict[str, object], outcomes: dict[str, int], too_large: int, took_s: float) -> CheckReport:

@@ -19,20 +19,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import batchrecords
 from . import batchstate as bs
-from .batchclient import BatchClient
+from .batchclient import BatchCallFailed, BatchClient
 from .batchplan import spool_dir
 from .pricing import PriceTable
 from .records import Attempt, Failure, Result, RunCounts
 from .store import Store, now
 from .store.batches import Line, Part
-from .wire import MalformedResponse
+from .wire import MalformedResponse, Usage
 from .wire import batch as wb
 
 log = logging.getLogger("batchrunner")
@@ -47,7 +47,8 @@ _Item = tuple[Line, "wb.LineResult | None", "Failure | None", bool]
 class Tally:
     ok: int = 0
     failed: int = 0
-    resubmit: int = 0
+    resubmit: int = 0  # lines to send again in a new file
+    dropped: int = 0  # lines of a refused file, to plan again (not a try)
 
 
 class Ingester:
@@ -65,11 +66,13 @@ class Ingester:
         max_attempts: int,
         counts: RunCounts,
         keep_results: bool = True,
+        on_cost: Callable[[Line, int, bool], None] | None = None,
     ) -> None:
         self.store, self.client, self.job, self.run_id = store, client, job, run_id
         self.prices, self.parameters, self.max_attempts = prices, parameters, max_attempts
         self.counts = counts
         self.keep_results = keep_results  # False for --batch-check files: their answers are not the job's
+        self.on_cost = on_cost  # (line, what it cost, planned by this run): the budget settles it
         self.folder = spool_dir(store.path)
 
     async def ingest(self, file: dict[str, Any]) -> Tally:
@@ -77,12 +80,11 @@ class Ingester:
         file_id = int(file["id"])
         lines = self.store.open_lines(file_id)
         tally = Tally()
-        if file["remote_status"] == wb.FAILED:
+        for remote in (file["output_file_id"], file["error_file_id"]):
+            if remote:
+                await self._one_file(file, remote, lines, tally)
+        if file["remote_status"] == wb.FAILED and lines:
             self._invalid(file, lines, tally)
-        else:
-            for remote in (file["output_file_id"], file["error_file_id"]):
-                if remote:
-                    await self._one_file(file, remote, lines, tally)
         missing = Failure("missing_from_output", "the batch ended without a result for this line")
         self.store.ingest(
             file_id,
@@ -106,7 +108,19 @@ class Ingester:
     async def _one_file(self, file: dict[str, Any], remote: str, lines: dict[str, Line], tally: Tally) -> None:
         path = self.folder / f"{file['id']}-{remote}.jsonl"
         self.folder.mkdir(parents=True, exist_ok=True)
-        await self.client.download(remote, path)
+        try:
+            await self.client.download(remote, path)
+        except BatchCallFailed as exc:
+            if exc.status != 404:
+                raise
+            log.error(
+                "%s: batch file %s: its result file %s is gone at the service (404): the lines it held cannot "
+                "be read, and go again",
+                self.job,
+                file["id"],
+                remote,
+            )
+            return
         try:
             self.store.ingest(int(file["id"]), self._parts(file, self._read(path, lines), tally))
         finally:
@@ -180,10 +194,8 @@ class Ingester:
             result, attempt = batchrecords.answered(line, answer, prices=self.prices, **common)
             tally.ok += 1
             if self.keep_results:
-                assert answer.completion is not None
-                cost = self.prices.cost(str(file["model"]), answer.completion.usage)
-                self.counts.paid(answer.completion.usage, cost)
                 self.counts.ok += 1
+                self._paid(file, line, attempt)
             return result, attempt, bs.OK
         if answer is not None:
             failure = Failure(
@@ -194,9 +206,14 @@ class Ingester:
             )
         assert failure is not None
         if not resubmit:
-            failed, attempt = batchrecords.unanswered(line, failure, outcome="failed", final=True, **common)
+            usage = answer.usage if answer is not None else None
+            failed, attempt = batchrecords.unanswered(
+                line, failure, outcome="failed", final=True, usage=usage, prices=self.prices, **common
+            )
             tally.failed += 1
-            self.counts.failed += self.keep_results
+            if self.keep_results:
+                self.counts.failed += 1
+                self._paid(file, line, attempt)
             return failed, attempt, bs.FAILED
         final = line.attempt >= self.max_attempts
         if final:
@@ -211,6 +228,18 @@ class Ingester:
         outcome = "gave_up" if final else "retry"
         gave_up, attempt = batchrecords.unanswered(line, failure, outcome=outcome, final=final, **common)
         return gave_up, attempt, bs.RESUBMIT
+
+    def _paid(self, file: dict[str, Any], line: Line, attempt: Attempt) -> None:
+        """Count what a line was billed (and let the budget settle its booked worst case)."""
+        if attempt.usage is None:
+            cost = 0
+        else:
+            usage = Usage.from_wire(json.loads(attempt.usage))
+            cost = attempt.cost_pusd or 0
+            priced = self.prices.cost(str(file["model"]), usage) if attempt.cost_pusd is not None else None
+            self.counts.paid(usage, priced)
+        if self.on_cost is not None:
+            self.on_cost(line, cost, file.get("run_id") == self.run_id)
 
     def _invalid(self, file: dict[str, Any], lines: dict[str, Line], tally: Tally) -> None:
         """A batch that failed validation: fail the lines it names, return the others to pending."""
@@ -232,6 +261,7 @@ class Ingester:
             log.warning("%s: batch file %s failed validation: %s %s", self.job, file["id"], error.code, error.message)
         self.store.ingest(int(file["id"]), self._parts(file, failing, tally))
         dropped = [(cid, bs.DROPPED) for cid in lines]
+        tally.dropped += len(dropped)
         self.store.ingest(int(file["id"]), [([], [], dropped)])
         lines.clear()
 

@@ -15,11 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import batchstate as bs
-from .batchclient import BatchClient, BatchUnavailable
+from .batchclient import BatchCallFailed, BatchClient, BatchUnavailable
 from .batchingest import Ingester
 from .batchplan import Planner
 from .batchrun import BatchRefused, Clock, Driver, Poll, unreachable
-from .budget import Bounds, Budget
+from .budget import Bounds, Budget, Reservation
 from .errors import AuthError, ExitCode
 from .pending import Frontier, Pending
 from .pool import Stop
@@ -29,6 +29,7 @@ from .records import RunCounts
 from .source import Source
 from .spec import JobSpec
 from .store import Store
+from .store.batches import Line
 
 log = logging.getLogger("batchrunner")
 
@@ -88,6 +89,7 @@ class BatchRun:
         )
         self.bounds = Bounds(spec.parameters, self.prices, priced=self.budget.costs_money)
         self.outcome = BatchOutcome("finished", ExitCode.OK, "", self.counts)
+        self._ingested_at_stop = -1  # files ingested when the budget last stopped planning
 
     async def go(self) -> BatchOutcome:
         self.progress.start(self.source.n_rows * self.spec.job.repeat, self.counts)
@@ -103,6 +105,7 @@ class BatchRun:
                 parameters=self.spec.parameters.wire(),
                 max_attempts=self.spec.batch.max_attempts,
                 counts=self.counts,
+                on_cost=self._settle,
             )
             driver = Driver(
                 self.store,
@@ -118,57 +121,73 @@ class BatchRun:
             except AuthError as exc:
                 self._end("aborted", ExitCode.AUTH, f"{exc}; every batch is recorded in the store")
             except BatchRefused as exc:
-                self._end("aborted", ExitCode.AUTH, f"{exc}; check [model] name and the Batch API's model list")
+                self._end("aborted", ExitCode.AUTH, f"{exc}; nothing more was sent")
             except BatchUnavailable as exc:
                 self._end("outage", ExitCode.OUTAGE, unreachable(exc))
+            except BatchCallFailed as exc:
+                self._end("aborted", ExitCode.AUTH, f"the Batch API refused a call: {exc}; every batch is in the store")
             finally:
                 self.progress.close()
         return self.outcome
+
+    def _settle(self, line: Line, cost_pusd: int, planned_here: bool) -> None:
+        """A line's answer came in: its cost replaces the worst case booked for it."""
+        worst = line.worst_pusd
+        if worst is None or not self.budget.costs_money:
+            return
+        if planned_here:
+            self.budget.settle(Reservation(worst, 0), cost_pusd, 0)
+        else:  # booked by an earlier run: it is in what the job had spent before this one
+            self.budget.before_pusd += cost_pusd - worst
 
     def _end(self, status: str, code: ExitCode, message: str) -> None:
         self.outcome.status, self.outcome.exit_code, self.outcome.message = status, code, message
 
     async def _rounds(self, driver: Driver) -> None:
-        await self._pass(driver)
         if self._deadline_passed():
             await self._wind_down(driver)
             return
+        await self._pass(driver)
         await self._plan(driver)
-        ingested = driver.ingested
+        returned = driver.returned
         while not self.stop.requested:
+            if driver.returned != returned:  # lines came back without a verdict: plan them again
+                returned = driver.returned
+                await self._plan(driver)
+                continue
             if not self._unfinished():
-                if driver.ingested == ingested:
+                if self.outcome.budget_stop is None or driver.ingested == self._ingested_at_stop:
                     break
-                ingested = driver.ingested  # answers came back without a verdict: plan them again
+                # Answers settled the worst cases booked for them: what is left may fit now.
+                self.budget.exhausted, self.outcome.budget_stop = None, None
                 await self._plan(driver)
                 continue
             if self.detach:
                 live = len(self._unfinished())
-                self._end(
-                    "batches_running", ExitCode.BATCHES_RUNNING, f"{live} batch(es) still running: run again to collect"
-                )
+                message = f"{live} batch(es) still running: run again to collect"
+                self._end("batches_running", ExitCode.BATCHES_RUNNING, message)
                 return
             if self._deadline_passed():
                 await self._wind_down(driver)
                 return
-            if driver.changed:
-                self.poll.reset()
-                driver.changed = False
-            wait = self.poll.next()
-            self._show(f"next poll in {wait:.0f}s")
-            await self._wait(wait)
+            await self._next_poll(driver)
             await self._pass(driver)
-            if driver.ingested != ingested:
-                ingested = driver.ingested
-                await self._plan(driver)
+        self._ending()
+
+    def _ending(self) -> None:
         if self.stop.requested:
-            self._end(
-                "interrupted",
-                ExitCode.INTERRUPTED,
-                "interrupted: every batch is recorded in the store; run again to collect",
-            )
+            message = "interrupted: every batch is recorded in the store; run again to collect"
+            self._end("interrupted", ExitCode.INTERRUPTED, message)
         elif self.outcome.budget_stop is not None:
             self._end("budget", ExitCode.BUDGET, self.outcome.budget_stop + "; raise the limit and run again to go on")
+
+    async def _next_poll(self, driver: Driver) -> None:
+        if driver.changed:
+            self.poll.reset()
+            driver.changed = False
+        wait = self.poll.next()
+        self._show(f"next poll in {wait:.0f}s")
+        await self._wait(wait)
 
     def _unfinished(self) -> list[dict[str, object]]:
         return self.store.batch_files(self.job, states=bs.UNFINISHED, purpose=bs.JOB)
@@ -184,11 +203,20 @@ class BatchRun:
         self._show()
 
     async def _plan(self, driver: Driver) -> None:
+        """Plan what is pending into files and submit them. A pass over the whole input is
+        skipped when the last one (same spec, same input) found everything planned and nothing
+        has come back since (a cron job of 2M rows does not render them all every 15 minutes)."""
         if self.stop.requested or self.outcome.budget_stop is not None:
             return
-        if self.spec.api.mode == "auto" and self._deadline_passed():
+        left = None if self.limit is None else self.limit - self.counts.sent
+        if left is not None and left <= 0:
             return
-        pending = Pending(self.source, self.store, retry_failed=self.retry_failed, limit=self.limit)
+        marker_name = f"planned:{self.job}"
+        marker = f"{self.spec.digest}:{self.source.signature()}:{self.store.plan_marker(self.job)}"
+        if not self.retry_failed and left is None and self.store.meta(marker_name) == marker:
+            return
+        retry, self.retry_failed = self.retry_failed, False  # --retry-failed: once per run
+        pending = Pending(self.source, self.store, retry_failed=retry, limit=left, remember=False)
         planner = Planner(
             self.store,
             job=self.job,
@@ -204,6 +232,11 @@ class BatchRun:
         self.counts.sent += plan.lines
         self.counts.failed += plan.too_large
         self.outcome.budget_stop = plan.budget_stop
+        self._ingested_at_stop = driver.ingested
+        if plan.budget_stop is None and left is None and not self.stop.requested:
+            self.store.set_meta(
+                marker_name, f"{self.spec.digest}:{self.source.signature()}:{self.store.plan_marker(self.job)}"
+            )
         if plan.files:
             await self._pass(driver)
 
@@ -215,22 +248,25 @@ class BatchRun:
         return first is not None and self.clock.time() >= first + deadline
 
     async def _wind_down(self, driver: Driver) -> None:
-        """Mode auto past its deadline: cancel the live batches, keep what they answered, and
-        leave the rest to the online pool."""
+        """Mode auto past its deadline: stop every file (cancel its batch, or give it up before
+        it is submitted), keep what the batches answered, and leave the rest to the online pool."""
         log.warning("%s: [batch] deadline (%s) passed: cancelling live batches", self.job, self.spec.batch.deadline)
-        for file in self._unfinished():
-            if file["state"] in (bs.PLANNED, bs.UPLOADING, bs.UPLOADED):
-                self.store.abandon_file(int(str(file["id"])), "not submitted before the deadline; sent online")
-            elif file["state"] == bs.SUBMITTED:
-                await driver.cancel(file)
         self.poll.reset()
-        while self._unfinished() and not self.stop.requested:
+        while not self.stop.requested:
+            for file in self._unfinished():
+                await driver.stop(file, "not answered before [batch] deadline; sent online")
             await self._pass(driver)
-            if self._unfinished():
-                await self._wait(self.poll.next())
-        if not self.stop.requested:
-            self.outcome.go_online = True
-            self._end("deadline", ExitCode.OK, "")
+            if not self._unfinished():
+                self.outcome.go_online = True
+                self._end("deadline", ExitCode.OK, "")
+                return
+            if self.detach:
+                live = len(self._unfinished())
+                message = f"[batch] deadline passed: {live} cancelled batch(es) still ending: run again to collect"
+                self._end("batches_running", ExitCode.BATCHES_RUNNING, message)
+                return
+            await self._next_poll(driver)
+        self._ending()
 
     async def _wait(self, seconds: float) -> None:
         """Wait on the run's clock, ending early when a stop is requested."""

@@ -10,6 +10,7 @@ from .pricing import PriceTable
 from .records import Attempt, Failure, Result, _answer_fields, _cost_fields, dumps
 from .store import now
 from .store.batches import Line
+from .wire import Usage
 from .wire import batch as wb
 
 MODE = "batch"
@@ -89,10 +90,18 @@ def unanswered(
     job: str,
     started: str,
     latency_ms: int,
+    usage: Usage | None = None,
+    prices: PriceTable | None = None,
 ) -> tuple[Result | None, Attempt]:
-    """A line with no answer: its attempt (not billed: the Batch API bills only answered lines)
-    and, when `final`, the row's failed result (`outcome` "failed": a 4xx the request earned;
-    "gave_up": no verdict after the last batch attempt allowed)."""
+    """A line with no usable answer: its attempt and, when `final`, the row's failed result
+    (`outcome` "failed": a 4xx the request earned, or a 200 whose body could not be read;
+    "gave_up": no verdict after the last batch attempt allowed). Only a line with `usage` (a
+    200 that could not be read) was billed: its attempt carries that usage and its cost."""
+    billed: dict[str, Any] = {}
+    if usage is not None and prices is not None:
+        cost = prices.cost(model, usage)
+        billed = {"usage": dumps(usage.raw), **{n: getattr(usage, n) for n in wire.USAGE_FIELDS}}
+        billed.update(_cost_fields(cost, prices.version if cost is not None else None))
     attempt = Attempt(
         key=line.key,
         run_id=run_id,
@@ -106,6 +115,7 @@ def unanswered(
         request_id=failure.request_id,
         model=model,
         mode=MODE,
+        **billed,
     )
     if not final:
         return None, attempt

@@ -35,6 +35,8 @@ from .wire import batch as wb
 
 log = logging.getLogger("batchrunner")
 
+LOOKUP_WAITS_S = (2.0, 5.0, 10.0)  # looking for a batch whose create answer was lost
+
 
 @dataclass(frozen=True)
 class Clock:
@@ -84,9 +86,21 @@ class Driver:
         self.clock = clock
         self.changed = False  # a pass moved some file on (the poll waits start again)
         self.ingested = 0  # files ingested by this driver
+        self.returned = 0  # lines that came back to be planned again (no verdict, or a file given up)
 
     async def step(self, file: dict[str, Any]) -> None:
-        """Move one file as far as it goes without waiting on the service's progress."""
+        """Move one file as far as it goes without waiting on the service's progress.
+
+        A refusal of the key (401/403) ends the run (AuthError); a file the service refuses for
+        good (an upload or a create answered 400/404) is abandoned and ends it (BatchRefused)."""
+        try:
+            await self._step(file)
+        except BatchCallFailed as exc:
+            if exc.status in (401, 403):
+                raise AuthError(f"the Batch API refused the key or account: {exc}", status=exc.status) from None
+            raise
+
+    async def _step(self, file: dict[str, Any]) -> None:
         state = file["state"]
         if state in (bs.PLANNED, bs.UPLOADING):
             file = await self._upload(file)
@@ -98,7 +112,8 @@ class Driver:
             file = await self._poll(file)
             state = file["state"]
         if state == bs.TERMINAL:
-            await self.ingester.ingest(file)
+            tally = await self.ingester.ingest(file)
+            self.returned += tally.resubmit + tally.dropped
             self.ingested += 1
             self.changed = True
             file = self.store.batch_file(int(file["id"]))
@@ -111,11 +126,17 @@ class Driver:
         if not spool.is_file():
             note = f"its planned file {spool} is gone; its lines are planned again"
             log.warning("%s: batch file %d: %s", self.job, file["id"], note)
-            self.store.abandon_file(int(file["id"]), note)
-            self.changed = True
+            self.abandon(file, note)
             return self.store.batch_file(int(file["id"]))
         self.store.update_file(int(file["id"]), state=bs.UPLOADING)
-        remote = await self.client.upload(spool, f"{file['ds_name']}.jsonl")
+        try:
+            remote = await self.client.upload(spool, f"{file['ds_name']}.jsonl")
+        except BatchCallFailed as exc:
+            if exc.transient or exc.status in (401, 403):
+                raise
+            note = f"the Files API refused the upload: {exc}"
+            self.abandon(file, note)
+            raise BatchRefused(note) from None
         self.store.update_file(int(file["id"]), state=bs.UPLOADED, input_file_id=remote.id)
         self.changed = True
         return self.store.batch_file(int(file["id"]))
@@ -126,7 +147,8 @@ class Driver:
             found = await self._adopt(file)
             if found is not None:
                 return found
-        self.store.update_file(file_id, state=bs.CREATING)
+        first = {} if file.get("submitted_ts") else {"submitted_ts": self.clock.time()}
+        self.store.update_file(file_id, state=bs.CREATING, **first)
         metadata = {"ds_name": str(file["ds_name"]), "ds_description": f"batchrunner job {self.job}"[:200]}
         try:
             batch = await self.client.create(
@@ -136,8 +158,12 @@ class Driver:
             log.warning(
                 "%s: batch file %d: the answer to its create was lost (%s); looking it up", self.job, file_id, exc
             )
-            found = await self._adopt(self.store.batch_file(file_id))
-            return found if found is not None else self.store.batch_file(file_id)
+            for wait in LOOKUP_WAITS_S:  # the service may list a new batch a little late
+                await self.clock.sleep(wait)
+                found = await self._adopt(self.store.batch_file(file_id))
+                if found is not None:
+                    return found
+            return self.store.batch_file(file_id)
         except BatchCallFailed as exc:
             if exc.status in (401, 403):
                 raise AuthError(f"the Batch API refused the key or account: {exc}", status=exc.status) from None
@@ -146,8 +172,9 @@ class Driver:
                     "%s: batch file %d: create refused for now (%s); trying again later", self.job, file_id, exc
                 )
                 return self.store.batch_file(file_id)
-            note = f"the Batch API refused the batch: {exc}"
-            self.store.abandon_file(file_id, note)
+            hint = " (is the model served by the Batch API?)" if exc.status == 404 else ""
+            note = f"the Batch API refused the batch: {exc}{hint}"
+            self.abandon(self.store.batch_file(file_id), note)
             raise BatchRefused(note) from None
         return self._submitted(file_id, batch)
 
@@ -156,14 +183,16 @@ class Driver:
         if not found:
             return None
         found.sort(key=lambda b: b.created_at or 0)
-        if len(found) > 1:
+        for extra in found[1:]:  # should never happen; cancelling stops what it would bill
             log.error(
-                "%s: batch file %d has %d batches at the service (%s); following the first",
+                "%s: batch file %d has more than one batch at the service; following %s, cancelling %s",
                 self.job,
                 file["id"],
-                len(found),
-                ", ".join(b.id for b in found),
+                found[0].id,
+                extra.id,
             )
+            if not extra.terminal:
+                await self.client.cancel(extra.id)
         log.info("%s: batch file %d: adopted batch %s", self.job, file["id"], found[0].id)
         return self._submitted(int(file["id"]), found[0])
 
@@ -174,13 +203,23 @@ class Driver:
             batch_id=batch.id,
             remote_status=batch.status,
             submitted_at=now(),
-            submitted_ts=self.clock.time(),
         )
         self.changed = True
         return self._observed(file_id, batch)
 
     async def _poll(self, file: dict[str, Any]) -> dict[str, Any]:
-        batch = await self.client.get(str(file["batch_id"]))
+        try:
+            batch = await self.client.get(str(file["batch_id"]))
+        except BatchCallFailed as exc:
+            if exc.status != 404:
+                raise
+            log.error(
+                "%s: batch file %d: its batch %s is gone at the service (404); its lines go again",
+                self.job,
+                file["id"],
+                file["batch_id"],
+            )
+            batch = wb.Batch(str(file["batch_id"]), wb.EXPIRED)
         if batch.status != file["remote_status"]:
             self.changed = True
         return self._observed(int(file["id"]), batch)
@@ -209,15 +248,51 @@ class Driver:
         if not self.keep:
             for remote in (file["input_file_id"], file["output_file_id"], file["error_file_id"]):
                 if remote:
-                    await self.client.delete_file(str(remote))
+                    try:
+                        await self.client.delete_file(str(remote))
+                    except BatchCallFailed as exc:
+                        if exc.transient or exc.status in (401, 403):
+                            raise
+                        log.warning("%s: could not delete remote file %s (%s)", self.job, remote, exc)
         self.store.update_file(int(file["id"]), state=bs.CLEANED, cleaned_at=now())
 
     async def cancel(self, file: dict[str, Any]) -> None:
         """Ask the service to cancel a live batch (what it answered stays and is ingested)."""
-        if file["state"] == bs.SUBMITTED and file["remote_status"] not in wb.TERMINAL:
-            batch = await self.client.cancel(str(file["batch_id"]))
+        if file["state"] == bs.SUBMITTED and file["remote_status"] not in (*wb.TERMINAL, wb.CANCELLING):
+            try:
+                batch = await self.client.cancel(str(file["batch_id"]))
+            except BatchCallFailed as exc:
+                if exc.transient or exc.status in (401, 403):
+                    raise
+                log.warning("%s: batch file %d: cancel refused (%s); polling it", self.job, file["id"], exc)
+                return
             self._observed(int(file["id"]), batch)
             log.info("%s: batch file %d: cancel requested (batch %s)", self.job, file["id"], batch.id)
+
+    async def stop(self, file: dict[str, Any], why: str) -> None:
+        """Stop a file from being answered any further: cancel its batch (found by its ds_name
+        if its create may have been sent), or abandon it if it has none."""
+        state = file["state"]
+        if state == bs.CREATING:
+            found = await self._adopt(file)
+            if found is None:
+                self.abandon(file, why)
+                return
+            file, state = found, found["state"]
+        if state in (bs.PLANNED, bs.UPLOADING, bs.UPLOADED):
+            self.abandon(file, why)
+            if file.get("input_file_id") and not self.keep:
+                await self.client.delete_file(str(file["input_file_id"]))
+        elif state == bs.SUBMITTED:
+            await self.cancel(file)
+
+    def abandon(self, file: dict[str, Any], note: str) -> None:
+        """Give a file up before it was submitted: its lines go back to pending, its local file goes."""
+        self.store.abandon_file(int(file["id"]), note)
+        self.returned += int(file.get("lines") or 0)
+        if file.get("spool"):
+            Path(str(file["spool"])).unlink(missing_ok=True)
+        self.changed = True
 
 
 def unreachable(exc: BatchUnavailable) -> str:

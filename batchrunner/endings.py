@@ -12,8 +12,14 @@ from .store import Store
 log = logging.getLogger("batchrunner")
 
 
-def finished(table: dict[str, int], *, limited: bool) -> tuple[ExitCode, str]:
-    """The exit code of a run that went through its input: 0 only when every row is settled."""
+def finished(table: dict[str, int], *, limited: bool, live: int = 0) -> tuple[ExitCode, str]:
+    """The exit code of a run that went through its input: 0 only when every row is settled.
+    `live`: rows an online run left alone because a batch may still answer them."""
+    if live:
+        return ExitCode.FAILED_ROWS, (
+            f"{live} row(s) are out in batches of an earlier batch-mode run, so they were not sent online; "
+            "run the job in batch mode to collect them (or `batchrunner cancel` them)"
+        )
     if table.get("failed"):
         return ExitCode.FAILED_ROWS, f"{table['failed']} row(s) failed: see `batchrunner status` and `retry`"
     if table.get("pending") and not limited:

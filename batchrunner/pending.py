@@ -64,9 +64,14 @@ class Frontier:
 class Pending:
     """The requests of one run still to send."""
 
-    def __init__(self, source: Source, store: Store, *, retry_failed: bool, limit: int | None) -> None:
-        """Requests a batch may still answer are never pending: sending them would buy them twice."""
+    def __init__(
+        self, source: Source, store: Store, *, retry_failed: bool, limit: int | None, remember: bool = True
+    ) -> None:
+        """Requests a batch may still answer are never pending: sending them would buy them twice.
+        `remember` = False keeps no key of what was yielded (the batch planner records its lines
+        in the store instead, so memory does not grow with the table)."""
         self.source = source
+        self.remember = remember
         self.store = store
         self.retry_failed = retry_failed
         self.limit = limit
@@ -144,8 +149,9 @@ class Pending:
                     continue
                 if self.limit is not None and sent >= self.limit:
                     return
-                self.claimed.add(item.key)
-                frontier.sent(offset, item.key)
+                if self.remember:
+                    self.claimed.add(item.key)
+                    frontier.sent(offset, item.key)
                 sent += 1
                 yield item
             advance(quiet)

@@ -273,7 +273,7 @@ class _Run:
             except OutputError as exc:
                 unwritten, status, exit_code = exc, "output_failed", ExitCode.BAD_INPUT
             if status == "finished":
-                exit_code, message = _finished(table, limited=options.limit is not None)
+                exit_code, message = _finished(table, limited=options.limit is not None, live=pending.live)
         c = attempts.counts
         _finish_run(
             store,

@@ -187,6 +187,28 @@ class Batches:
         )
         return {str(k): int(n) for k, n in self._reader.execute(sql, [job])}
 
+    def meta(self, name: str) -> str | None:
+        row = self._reader.execute("SELECT value FROM meta WHERE name = ?", [name]).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self.db.atomic():
+            self.conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", [name, value])
+
+    def plan_marker(self, job: str) -> str:
+        """What a full planning pass of the job depends on besides the input and the spec: the
+        lines that came back to send again, and the failed rows re-queued. Equal markers mean a
+        new pass would find nothing new to plan."""
+        back = self._reader.execute(
+            "SELECT count(*) FROM batch_lines l JOIN batch_files f ON f.id = l.file "
+            "WHERE f.job = ? AND l.outcome IN (?, ?, ?)",
+            [job, bs.RESUBMIT, bs.DROPPED, bs.RETRIED],
+        ).fetchone()[0]
+        requeued = self._reader.execute(
+            "SELECT count(*) FROM results WHERE status = 'failed' AND retryable = 1 AND (job = ? OR job IS NULL)", [job]
+        ).fetchone()[0]
+        return f"{back}:{requeued}"
+
     def line_outcomes_of(self, file_id: int) -> dict[str, int]:
         """One file's lines by outcome ("live" for those still out)."""
         sql = "SELECT coalesce(outcome, 'live'), count(*) FROM batch_lines WHERE file = ? GROUP BY 1"

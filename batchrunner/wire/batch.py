@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .openai import parse_chat_completion
-from .types import Completion, MalformedResponse, load_json
+from .types import Completion, MalformedResponse, Usage, load_json
 
 FILES_PATH = "/files"
 BATCHES_PATH = "/batches"
@@ -329,6 +329,7 @@ class LineResult:
     message: str = ""
     resubmit: bool = False
     request_id: str | None = None
+    usage: Usage | None = None  # of a 200 whose body could not be read: it was billed all the same
 
     @property
     def ok(self) -> bool:
@@ -336,9 +337,11 @@ class LineResult:
 
 
 def _should_resubmit(status: int | None, code: str | None) -> bool:
+    """No verdict on the request itself: its batch ended first, it was throttled, timed out,
+    conflicted, hit a server error, or the account was refused (sending it again may work)."""
     if code in (LINE_EXPIRED, LINE_CANCELLED):
         return True
-    return status is None or status == 429 or status >= 500
+    return status is None or status in (401, 403, 408, 409, 429) or status >= 500
 
 
 def parse_result_line(line: bytes | str | dict[str, Any]) -> LineResult:
@@ -355,7 +358,11 @@ def parse_result_line(line: bytes | str | dict[str, Any]) -> LineResult:
     body = response.get("body") if response is not None else None
     request_id = _str(response.get("request_id")) if response is not None else None
     if status == 200 and isinstance(body, dict) and error is None:
-        completion = parse_chat_completion(body)
+        try:
+            completion = parse_chat_completion(body)
+        except MalformedResponse as exc:  # answered (and billed), but not readable: never resent
+            usage = Usage.from_wire(body.get("usage")) if isinstance(body.get("usage"), dict) else None
+            return LineResult(cid, None, 200, "malformed_answer", str(exc), False, request_id, usage)
         if completion.request_id is None and request_id is not None:
             completion = Completion(completion.choices, request_id, completion.usage)
         return LineResult(cid, completion, 200, request_id=request_id)
