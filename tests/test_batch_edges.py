@@ -175,3 +175,19 @@ def test_the_budget_is_a_hard_ceiling_in_batch_mode(tmp_path: Path, bsim: Thread
     assert 0 < done < 12
     more = run_job(spec, clock=jump.clock(), max_cost_usd=0.001)
     assert more.exit_code == 0 and bsim.sim.stats()["lines_billed"] == 12
+
+
+@pytest.mark.sim(FAST, batch_validate_s=600.0)
+def test_a_batch_cancelled_before_any_line_has_only_an_error_file(
+    tmp_path: Path, bsim: ThreadHandle, jump: JumpClock
+) -> None:
+    spec = batch_job(tmp_path, 3)
+    assert run_job(spec, clock=jump.clock(), detach=True).exit_code == ExitCode.BATCHES_RUNNING
+    text = cancel_job(load(spec), clock=jump.clock(), poll=(1.0, 5.0))
+    assert "0 answered line(s) kept" in text, text
+    db = load(spec).db_path
+    shape = query(db, "SELECT remote_status, output_file_id IS NULL, error_file_id IS NOT NULL FROM batch_files")
+    assert shape == [("cancelled", 1, 1)]
+    assert query(db, "SELECT count(*) FROM attempts WHERE error_code = 'batch_cancelled'") == [(3,)]
+    summary = run_job(spec, clock=jump.clock())
+    assert summary.exit_code == 0 and bsim.sim.stats()["lines_billed"] == 3
