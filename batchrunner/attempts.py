@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from . import tokens, wire
 from .breaker import Breaker
 from .budget import Bounds, Budget, Reservation, WorstCase, max_output_tokens
-from .client import CallFailed, DashScopeClient, TransportFailed, failure_of, transient_code
+from .client import CallFailed, Sender, TransportFailed, failure_of, transient_code
 from .errors import AuthError, ServiceUnreachable
 from .pacing import FlightGate, RequestPacer, TokenBudget, backoff_delay
 from .parameters import Parameters
@@ -108,7 +108,7 @@ class Attempts:
     def __init__(
         self,
         policy: Policy,
-        client: DashScopeClient,
+        client: Sender,
         write_result: Callable[[Result], None],
         write_attempt: Callable[[Attempt], None],
         *,

@@ -15,6 +15,7 @@ keeps the httpx API and runs the same load at a fraction of the CPU (see the ben
 from __future__ import annotations
 
 import errno
+from typing import Protocol
 
 import aiohttp
 import httpx
@@ -81,6 +82,12 @@ def _transport_failure(exc: Exception) -> TransportFailed:
     if isinstance(exc, httpx.TimeoutException) and cause is None:
         return TransportFailed("Timeout", str(exc) or name, possibly_billed=False)
     return TransportFailed("TransportError", f"{name}: {exc}", possibly_billed=True)
+
+
+class Sender(Protocol):
+    """What sends one request: `DashScopeClient`, or `workers.WorkerPool` (several processes)."""
+
+    async def generate(self, request: Request) -> wire.Completion: ...
 
 
 class DashScopeClient:

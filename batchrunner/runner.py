@@ -39,10 +39,11 @@ from .pricing import PriceTable, load_prices, price_warnings
 from .progress import Progress
 from .records import Result, RunSummary
 from .render import Request
-from .route import check_route, route_of
+from .route import Route, check_route, route_of
 from .source import Source
 from .spec import JobSpec, load
 from .store import Store
+from .workers import WorkerPool, WorkerSettings, processes_for
 from .writer import CheckpointWriter, load_spilled
 
 log = logging.getLogger("batchrunner")
@@ -317,14 +318,7 @@ class _Run:
     ) -> tuple[Attempts, tuple[str, ExitCode, str]]:
         """Send what is pending; (the attempts, (status, exit code, message))."""
         spec, route = self.spec, self.route
-        async with DashScopeClient(
-            route.base_url,
-            self.svc.api_key,
-            timeout_s=route.timeout_s,
-            max_connections=spec.limits.concurrency,
-            wire=route.wire,
-            stream=route.stream,
-        ) as client:
+        async with _sender(spec, route, self.svc.api_key) as client:
             attempts = Attempts(
                 Policy.of(spec, route.prices, mode=route.mode),
                 client,
@@ -366,6 +360,23 @@ def _store_failure(writer: CheckpointWriter) -> str:
     return (
         f"the store {writer.store.path} could not be written ({cause}); sending stopped. Answers not committed: "
         f"{kept}. Free the disk (or the lock) and run again to go on"
+    )
+
+
+def _sender(spec: JobSpec, route: Route, api_key: str) -> DashScopeClient | WorkerPool:
+    """One HTTP client in this process, or `[limits] processes` workers sending for it."""
+    processes = processes_for(spec.limits.processes)
+    if processes > 1:
+        per_worker = max(1, -(-spec.limits.concurrency // processes))
+        settings = WorkerSettings(route.base_url, api_key, route.timeout_s, per_worker, route.wire.name, route.stream)
+        return WorkerPool(processes, settings)
+    return DashScopeClient(
+        route.base_url,
+        api_key,
+        timeout_s=route.timeout_s,
+        max_connections=spec.limits.concurrency,
+        wire=route.wire,
+        stream=route.stream,
     )
 
 

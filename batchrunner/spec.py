@@ -104,6 +104,7 @@ class Limits(_Section):
     requests_per_minute: Annotated[int, Field(gt=0)] = 600
     tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
     concurrency: Annotated[int, Field(ge=1, le=20_000)] = 32
+    processes: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
     max_retries: Annotated[int, Field(ge=0, le=100)] = 6
     throttle_patience_s: Annotated[float, Field(gt=0, le=86_400)] = 600
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120
