@@ -139,8 +139,11 @@ def format_usd(pusd: int, places: int = 6) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _per_token(price: Decimal) -> Fraction:
-    return Fraction(price) * 10**6  # USD per million tokens -> pico-USD per token
+def _per_token(price: Decimal) -> Fraction | int:
+    """USD per million tokens -> pico-USD per token: a plain int when it is whole (list prices
+    are), which keeps the per-answer arithmetic in fast integers; exact either way."""
+    value = Fraction(price) * 10**6
+    return value.numerator if value.denominator == 1 else value
 
 
 # --------------------------------------------------------------------------- the table
