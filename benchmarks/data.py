@@ -219,6 +219,7 @@ def write_spec(
     requests_per_minute: int,
     concurrency: int,
     output_name: str = "output.parquet",
+    processes: int = 1,
 ) -> Path:
     """Write `folder/job.toml` for a job over `input_path`; returns the spec's path.
 
@@ -237,6 +238,7 @@ def write_spec(
             "concurrency": concurrency,
             "timeout_s": 60,
             "max_retries": 6,
+            "processes": processes,
         },
         "output": {"path": str(folder / "out" / output_name)},
     }

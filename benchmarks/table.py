@@ -58,7 +58,21 @@ def s1_lines(r: dict[str, Any]) -> list[Line]:
             f"{_x(r['ratio_rows_per_s'])} rows/s, {_x(r['ratio_cpu_per_row'])} CPU/row",
             ">= 3x baseline rows/s (~2,900 rows/s)",
             _verdict(r["pass"]),
-        )
+        ),
+        *(
+            [
+                Line(
+                    "S1 with [limits] processes = 2",
+                    figures(r["processes_2"]),
+                    figures(base),
+                    f"{_x(r['ratio_rows_per_s_processes_2'])} rows/s",
+                    ">= 4x baseline rows/s",
+                    _verdict(r["pass_processes_2"]),
+                )
+            ]
+            if "processes_2" in r
+            else []
+        ),
     ]
 
 
