@@ -155,3 +155,28 @@ def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def legacy_copy(src: Path, dst: Path, *, until: str) -> None:
+    """A new store at `dst` holding what the store `src` holds, as an older batchrunner kept
+    it: the schema steps up to `until` only, results and attempts copied from the views (whose
+    columns are the old tables' columns), the other tables as they are."""
+    import sqlite_utils
+
+    from batchrunner.store.migrations import migrate
+
+    with contextlib.closing(sqlite3.connect(dst, isolation_level=None)) as conn:
+        migrate(sqlite_utils.Database(conn), until=until)
+        conn.execute("ATTACH DATABASE ? AS src", [str(src)])
+        sources = {"results": "results_view", "attempts": "attempts_view"}
+        tables = [n for (n,) in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            if table == "_batchrunner_migrations":
+                continue
+            source = sources.get(table, table)
+            theirs = {row[1] for row in conn.execute(f"PRAGMA src.table_info([{source}])")}
+            columns = ", ".join(
+                f"[{row[1]}]" for row in conn.execute(f"PRAGMA main.table_info([{table}])") if row[1] in theirs
+            )
+            conn.execute(f"DELETE FROM main.[{table}]")
+            conn.execute(f"INSERT INTO main.[{table}] ({columns}) SELECT {columns} FROM src.[{source}]")

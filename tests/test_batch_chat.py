@@ -104,23 +104,23 @@ def test_batch_chat_sends_chat_bodies_to_the_batch_chat_root(tmp_path: Path, rec
 def test_results_attempts_and_the_run_record_mode_batch_chat(tmp_path: Path, recorder: ThreadHandle) -> None:
     summary = run_job(write_job(tmp_path, ROWS, BATCH_CHAT), handle_signals=False)
     db = summary.db_path
-    assert query(db, "SELECT DISTINCT mode, endpoint, status FROM results") == [
+    assert query(db, "SELECT DISTINCT mode, endpoint, status FROM results_view") == [
         ("batch-chat", wire.OPENAI_CHAT_PATH, "ok")
     ]
-    assert query(db, "SELECT DISTINCT mode FROM attempts") == [("batch-chat",)]
-    assert query(db, "SELECT count(*) FROM attempts") == [(len(ROWS),)]
+    assert query(db, "SELECT DISTINCT mode FROM attempts_view") == [("batch-chat",)]
+    assert query(db, "SELECT count(*) FROM attempts_view") == [(len(ROWS),)]
     assert query(db, "SELECT mode, base_url, status FROM runs") == [
         ("batch-chat", recorder.compat_base_url, "finished")
     ]
-    (price_version,) = {v for (v,) in query(db, "SELECT price_version FROM results")}
+    (price_version,) = {v for (v,) in query(db, "SELECT price_version FROM results_view")}
     assert price_version.endswith("+batch")
 
 
 def test_online_runs_record_mode_online(tmp_path: Path, recorder: ThreadHandle) -> None:
     summary = run_job(write_job(tmp_path, ROWS), handle_signals=False)
     db = summary.db_path
-    assert query(db, "SELECT DISTINCT mode FROM results") == [("online",)]
-    assert query(db, "SELECT DISTINCT mode FROM attempts") == [("online",)]
+    assert query(db, "SELECT DISTINCT mode FROM results_view") == [("online",)]
+    assert query(db, "SELECT DISTINCT mode FROM attempts_view") == [("online",)]
     assert query(db, "SELECT mode, base_url FROM runs") == [("online", recorder.base_url)]
     assert CHAT_PATH not in {path for path, _ in posts(recorder)}
     assert "batch" not in summary.line()
@@ -135,8 +135,8 @@ def test_batch_chat_costs_half_the_online_price_with_no_cache_discount(tmp_path:
     recorder.sim.reset()
     batch = run_job(write_job(tmp_path / "chat", ROWS, {**job, **BATCH_CHAT}), handle_signals=False)
     columns = "row_id, input_tokens, cached_tokens, output_tokens, cost_pusd"
-    by_row = {r[0]: r[1:] for r in query(online.db_path, f"SELECT {columns} FROM results")}
-    chat_rows = query(batch.db_path, f"SELECT {columns} FROM results")
+    by_row = {r[0]: r[1:] for r in query(online.db_path, f"SELECT {columns} FROM results_view")}
+    chat_rows = query(batch.db_path, f"SELECT {columns} FROM results_view")
     assert len(chat_rows) == len(by_row) == len(ROWS)
     assert sum(1 for r in chat_rows if r[2] > 0) == len(ROWS) - 1  # the cache did hit
     for row_id, inp, cached, out, pusd in chat_rows:
@@ -148,7 +148,7 @@ def test_batch_chat_costs_half_the_online_price_with_no_cache_discount(tmp_path:
         assert o_pusd == online_cost + out * Fraction("1.2") * MILLION  # online: hits at 20% of input
         assert (pusd < o_pusd) == (cached == 0)  # with hits, half price can cost more than online
     assert batch.counts.cost_pusd == sum(r[4] for r in chat_rows)
-    attempts = query(batch.db_path, "SELECT sum(cost_pusd) FROM attempts")
+    attempts = query(batch.db_path, "SELECT sum(cost_pusd) FROM attempts_view")
     assert attempts == [(batch.counts.cost_pusd,)]
 
 
@@ -156,7 +156,7 @@ def test_budget_worst_cases_are_booked_at_the_batch_price(tmp_path: Path, record
     job = {"parameters": {"enable_thinking": False}, "limits": {"max_cost_usd": 10.0}}
     online = run_job(write_job(tmp_path / "online", ROWS[:3], job), handle_signals=False)
     batch = run_job(write_job(tmp_path / "chat", ROWS[:3], {**job, **BATCH_CHAT}), handle_signals=False)
-    sql = "SELECT r.row_id, a.worst_cost_pusd FROM attempts a JOIN results r USING (key)"
+    sql = "SELECT r.row_id, a.worst_cost_pusd FROM attempts_view a JOIN results_view r USING (key)"
     online_worst, batch_worst = dict(query(online.db_path, sql)), dict(query(batch.db_path, sql))
     assert batch_worst.keys() == online_worst.keys() and len(batch_worst) == 3
     slack = 4  # pricing.ROUNDING_SLACK, added once to each worst case
@@ -174,7 +174,7 @@ def test_a_row_done_online_is_not_bought_again_in_batch_chat(tmp_path: Path, rec
     assert sorted(b["messages"][1]["content"] for _, b in sent) == [
         f"Say something about item number {i}" for i in (5, 6, 7)
     ]
-    modes = query(summary.db_path, "SELECT row_id, mode FROM results ORDER BY row_index")
+    modes = query(summary.db_path, "SELECT row_id, mode FROM results_view ORDER BY row_index")
     assert modes == [(f"r{i}", "online" if i < 5 else "batch-chat") for i in range(8)]
     # ... and the rows bought in batch-chat are done for an online run too: the keys are the same
     recorder.sim.reset()

@@ -29,7 +29,7 @@ def test_limit_plans_only_that_many_rows_in_the_run(tmp_path: Path, bsim: Thread
     summary = run_job(spec, clock=jump.clock(), limit=5)
     assert summary.exit_code == 0, summary.message
     assert bsim.sim.stats()["lines_billed"] == 5 and summary.counts.sent == 5
-    assert query(load(spec).db_path, "SELECT count(*) FROM results WHERE status = 'ok'") == [(5,)]
+    assert query(load(spec).db_path, "SELECT count(*) FROM results_view WHERE status = 'ok'") == [(5,)]
 
 
 @pytest.mark.sim(FAST, faults=(FaultRule("item number 2", ("always:400",)),))
@@ -61,8 +61,10 @@ def test_a_200_that_cannot_be_read_is_kept_as_billed_and_not_bought_again(
         store.update_file(1, state=bs.TERMINAL, remote_status="completed", output_file_id=remote)
     summary = run_job(spec, clock=jump.clock())
     assert summary.exit_code == ExitCode.FAILED_ROWS
-    assert query(db, "SELECT status, error_code FROM results WHERE key = ?", first) == [("failed", "malformed_answer")]
-    paid = query(db, "SELECT input_tokens, cost_pusd > 0 FROM attempts WHERE key = ?", first)
+    assert query(db, "SELECT status, error_code FROM results_view WHERE key = ?", first) == [
+        ("failed", "malformed_answer")
+    ]
+    paid = query(db, "SELECT input_tokens, cost_pusd > 0 FROM attempts_view WHERE key = ?", first)
     assert paid == [(100, 1)]  # what it was billed is on record
     assert query(db, "SELECT count(*) FROM batch_files") == [(1,)]  # nothing went again
 
@@ -76,7 +78,7 @@ def test_a_create_still_refused_at_the_deadline_is_given_up_and_the_rows_go_onli
     assert summary.exit_code == 0, summary.message
     db = load(spec).db_path
     assert query(db, "SELECT state FROM batch_files") == [("abandoned",)]
-    assert query(db, "SELECT mode, count(*) FROM results GROUP BY mode") == [("online", 5)]
+    assert query(db, "SELECT mode, count(*) FROM results_view GROUP BY mode") == [("online", 5)]
     assert bsim.sim.stats()["batches_created"] == 0
     assert jump.now - 1_800_000_000.0 < 2 * 3600  # bounded by the deadline, not by the service
 
@@ -169,9 +171,9 @@ def test_the_budget_is_a_hard_ceiling_in_batch_mode(tmp_path: Path, bsim: Thread
     summary = run_job(spec, clock=jump.clock())
     assert summary.exit_code == ExitCode.BUDGET, summary.message
     db = load(spec).db_path
-    (spent,) = query(db, "SELECT sum(cost_pusd) FROM attempts")[0]
+    (spent,) = query(db, "SELECT sum(cost_pusd) FROM attempts_view")[0]
     assert 0 < spent <= 250_000_000  # pico-USD: never past the limit
-    done = query(db, "SELECT count(*) FROM results WHERE status = 'ok'")[0][0]
+    done = query(db, "SELECT count(*) FROM results_view WHERE status = 'ok'")[0][0]
     assert 0 < done < 12
     more = run_job(spec, clock=jump.clock(), max_cost_usd=0.001)
     assert more.exit_code == 0 and bsim.sim.stats()["lines_billed"] == 12
@@ -188,6 +190,6 @@ def test_a_batch_cancelled_before_any_line_has_only_an_error_file(
     db = load(spec).db_path
     shape = query(db, "SELECT remote_status, output_file_id IS NULL, error_file_id IS NOT NULL FROM batch_files")
     assert shape == [("cancelled", 1, 1)]
-    assert query(db, "SELECT count(*) FROM attempts WHERE error_code = 'batch_cancelled'") == [(3,)]
+    assert query(db, "SELECT count(*) FROM attempts_view WHERE error_code = 'batch_cancelled'") == [(3,)]
     summary = run_job(spec, clock=jump.clock())
     assert summary.exit_code == 0 and bsim.sim.stats()["lines_billed"] == 3

@@ -36,11 +36,11 @@ def test_a_job_in_several_files_comes_back_whole_at_the_batch_price(
         (10, "cleaned"),
         (5, "cleaned"),
     ]
-    assert query(db, "SELECT DISTINCT mode FROM results") == [("batch",)]
-    assert query(db, "SELECT count(*) FROM attempts WHERE mode = 'batch' AND outcome = 'ok'") == [(25,)]
+    assert query(db, "SELECT DISTINCT mode FROM results_view") == [("batch",)]
+    assert query(db, "SELECT count(*) FROM attempts_view WHERE mode = 'batch' AND outcome = 'ok'") == [(25,)]
     # Every row is priced at half the real-time price, with no cache discount.
     prices = PriceTable.load()
-    for inp, out, cost in query(db, "SELECT input_tokens, output_tokens, cost_pusd FROM results"):
+    for inp, out, cost in query(db, "SELECT input_tokens, output_tokens, cost_pusd FROM results_view"):
         usage = Usage.from_wire({"input_tokens": inp, "output_tokens": out})
         online = prices.cost("qwen-plus", usage)
         assert online is not None and cost == prices.for_batch().cost("qwen-plus", usage).total_pusd  # type: ignore[union-attr]
@@ -81,7 +81,7 @@ def test_expired_batches_keep_their_answers_and_only_the_missing_lines_go_again(
     assert stats["lines_billed"] == 20  # no row billed twice
     assert stats["batches_created"] == 3
     assert query(db, "SELECT attempt, lines FROM batch_files ORDER BY id") == [(1, 20), (2, 13), (3, 6)]
-    retried = query(db, "SELECT count(*) FROM attempts WHERE outcome = 'retry' AND error_code = 'batch_expired'")
+    retried = query(db, "SELECT count(*) FROM attempts_view WHERE outcome = 'retry' AND error_code = 'batch_expired'")
     assert retried == [(13 + 6,)]
 
 
@@ -93,7 +93,7 @@ def test_lines_without_an_answer_after_max_attempts_fail_and_retry_requeues_them
     summary = run_job(spec, clock=jump.clock())
     assert summary.exit_code == ExitCode.FAILED_ROWS
     db = load(spec).db_path
-    failed = query(db, "SELECT error_code, retryable, attempts FROM results WHERE status = 'failed'")
+    failed = query(db, "SELECT error_code, retryable, attempts FROM results_view WHERE status = 'failed'")
     assert len(failed) == 6 and {f[0] for f in failed} == {"batch_expired"} and {f[2] for f in failed} == {2}
     assert invoke_cli("retry", str(spec)).exit_code == 0
     final = run_job(spec, clock=jump.clock())
@@ -135,7 +135,9 @@ def test_line_failures_a_4xx_fails_the_row_a_5xx_goes_again(
     summary = run_job(spec, clock=jump.clock())
     assert summary.exit_code == ExitCode.FAILED_ROWS
     db = load(spec).db_path
-    assert query(db, "SELECT row_id, http_status, retryable FROM results WHERE status = 'failed'") == [("r3", 400, 0)]
+    assert query(db, "SELECT row_id, http_status, retryable FROM results_view WHERE status = 'failed'") == [
+        ("r3", 400, 0)
+    ]
     assert query(db, "SELECT lines FROM batch_files ORDER BY id") == [(8,), (1,)]  # only r5 went again
     assert query(db, "SELECT row_id FROM batch_lines WHERE file = 2") == [("r5",)]
     assert bsim.sim.stats()["lines_billed"] == 7
@@ -152,7 +154,7 @@ def test_a_completed_batch_whose_only_file_is_the_error_file(
     assert query(db, "SELECT remote_status, output_file_id IS NULL, error_file_id IS NOT NULL FROM batch_files") == [
         ("completed", 1, 1)
     ]
-    assert query(db, "SELECT count(*) FROM results WHERE status = 'failed' AND mode = 'batch'") == [(3,)]
+    assert query(db, "SELECT count(*) FROM results_view WHERE status = 'failed' AND mode = 'batch'") == [(3,)]
 
 
 @pytest.mark.sim(FAST, batch_seconds=60.0)
@@ -164,7 +166,7 @@ def test_the_batch_check_sends_the_first_rows_free_and_keeps_them_apart(
     assert summary.exit_code == 0, summary.message
     assert "100/100 line(s) came back answered" in summary.message and "round trip are right" in summary.message
     db = load(spec).db_path
-    assert query(db, "SELECT count(*) FROM results") == [(0,)]  # the check's answers are not the job's
+    assert query(db, "SELECT count(*) FROM results_view") == [(0,)]  # the check's answers are not the job's
     assert query(db, "SELECT purpose, state, lines FROM batch_files") == [("check", "cleaned", 100)]
     assert bsim.sim.stats()["lines_billed"] == 0
     real = run_job(spec, clock=jump.clock())  # the job itself then sends all 120 rows

@@ -63,7 +63,7 @@ def test_a_line_over_6_mb_fails_its_row_before_anything_is_uploaded(tmp_path: Pa
 
         result = plan(store, items())
     assert result.too_large == 1 and result.lines == 2
-    failed = query(db, "SELECT row_id, status, error_code, error_message FROM results")
+    failed = query(db, "SELECT row_id, status, error_code, error_message FROM results_view")
     assert failed[0][:3] == ("r2", "failed", "LineTooLarge") and "6291456" in failed[0][3]
 
 

@@ -101,7 +101,7 @@ def test_a_crash_at_any_step_resumes_without_a_second_batch_or_bill(
     assert answers(summary.output_path) == reference  # type: ignore[arg-type]
     db = load(spec).db_path
     assert query(db, "SELECT count(*) FROM batch_files WHERE state = 'cleaned'") == [(3,)]
-    assert query(db, "SELECT count(*), count(DISTINCT key) FROM attempts WHERE outcome = 'ok'") == [(ROWS, ROWS)]
+    assert query(db, "SELECT count(*), count(DISTINCT key) FROM attempts_view WHERE outcome = 'ok'") == [(ROWS, ROWS)]
 
 
 @pytest.mark.sim(FAST, batch_drop_creates=1, batch_throttle_creates=2, batch_download_503=True, batch_cut_downloads=1)
@@ -133,10 +133,10 @@ def test_a_batch_that_fails_validation_fails_the_named_lines_and_resends_the_res
     summary = run_job(spec, clock=jump.clock())
     assert summary.exit_code == ExitCode.FAILED_ROWS
     db = load(spec).db_path
-    failed = query(db, "SELECT row_id, error_code, mode FROM results WHERE status = 'failed'")
+    failed = query(db, "SELECT row_id, error_code, mode FROM results_view WHERE status = 'failed'")
     assert failed == [("r1", "invalid_json_line", "batch")]
     assert query(db, "SELECT id, lines, attempt FROM batch_files ORDER BY id") == [(1, 6, 1), (2, 5, 1)]
-    assert query(db, "SELECT count(*) FROM results WHERE status = 'ok'") == [(5,)]
+    assert query(db, "SELECT count(*) FROM results_view WHERE status = 'ok'") == [(5,)]
 
 
 @pytest.mark.sim(FAST, batch_line_s=600.0)
@@ -150,7 +150,7 @@ def test_cancel_keeps_partial_output_and_the_next_run_sends_only_the_rest(
     text = cancel_job(load(spec), clock=jump.clock(), poll=(1.0, 5.0))
     assert "4 answered line(s) kept" in text, text
     db = load(spec).db_path
-    assert query(db, "SELECT count(*) FROM results WHERE status = 'ok'") == [(4,)]
+    assert query(db, "SELECT count(*) FROM results_view WHERE status = 'ok'") == [(4,)]
     assert query(db, "SELECT remote_status FROM batch_files") == [("cancelled",)]
     listing = invoke_cli("batches", str(spec))
     assert listing.exit_code == 0 and "cancelled" in listing.output and "cleaned" in listing.output
@@ -173,14 +173,14 @@ def test_auto_mode_crossing_its_deadline_sends_the_rest_online(
     summary = run_job(spec, clock=jump.clock())
     assert summary.exit_code == 0, summary.message
     db = load(spec).db_path
-    modes = dict(query(db, "SELECT mode, count(*) FROM results GROUP BY mode"))
+    modes = dict(query(db, "SELECT mode, count(*) FROM results_view GROUP BY mode"))
     assert modes["batch"] >= 3 and modes["batch"] + modes["online"] == 12, modes
     stats = bsim.sim.stats()
     assert stats["lines_billed"] == modes["batch"] and stats["batches_created"] == 1
-    online_calls = query(db, "SELECT count(*) FROM attempts WHERE mode = 'online'")[0][0]
+    online_calls = query(db, "SELECT count(*) FROM attempts_view WHERE mode = 'online'")[0][0]
     assert online_calls == modes["online"]
     assert query(
-        db, "SELECT count(*) FROM (SELECT key FROM attempts WHERE outcome = 'ok' GROUP BY key HAVING count(*) > 1)"
+        db, "SELECT count(*) FROM (SELECT key FROM attempts_view WHERE outcome = 'ok' GROUP BY key HAVING count(*) > 1)"
     ) == [(0,)]
     assert query(db, "SELECT remote_status FROM batch_files") == [("cancelled",)]
 
@@ -208,7 +208,7 @@ def test_unknown_and_repeated_custom_ids_are_logged_and_ignored(
         store.update_file(1, state=bs.TERMINAL, remote_status="completed", output_file_id=remote)
     summary = run_job(spec, clock=jump.clock())
     assert summary.exit_code == 0, summary.message
-    assert query(db, "SELECT content FROM results WHERE key = ?", keys[0]) == [("first",)]
+    assert query(db, "SELECT content FROM results_view WHERE key = ?", keys[0]) == [("first",)]
     assert query(db, "SELECT lines FROM batch_files ORDER BY id") == [(3,), (2,)]  # the two missing went again
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert sum("not an open line" in w for w in warnings) == 2  # the repeat and the stranger

@@ -44,7 +44,7 @@ def spent(db: Path, run_id: int | None = None) -> int:
     """Pico-USD the store's attempts cost (of one run, or of all)."""
     where = "" if run_id is None else f" WHERE run_id = {int(run_id)}"
     with sqlite3.connect(db) as conn:
-        return int(conn.execute(f"SELECT coalesce(sum(cost_pusd), 0) FROM attempts{where}").fetchone()[0])
+        return int(conn.execute(f"SELECT coalesce(sum(cost_pusd), 0) FROM attempts_view{where}").fetchone()[0])
 
 
 def rows_of(text: str, n: int = 40) -> list[dict[str, str]]:
@@ -74,7 +74,7 @@ def test_explicit_cache_creation_and_thinking_are_in_the_worst_case(tmp_path: Pa
     assert summary.exit_code == 4, summary.message
     with sqlite3.connect(summary.db_path) as conn:
         created, reasoning = conn.execute(
-            "SELECT sum(cache_creation_cost_pusd > 0), sum(reasoning_tokens) FROM attempts"
+            "SELECT sum(cache_creation_cost_pusd > 0), sum(reasoning_tokens) FROM attempts_view"
         ).fetchone()
     assert created >= 1 and reasoning > 0  # both dearer prices really applied
     assert spent(summary.db_path) <= usd_to_pusd(0.004)
@@ -86,7 +86,7 @@ def test_each_attempt_stays_under_its_reservation(tmp_path: Path, sim: ThreadHan
     summary = run_job(spec, handle_signals=False)
     assert summary.exit_code == 0
     with sqlite3.connect(summary.db_path) as conn:
-        pairs = conn.execute("SELECT cost_pusd, worst_cost_pusd FROM attempts").fetchall()
+        pairs = conn.execute("SELECT cost_pusd, worst_cost_pusd FROM attempts_view").fetchall()
     assert len(pairs) == 4 and all(0 < cost <= worst for cost, worst in pairs)
 
 

@@ -21,7 +21,7 @@ MILLION = 10**6  # pico-USD per token for a price of 1 USD per million tokens
 
 
 def results(db: Path, columns: str) -> list[tuple]:
-    return query(db, f"SELECT {columns} FROM results ORDER BY row_index")
+    return query(db, f"SELECT {columns} FROM results_view ORDER BY row_index")
 
 
 def test_each_row_carries_its_cost(tmp_path: Path, sim: ThreadHandle) -> None:
@@ -123,7 +123,7 @@ def test_estimate_before_and_after_part_of_a_run(tmp_path: Path, sim: ThreadHand
     summary = run_job(spec_path, handle_signals=False, limit=8)
     after = estimate(spec, load_prices(spec))
     assert (after.requests_remaining, after.requests_done) == (12, 8)
-    ((avg_out,),) = query(summary.db_path, "SELECT avg(output_tokens) FROM results")
+    ((avg_out,),) = query(summary.db_path, "SELECT avg(output_tokens) FROM results_view")
     assert after.output_tokens_expected == int(avg_out * 12)
     assert after.cost_expected_usd < after.cost_worst_usd
     result = CliRunner().invoke(cli, ["estimate", str(spec_path), "--format", "json"])

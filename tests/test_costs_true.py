@@ -53,19 +53,19 @@ def test_every_paid_attempt_is_counted_in_report_runs_and_the_row(tmp_path: Path
     first = run_job(spec, handle_signals=False)
     db = first.db_path
     assert first.table == {"failed": 3}
-    outcomes = query(db, "SELECT key, group_concat(outcome, ',') FROM attempts GROUP BY key")
+    outcomes = query(db, "SELECT key, group_concat(outcome, ',') FROM attempts_view GROUP BY key")
     assert {o for _, o in outcomes} == {"invalid_json,invalid_json,failed"}
-    paid = query(db, "SELECT sum(cost_pusd), count(cost_pusd) FROM attempts")[0]
+    paid = query(db, "SELECT sum(cost_pusd), count(cost_pusd) FROM attempts_view")[0]
     assert paid[1] == 9 and paid[0] == first.counts.cost_pusd
-    for cost, total in query(db, "SELECT cost_pusd, total_cost_pusd FROM results"):
+    for cost, total in query(db, "SELECT cost_pusd, total_cost_pusd FROM results_view"):
         assert total == 3 * cost  # the same answer, paid three times
     assert report_total(db) == Fraction(paid[0], 10**12)
 
     second = run_job(spec, handle_signals=False, retry_failed=True)  # sent and paid again
-    all_paid = query(db, "SELECT sum(cost_pusd) FROM attempts")[0][0]
+    all_paid = query(db, "SELECT sum(cost_pusd) FROM attempts_view")[0][0]
     assert all_paid == first.counts.cost_pusd + second.counts.cost_pusd
     assert report_total(db) == Fraction(all_paid, 10**12)
-    for cost, total in query(db, "SELECT cost_pusd, total_cost_pusd FROM results"):
+    for cost, total in query(db, "SELECT cost_pusd, total_cost_pusd FROM results_view"):
         assert total == 6 * cost  # its own total, across both runs
     runs = json.loads(CliRunner().invoke(cli, ["runs", str(spec), "--format", "json"]).output)
     assert [r["paid_pusd"] for r in runs] == [first.counts.cost_pusd, second.counts.cost_pusd]
@@ -99,7 +99,7 @@ def test_region_cn_is_not_costed_with_singapore_prices(
     with caplog.at_level(logging.WARNING, logger="batchrunner"):
         summary = run_job(spec, handle_signals=False)
     assert any("region 'cn'" in r.getMessage() and "Singapore" in r.getMessage() for r in caplog.records)
-    assert query(summary.db_path, "SELECT DISTINCT cost_pusd FROM attempts") == [(None,)]
+    assert query(summary.db_path, "SELECT DISTINCT cost_pusd FROM attempts_view") == [(None,)]
     assert "cost unpriced" in summary.line()
     # Prices the user gives (in USD) are used, and the report says its currency.
     pricing = {"models": {"qwen-plus": {"tiers": [{"input": 1.0, "output": 2.0}]}}}
@@ -107,7 +107,7 @@ def test_region_cn_is_not_costed_with_singapore_prices(
         write_job(tmp_path / "b", ROWS[:2], {"api": {"region": "cn"}, "pricing": pricing}), handle_signals=False
     )
     for inp, out, cost, version in query(
-        priced.db_path, "SELECT input_tokens, output_tokens, cost_pusd, price_version FROM results"
+        priced.db_path, "SELECT input_tokens, output_tokens, cost_pusd, price_version FROM results_view"
     ):
         assert cost == (inp + 2 * out) * MILLION and "region cn" in version
     report = build([priced.db_path])
@@ -127,7 +127,7 @@ def test_implicit_hits_on_an_explicitly_cached_job_are_priced_as_implicit(
 
     monkeypatch.setattr(PrefixCache, "details", implicit)
     summary = run_job(write_job(tmp_path, ROWS[:3], {"prompt": {"cache": "system"}}), handle_signals=False)
-    rows = query(summary.db_path, "SELECT cached_tokens, cached_cost_pusd FROM results")
+    rows = query(summary.db_path, "SELECT cached_tokens, cached_cost_pusd FROM results_view")
     assert rows and all(cached > 0 for cached, _ in rows)
     for cached, cost in rows:
         assert cost == cached * Fraction("0.08") * MILLION  # 20% of 0.4, not the explicit 10%
@@ -153,8 +153,8 @@ def test_the_attempt_log_says_what_happened(tmp_path: Path, sim: ThreadHandle) -
         row_id: outcomes
         for row_id, outcomes in query(
             summary.db_path,
-            "SELECT r.row_id, group_concat(a.outcome || ':' || a.possibly_billed, ',') FROM attempts a "
-            "JOIN results r ON r.key = a.key GROUP BY r.row_id ORDER BY r.row_id",
+            "SELECT r.row_id, group_concat(a.outcome || ':' || a.possibly_billed, ',') FROM attempts_view a "
+            "JOIN results_view r ON r.key = a.key GROUP BY r.row_id ORDER BY r.row_id",
         )
     }
     assert log == {
@@ -163,9 +163,9 @@ def test_the_attempt_log_says_what_happened(tmp_path: Path, sim: ThreadHandle) -
         "r2": "retry:1,ok:0",  # dropped after sending (maybe billed), then answered (billed exactly)
         "r3": "ok:0",
     }
-    billed = query(summary.db_path, "SELECT row_id, possibly_billed_attempts FROM results ORDER BY row_id")
+    billed = query(summary.db_path, "SELECT row_id, possibly_billed_attempts FROM results_view ORDER BY row_id")
     assert billed == [("r0", 0), ("r1", 0), ("r2", 1), ("r3", 0)]
-    answered = query(summary.db_path, "SELECT count(*) FROM attempts WHERE outcome = 'ok' AND cost_pusd IS NULL")
+    answered = query(summary.db_path, "SELECT count(*) FROM attempts_view WHERE outcome = 'ok' AND cost_pusd IS NULL")
     assert answered == [(0,)]
 
 
@@ -175,7 +175,7 @@ def test_requests_refused_by_the_budget_are_not_counted_as_sent(tmp_path: Path, 
     assert summary.exit_code == 4
     assert summary.counts.sent == summary.counts.attempts == 3
     assert query(summary.db_path, "SELECT sent FROM runs") == [(3,)]
-    assert query(summary.db_path, "SELECT count(DISTINCT key) FROM attempts") == [(3,)]
+    assert query(summary.db_path, "SELECT count(DISTINCT key) FROM attempts_view") == [(3,)]
 
 
 # ----------------------------------------------------------------- stores written before per-attempt costs
@@ -206,13 +206,13 @@ def test_m005_moves_each_rows_cost_to_its_last_answer(tmp_path: Path) -> None:
     db["runs"].insert({"id": 1, "job": "old", "status": "finished", "cost_usd": 4e-5, "started_at": "2026-01-01"})
     db.close()
     Store(path).close()  # migrates
-    rows = query(path, "SELECT attempt, outcome, possibly_billed, model, input_tokens, cost_pusd FROM attempts")
+    rows = query(path, "SELECT attempt, outcome, possibly_billed, model, input_tokens, cost_pusd FROM attempts_view")
     assert rows == [
         (1, "ok", 0, "qwen-plus", 20, None),  # its tokens are known, its cost never was
         (1, "invalid_json", 0, "qwen-plus", None, None),
         (2, "ok", 0, "qwen-plus", 20, 20_000_000),  # the row's recorded cost
     ]
-    assert query(path, "SELECT total_cost_pusd FROM results") == [(20_000_000,)]
+    assert query(path, "SELECT total_cost_pusd FROM results_view") == [(20_000_000,)]
     report = build([path])
     assert report.totals.cost_pusd == 20_000_000 and report.totals.unpriced_requests == 1
     with Store(path, readonly=True) as store:

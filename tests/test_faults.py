@@ -36,11 +36,11 @@ def test_fault_mix_and_429_storm_end_with_every_row_ok_once(tmp_path: Path, sim:
     # every 429 is counted: those of the rate limit and the injected ones
     assert summary.counts.throttled == stats["throttled"] + injected["429"]
     db = summary.db_path
-    assert query(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(300, 300)]
-    ((attempts,),) = query(db, "SELECT count(*) FROM attempts")
-    ok_per_key = Counter(k for (k,) in query(db, "SELECT key FROM attempts WHERE outcome = 'ok'"))
-    ((billed,),) = query(db, "SELECT count(*) FROM attempts WHERE possibly_billed = 1 AND outcome != 'ok'")
-    ((timeouts,),) = query(db, "SELECT count(*) FROM attempts WHERE error_code = 'ReadTimeout'")
+    assert query(db, "SELECT count(*), count(DISTINCT row_id) FROM results_view") == [(300, 300)]
+    ((attempts,),) = query(db, "SELECT count(*) FROM attempts_view")
+    ok_per_key = Counter(k for (k,) in query(db, "SELECT key FROM attempts_view WHERE outcome = 'ok'"))
+    ((billed,),) = query(db, "SELECT count(*) FROM attempts_view WHERE possibly_billed = 1 AND outcome != 'ok'")
+    ((timeouts,),) = query(db, "SELECT count(*) FROM attempts_view WHERE error_code = 'ReadTimeout'")
     assert attempts == summary.counts.attempts
     # every attempt reached the service; one the client gave up on may still be sleeping there
     # (of the timed-out ones, those the service has finished are the "slow" faults it counted)

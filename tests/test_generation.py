@@ -68,7 +68,7 @@ def test_parameter_ranges_and_combinations(tmp_path: Path, parameters: dict, mes
 
 def test_extra_parameters_pass_through_untouched(tmp_path: Path, sim: ThreadHandle) -> None:
     summary, _ = run(tmp_path, {"parameters": {"extra": {"custom_flag": "x", "search_options": {"a": 1}}}})
-    (params,) = {p for (p,) in stored(summary.db_path, "SELECT parameters FROM results WHERE row_id = 'r0'")}
+    (params,) = {p for (p,) in stored(summary.db_path, "SELECT parameters FROM results_view WHERE row_id = 'r0'")}
     assert json.loads(params) == {
         "result_format": "message",
         "temperature": 0.5,
@@ -120,7 +120,7 @@ def test_a_cut_stream_is_retried_and_nothing_partial_is_stored(tmp_path: Path, s
     row = out.filter(out["id"] == "r2").row(0, named=True)
     assert row["attempts"] == "3"
     assert row["content"] == answer_for("qwen-plus", user("item number 2"), 1, 32)[0]
-    codes = stored(summary.db_path, "SELECT error_code, possibly_billed FROM attempts WHERE outcome = 'retry'")
+    codes = stored(summary.db_path, "SELECT error_code, possibly_billed FROM attempts_view WHERE outcome = 'retry'")
     assert sorted(codes) == [("InternalError", 0), ("StreamCut", 1)]
 
 
@@ -131,7 +131,7 @@ def test_thinking_is_stored_and_exported(tmp_path: Path, sim: ThreadHandle, stre
     assert summary.table == {"ok": 6}
     assert all(r and len(r) > 10 for r in out["reasoning_content"].to_list())
     assert all(int(t) > 0 for t in out["reasoning_tokens"].to_list())
-    rows = stored(summary.db_path, "SELECT reasoning_tokens, output_tokens, usage FROM results")
+    rows = stored(summary.db_path, "SELECT reasoning_tokens, output_tokens, usage FROM results_view")
     for reasoning_tokens, output_tokens, usage in rows:
         assert json.loads(usage)["output_tokens_details"]["reasoning_tokens"] == reasoning_tokens <= output_tokens
 
@@ -183,7 +183,7 @@ def test_explicit_cache_marks_the_system_prompt(tmp_path: Path, sim: ThreadHandl
     cached = [int(v) for v in out["cached_tokens"].to_list()]
     assert created[0] > 1024 and cached[0] == 0
     assert created[1:] == [0] * 5 and all(c >= 1024 for c in cached[1:])
-    (params,) = stored(summary.db_path, "SELECT count(*) FROM results WHERE cache_creation_input_tokens > 0")
+    (params,) = stored(summary.db_path, "SELECT count(*) FROM results_view WHERE cache_creation_input_tokens > 0")
     assert params == (1,)
 
 
@@ -201,7 +201,7 @@ def test_a_shared_context_can_be_cached(tmp_path: Path, sim: ThreadHandle) -> No
 
 def seeds(db: Path) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
-    for row_id, sample, seed in stored(db, "SELECT row_id, sample, seed FROM results ORDER BY row_id, sample"):
+    for row_id, sample, seed in stored(db, "SELECT row_id, sample, seed FROM results_view ORDER BY row_id, sample"):
         found.setdefault(row_id, []).append(seed)
         assert sample == len(found[row_id]) - 1
     return found
@@ -289,7 +289,7 @@ def test_images_are_sent_and_their_tokens_recorded(tmp_path: Path, sim: ThreadHa
         media_job(tmp_path / "hi", rows, {"parameters": {"vl_high_resolution_images": True}}), handle_signals=False
     )
     assert read_table(hi.output_path)["image_tokens"].to_list() == ["1024", "1024"]
-    assert stored(summary.db_path, "SELECT DISTINCT endpoint FROM results") == [(wire.MULTIMODAL_PATH,)]
+    assert stored(summary.db_path, "SELECT DISTINCT endpoint FROM results_view") == [(wire.MULTIMODAL_PATH,)]
 
 
 def test_a_missing_media_file_is_an_error_before_sending(tmp_path: Path, sim: ThreadHandle) -> None:
@@ -356,4 +356,4 @@ def test_openai_protocol_maps_usage_to_the_same_columns(
     assert summary.table == {"ok": 6}
     columns = ["content", "reasoning_content", "input_tokens", "output_tokens", "reasoning_tokens", "finish_reason"]
     assert compat.select(columns).equals(native.select(columns))
-    assert stored(summary.db_path, "SELECT DISTINCT endpoint FROM results") == [("/chat/completions",)]
+    assert stored(summary.db_path, "SELECT DISTINCT endpoint FROM results_view") == [("/chat/completions",)]

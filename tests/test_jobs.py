@@ -46,7 +46,7 @@ def test_text(tmp_path: Path) -> None:
 def test_batch(tmp_path: Path) -> None:
     table = run_example("batch-reviews", tmp_path)
     assert table.height == 12
-    (mode,) = query(tmp_path / "store.sqlite", "SELECT DISTINCT mode FROM results")
+    (mode,) = query(tmp_path / "store.sqlite", "SELECT DISTINCT mode FROM results_view")
     assert mode == ("batch",)
 
 

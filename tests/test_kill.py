@@ -33,7 +33,7 @@ def job(tmp_path: Path) -> Path:
 
 def stored(db: Path) -> set[str]:
     """The prompts of the rows stored as ok."""
-    rows = query(db, "SELECT row_id FROM results WHERE status = 'ok'")
+    rows = query(db, "SELECT row_id FROM results_view WHERE status = 'ok'")
     return {f"Say something about row {int(i[1:]):04d}" for (i,) in rows}
 
 
@@ -61,8 +61,8 @@ def check_resume(summary: RunSummary, sent: list[str], stored_before: set[str], 
     assert summary.exit_code == 0
     assert sorted(sent) == sorted(EVERY_PROMPT - stored_before), "a stored row was sent again, or one twice"
     assert read_table(summary.output_path)["status"].to_list() == ["ok"] * N
-    assert query(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(N, N)]
-    ok_attempts = Counter(k for (k,) in query(db, "SELECT key FROM attempts WHERE outcome = 'ok'"))
+    assert query(db, "SELECT count(*), count(DISTINCT row_id) FROM results_view") == [(N, N)]
+    ok_attempts = Counter(k for (k,) in query(db, "SELECT key FROM attempts_view WHERE outcome = 'ok'"))
     assert len(ok_attempts) == N and set(ok_attempts.values()) == {1}  # one stored success per row
 
 

@@ -108,15 +108,20 @@ def mixed(tmp_path: Path) -> Path:
         store.start_run(job="mixed", spec_digest="d", simulated=True, base_url="http://127.0.0.1", mode="auto")
         store.write([result(k, modes[k], a) for k, a in answers.items()], [k4_first, *answers.values()])
     with contextlib.closing(sqlite3.connect(path)) as conn:  # k6 as a row from before the mode column
-        conn.execute("UPDATE results SET mode = NULL WHERE key = 'k6'")
-        conn.execute("UPDATE attempts SET mode = NULL WHERE key = 'k6'")
+        for table in ("results", "attempts"):  # a shape like k6's, without the mode
+            conn.execute(
+                "INSERT INTO shapes (job, mode, model, endpoint, parameters, seeded, price_version) SELECT job, NULL, "
+                f"model, endpoint, parameters, seeded, price_version FROM shapes WHERE id = (SELECT shape FROM {table} "
+                "WHERE key = 'k6')"
+            )
+            conn.execute(f"UPDATE {table} SET shape = last_insert_rowid() WHERE key = 'k6'")
         conn.commit()
     return path
 
 
 def test_the_costs_recorded_are_the_hand_computed_ones(mixed: Path) -> None:
     with contextlib.closing(sqlite3.connect(mixed)) as conn:
-        rows = conn.execute("SELECT key, attempt, mode, cost_pusd FROM attempts ORDER BY key, attempt").fetchall()
+        rows = conn.execute("SELECT key, attempt, mode, cost_pusd FROM attempts_view ORDER BY key, attempt").fetchall()
     assert rows == [
         ("k1", 1, "online", 592_320_000),
         ("k2", 1, "batch", 720_000_000),

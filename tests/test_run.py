@@ -63,10 +63,10 @@ def test_end_to_end_row_by_row(tmp_path: Path, sim: ThreadHandle) -> None:
         assert row["status"] == "ok" and row["attempts"] == "1"
         assert row["request_id"]
     # the store holds the same, with the raw usage beside the columns
-    stored = query(summary.db_path, "SELECT status, usage, model, parameters FROM results")
+    stored = query(summary.db_path, "SELECT status, usage, model, parameters FROM results_view")
     assert len(stored) == 30
     assert all(s == "ok" and '"input_tokens"' in u and m == "qwen-plus" and '"seed":1' in p for s, u, m, p in stored)
-    assert query(summary.db_path, "SELECT count(*) FROM attempts") == [(30,)]
+    assert query(summary.db_path, "SELECT count(*) FROM attempts_view") == [(30,)]
     (run,) = query(summary.db_path, "SELECT status, exit_code, sent, ok, spec_digest, simulated FROM runs")
     assert run == ("finished", 0, 30, 30, load_spec(spec_path).digest, 0)
 
@@ -150,8 +150,8 @@ def test_401_aborts_with_exit_3_and_marks_no_row_failed(tmp_path: Path, sim: Thr
     assert summary.exit_code == 3 and summary.status == "aborted"
     assert "InvalidApiKey" in summary.message and "DASHSCOPE_API_KEY" in summary.message
     assert API_KEY not in summary.message
-    assert query(summary.db_path, "SELECT count(*) FROM results") == [(0,)]
-    outcomes = set(query(summary.db_path, "SELECT http_status, outcome FROM attempts"))
+    assert query(summary.db_path, "SELECT count(*) FROM results_view") == [(0,)]
+    outcomes = set(query(summary.db_path, "SELECT http_status, outcome FROM attempts_view"))
     # the 401 answers, plus any request that was in flight when the run stopped
     assert (401, "abort") in outcomes and outcomes <= {(401, "abort"), (None, "cancelled")}
     assert summary.counts.attempts <= 16  # stopped at once: at most one wave of workers
@@ -179,7 +179,7 @@ def test_429_5xx_drops_and_malformed_bodies_are_retried_to_success(tmp_path: Pat
     assert summary.counts.retries == 6 and summary.counts.throttled == 2
     seq = query(
         summary.db_path,
-        "SELECT a.http_status, a.error_code, a.outcome FROM attempts a JOIN results r ON a.key = r.key "
+        "SELECT a.http_status, a.error_code, a.outcome FROM attempts_view a JOIN results_view r ON a.key = r.key "
         "WHERE r.row_id = 'r12' ORDER BY a.attempt",
     )
     assert seq == [
@@ -191,7 +191,7 @@ def test_429_5xx_drops_and_malformed_bodies_are_retried_to_success(tmp_path: Pat
     ]
     billed = query(
         summary.db_path,
-        "SELECT r.row_id, a.error_code, a.possibly_billed FROM attempts a JOIN results r ON a.key = r.key "
+        "SELECT r.row_id, a.error_code, a.possibly_billed FROM attempts_view a JOIN results_view r ON a.key = r.key "
         "WHERE a.outcome = 'retry' AND r.row_id IN ('r14', 'r16') ORDER BY r.row_id",
     )
     assert billed == [("r14", "ConnectionDropped", 1), ("r16", "MalformedResponse", 1)]
@@ -207,12 +207,12 @@ def test_read_timeout_is_retried_and_recorded_as_possibly_billed(tmp_path: Path,
     assert summary.table == {"ok": 3}
     rows = query(
         summary.db_path,
-        "SELECT a.error_code, a.possibly_billed FROM attempts a JOIN results r ON a.key = r.key "
+        "SELECT a.error_code, a.possibly_billed FROM attempts_view a JOIN results_view r ON a.key = r.key "
         "WHERE r.row_id = 'r1' ORDER BY a.attempt",
     )
     # the timeout may have been billed an unknown amount; the answer was billed exactly its usage
     assert rows == [("ReadTimeout", 1), (None, 0)]
-    assert query(summary.db_path, "SELECT possibly_billed_attempts FROM results WHERE row_id='r1'") == [(1,)]
+    assert query(summary.db_path, "SELECT possibly_billed_attempts FROM results_view WHERE row_id='r1'") == [(1,)]
 
 
 @pytest.mark.sim(faults=(FaultRule("item number 0", ("always:500",)),))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import write_job
+from helpers import legacy_copy, write_job
 
 from batchrunner.cli import cli
 from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle, serve_in_thread
@@ -74,17 +74,17 @@ def test_retry_requeues_only_the_jobs_own_rows(tmp_path: Path, sim: ThreadHandle
 
 def test_a_store_made_before_the_job_column_gets_it_from_its_runs(tmp_path: Path, sim: ThreadHandle) -> None:
     alpha, beta, db = two_jobs(tmp_path)
-    with sqlite3.connect(db) as conn:  # as an older batchrunner left it
-        conn.execute("DROP INDEX idx_results_job_status")
-        conn.execute("ALTER TABLE results DROP COLUMN job")
-        conn.execute("DELETE FROM _batchrunner_migrations WHERE name = 'm006_result_job'")
-    conn.close()
+    older = tmp_path / "older.sqlite"
+    legacy_copy(db, older, until="m005_attempt_costs")  # as an older batchrunner left it
+    for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    older.rename(db)
     report = json.loads(invoke("report", str(db), "--by", "job", "--format", "json").output)  # read-only
     assert {r["job"]: r["requests"] for r in report["rows"]} == {"alpha": 4, "beta": 6}
     assert "results: ok 6" in invoke("status", str(beta)).output
     with Store(db) as store:  # migrates
         assert store.counts("alpha") == {"ok": 3, "failed": 1}
     with sqlite3.connect(db) as conn:
-        jobs = dict(conn.execute("SELECT job, count(*) FROM results GROUP BY job").fetchall())
+        jobs = dict(conn.execute("SELECT job, count(*) FROM results_view GROUP BY job").fetchall())
     conn.close()
     assert jobs == {"alpha": 4, "beta": 6}

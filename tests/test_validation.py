@@ -33,12 +33,12 @@ def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadHandle]:
 
 def sent_parameters(db: Path) -> list[dict[str, Any]]:
     with sqlite3.connect(db) as conn:
-        return [json.loads(p) for (p,) in conn.execute("SELECT parameters FROM results ORDER BY row_id")]
+        return [json.loads(p) for (p,) in conn.execute("SELECT parameters FROM results_view ORDER BY row_id")]
 
 
 def keys(db: Path) -> list[str]:
     with sqlite3.connect(db) as conn:
-        return [k for (k,) in conn.execute("SELECT key FROM results ORDER BY row_id")]
+        return [k for (k,) in conn.execute("SELECT key FROM results_view ORDER BY row_id")]
 
 
 # ----------------------------------------------------------------- incremental_output

@@ -1,13 +1,16 @@
 """The checkpoint store: one plain SQLite file per job; this package is the only code that writes SQL.
 
-Tables (open them with sqlite3, sqlite-utils or datasette; the schema is in migrations.py):
+Open it with sqlite3, sqlite-utils or datasette and read the views (the schema is in
+migrations.py, the slim encoding in slim.py):
 
-    results   one row per distinct request (keyed by its hash): status ok | failed, the
-              answer, full usage (typed columns plus the raw JSON), request_id, attempts,
-              latency, timestamps, model, parameters and cost
-    attempts  every HTTP attempt, including retries that may have been billed
-    runs      one row per `batchrunner run`: start, end, counts, exit code, spec digest
-    _batchrunner_migrations   the schema steps applied to this file
+    results_view  one row per distinct request (keyed by its hash): status ok | failed, the
+                  answer, full usage (typed columns plus the raw JSON), request_id, attempts,
+                  latency, timestamps, job, mode, model, parameters and cost
+    attempts_view every HTTP attempt, including retries that may have been billed
+
+over the tables `results` and `attempts` (what repeats kept once, in `shapes` and
+`usage_templates`), `runs` (one row per `batchrunner run`: start, end, counts, exit code, spec
+digest) and `_batchrunner_migrations` (the schema steps applied to this file).
 
 The file is created readable by its owner only and runs in WAL mode, so readers (status,
 export, report, datasette) never block the run that writes it. Writes come from one thread
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from . import files as storefile
+from . import slim
 from .batches import Batches
 from .common import TOTAL_SQL, now
 
@@ -94,7 +98,7 @@ class Store(History, Batches):
             if isinstance(exc, sqlite3.DatabaseError):
                 raise storefile.unusable(self.path, exc) from None
             raise
-        self._sql: dict[str, tuple[str, list[str]]] = {}
+        self._encoder = slim.Encoder(self.conn)
         # A second connection for lookups made while the writer thread commits.
         self._reader = _connect(self.path, readonly=False) if not readonly else self.conn
 
@@ -202,7 +206,7 @@ class Store(History, Batches):
             sql = (
                 "SELECT runs.*, p.paid_pusd, coalesce(p.unpriced, 0) AS unpriced_attempts, "
                 "coalesce(p.unknown, 0) AS possibly_billed_attempts FROM runs LEFT JOIN (SELECT run_id, "
-                "sum(cost_pusd) AS paid_pusd, sum(cost_pusd IS NULL AND usage IS NOT NULL) AS unpriced, "
+                f"sum(cost_pusd) AS paid_pusd, sum(cost_pusd IS NULL AND {self._answered()}) AS unpriced, "
                 "sum(possibly_billed) AS unknown FROM attempts GROUP BY run_id) p ON p.run_id = runs.id"
             )
         where, args = (" WHERE runs.job = ?", [job]) if job is not None else ("", [])
@@ -220,15 +224,19 @@ class Store(History, Batches):
 
     # ------------------------------------------------------------------ writing results
 
-    def _insert_sql(self, table: str, *, replace: bool) -> tuple[str, list[str]]:
-        cached = self._sql.get(table)
-        if cached is None:
-            columns = [c for c in self._columns(table) if c != "id"]
-            names = ", ".join(f"[{c}]" for c in columns)
-            verb = "INSERT OR REPLACE" if replace else "INSERT"
-            sql = f"{verb} INTO [{table}] ({names}) VALUES ({', '.join('?' * len(columns))})"
-            cached = self._sql[table] = (sql, columns)
-        return cached
+    def _put(self, results: Sequence[Result], attempts: Sequence[Attempt]) -> None:
+        """Insert attempts and insert (or replace) results, inside the caller's transaction,
+        as the slim tables keep them (slim.Encoder); then each written result's total cost."""
+        conn, encoder = self.conn, self._encoder
+        rows, answers = encoder.attempts(attempts) if attempts else ([], {})
+        if rows:
+            sql = f"INSERT INTO attempts ({', '.join(slim.ATTEMPT_COLUMNS)}) VALUES ({_marks(slim.ATTEMPT_COLUMNS)})"
+            conn.executemany(sql, rows)
+        if results:
+            names = ", ".join(slim.RESULT_COLUMNS)
+            sql = f"INSERT OR REPLACE INTO results ({names}) VALUES ({_marks(slim.RESULT_COLUMNS)})"
+            conn.executemany(sql, [encoder.result(r, answers.get(r.key, ())) for r in results])
+            conn.executemany(TOTAL_SQL, [[r.key] for r in results])
 
     def write(
         self,
@@ -238,20 +246,21 @@ class Store(History, Batches):
         resume: tuple[int, int] | None = None,
     ) -> None:
         """Commit a group of finished requests and attempts (and the run's resume point) in one
-        transaction. A prepared statement per table (executemany) rather than sqlite-utils'
-        upsert_all: the columns are fixed by the schema, and this is the hot path of a run."""
-        conn = self.conn
-        with self.db.atomic():
-            if attempts:
-                sql, columns = self._insert_sql("attempts", replace=False)
-                conn.executemany(sql, [[getattr(a, c, None) for c in columns] for a in attempts])
-            if results:
-                sql, columns = self._insert_sql("results", replace=True)
-                conn.executemany(sql, [[getattr(r, c, None) for c in columns] for r in results])
-                conn.executemany(TOTAL_SQL, [[r.key] for r in results])
-            if resume is not None:
-                run_id, offset = resume
-                conn.execute("UPDATE runs SET resume_offset = ? WHERE id = ?", [offset, run_id])
+        transaction. Prepared statements (executemany) rather than sqlite-utils' upsert_all:
+        the columns are fixed by the schema, and this is the hot path of a run."""
+        try:
+            with self.db.atomic():
+                self._put(results, attempts)
+                if resume is not None:
+                    run_id, offset = resume
+                    self.conn.execute("UPDATE runs SET resume_offset = ? WHERE id = ?", [offset, run_id])
+        except BaseException:
+            self._forget_ids()
+            raise
+
+    def _forget_ids(self) -> None:
+        """After a rollback: the shapes and templates the encoder added may be gone."""
+        self._encoder.forget()
 
     def requeue(self, codes: list[str] | None, job: str | None = None) -> int:
         """Mark failed rows (of `job`; with these error codes, or all) to be sent again by the next run."""
@@ -288,7 +297,7 @@ class Store(History, Batches):
         found: dict[str, tuple[Any, ...]] = {}
         for chunk in _chunks(keys, 900):
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT key, {cols} FROM results WHERE key IN ({marks})"
+            sql = f"SELECT key, {cols} FROM {self._view('results')} WHERE key IN ({marks})"
             for row in self._reader.execute(sql, chunk):
                 found[row[0]] = tuple(row[1:])
         return found
@@ -297,7 +306,9 @@ class Store(History, Batches):
         """A WHERE condition for the results `job` made (rows of unknown job count for every job)."""
         if job is None:
             return "1", []
-        if "job" in self._columns("results"):
+        if "shape" in self._columns("results"):
+            return "shape IN (SELECT id FROM shapes WHERE job = ? OR job IS NULL)", [job]
+        if "job" in self._columns("results"):  # a store older than the shapes (read-only)
             return "(job = ? OR job IS NULL)", [job]
         if "job" in self._columns("runs"):  # a store older than the results' job column (read-only)
             return "run_id IN (SELECT id FROM runs WHERE job = ?)", [job]
@@ -338,6 +349,10 @@ class Store(History, Batches):
     def finished_in_run(self, run_id: int) -> int:
         """Requests the run `run_id` finished (ok or failed)."""
         return int(self.conn.execute("SELECT count(*) FROM results WHERE run_id = ?", [run_id]).fetchone()[0])
+
+
+def _marks(columns: Sequence[str]) -> str:
+    return ", ".join("?" * len(columns))
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

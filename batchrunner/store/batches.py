@@ -52,7 +52,9 @@ class Batches:
         @property
         def db(self) -> sqlite_utils.Database: ...
 
-        def _insert_sql(self, table: str, *, replace: bool) -> tuple[str, list[str]]: ...
+        def _put(self, results: Sequence[Result], attempts: Sequence[Attempt]) -> None: ...
+
+        def _forget_ids(self) -> None: ...
 
     def _now(self) -> str:
         return now()
@@ -205,7 +207,9 @@ class Batches:
             [job, bs.RESUBMIT, bs.DROPPED, bs.RETRIED],
         ).fetchone()[0]
         requeued = self._reader.execute(
-            "SELECT count(*) FROM results WHERE status = 'failed' AND retryable = 1 AND (job = ? OR job IS NULL)", [job]
+            "SELECT count(*) FROM results WHERE status = 'failed' AND retryable = 1 AND "
+            "shape IN (SELECT id FROM shapes WHERE job = ? OR job IS NULL)",
+            [job],
         ).fetchone()[0]
         return f"{back}:{requeued}"
 
@@ -221,28 +225,27 @@ class Batches:
         A file ingested again (a crash before the commit) finds the same lines still open."""
         conn = self.conn
         written = 0
-        with self.db.atomic():
-            for results, attempts, outcomes in parts:
-                keys = [r.key for r in results]
-                kept: set[str] = set()
-                for chunk in _chunks(keys):
-                    sql = f"SELECT key FROM results WHERE status = 'ok' AND key IN ({','.join('?' * len(chunk))})"
-                    kept.update(k for (k,) in conn.execute(sql, list(chunk)))
-                fresh = [r for r in results if r.key not in kept]
-                if attempts:
-                    sql, columns = self._insert_sql("attempts", replace=False)
-                    conn.executemany(sql, [[getattr(a, c, None) for c in columns] for a in attempts])
-                if fresh:
-                    sql, columns = self._insert_sql("results", replace=True)
-                    conn.executemany(sql, [[getattr(r, c, None) for c in columns] for r in fresh])
-                conn.executemany(TOTAL_SQL, [[k] for k in keys])
-                conn.executemany(
-                    "UPDATE batch_lines SET outcome = ? WHERE file = ? AND custom_id = ?",
-                    [(outcome, file_id, cid) for cid, outcome in outcomes],
-                )
-                written += len(fresh)
-            if file_fields:
-                file_fields["updated_at"] = self._now()
-                names = ", ".join(f"[{k}] = ?" for k in file_fields)
-                conn.execute(f"UPDATE batch_files SET {names} WHERE id = ?", [*file_fields.values(), file_id])
+        try:
+            with self.db.atomic():
+                for results, attempts, outcomes in parts:
+                    keys = [r.key for r in results]
+                    kept: set[str] = set()
+                    for chunk in _chunks(keys):
+                        sql = f"SELECT key FROM results WHERE status = 'ok' AND key IN ({','.join('?' * len(chunk))})"
+                        kept.update(k for (k,) in conn.execute(sql, list(chunk)))
+                    fresh = [r for r in results if r.key not in kept]
+                    self._put(fresh, attempts)
+                    conn.executemany(TOTAL_SQL, [[k] for k in kept])
+                    conn.executemany(
+                        "UPDATE batch_lines SET outcome = ? WHERE file = ? AND custom_id = ?",
+                        [(outcome, file_id, cid) for cid, outcome in outcomes],
+                    )
+                    written += len(fresh)
+                if file_fields:
+                    file_fields["updated_at"] = self._now()
+                    names = ", ".join(f"[{k}] = ?" for k in file_fields)
+                    conn.execute(f"UPDATE batch_files SET {names} WHERE id = ?", [*file_fields.values(), file_id])
+        except BaseException:
+            self._forget_ids()
+            raise
         return written

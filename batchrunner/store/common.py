@@ -13,6 +13,30 @@ def now() -> str:
 # A row's own total: every paid attempt of its request, across runs (the row's cost when no
 # attempt of it carries one: a store older than per-attempt costs).
 TOTAL_SQL = (
-    "UPDATE results SET (total_cost_pusd, total_cost_usd) = (SELECT t, t / 1e12 FROM (SELECT "
-    "coalesce(sum(a.cost_pusd), results.cost_pusd) AS t FROM attempts a WHERE a.key = results.key)) WHERE key = ?"
+    "UPDATE results SET total_cost_pusd = (SELECT coalesce(sum(a.cost_pusd), results.cost_pusd) "
+    "FROM attempts a WHERE a.key = results.key) WHERE key = ?"
+)
+
+
+# The typed usage columns of `results` and `attempts` (the same names as wire.Usage's fields).
+USAGE_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_input_tokens",
+    "reasoning_tokens",
+    "image_tokens",
+    "video_tokens",
+    "audio_tokens",
+)
+
+# A cost and its parts, in exact integer pico-USD (1e-12 USD).
+COST_COLUMNS = (
+    "cost_pusd",
+    "input_cost_pusd",
+    "cached_cost_pusd",
+    "cache_creation_cost_pusd",
+    "output_cost_pusd",
+    "saved_pusd",
 )

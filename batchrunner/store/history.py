@@ -27,9 +27,25 @@ class History:
     def _columns(self, table: str) -> list[str]:
         return [row[1] for row in self.conn.execute(f"PRAGMA table_info([{table}])")]
 
+    def _view(self, table: str) -> str:
+        """What to read `results` or `attempts` from under their old column names: the view
+        (slim.py), or the table itself in a store older than the views (read-only)."""
+        view = f"{table}_view"
+        found = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?", [view]).fetchone()
+        return view if found else table
+
+    def _answered(self) -> str:
+        """An attempt that was answered (it has a usage), as a condition on `attempts`."""
+        if "usage_template" in self._columns("attempts"):
+            return "(usage IS NOT NULL OR usage_template IS NOT NULL)"
+        return "usage IS NOT NULL"
+
     def answered_averages(self) -> tuple[int, float | None, float | None]:
         """(answered requests, their mean output tokens, their mean latency in ms)."""
-        row = self.conn.execute("SELECT count(*), avg(output_tokens), avg(latency_ms) FROM results WHERE status = 'ok'")
+        results = self._view("results")
+        row = self.conn.execute(
+            f"SELECT count(*), avg(output_tokens), avg(latency_ms) FROM {results} WHERE status = 'ok'"
+        )
         n, out, latency = row.fetchone()
         return int(n), out, latency
 
@@ -37,7 +53,7 @@ class History:
         """The cache in the answered attempts on record (the rows, in a store older than
         per-attempt usage): (input tokens, explicit-cache hits, implicit-cache hits) of those
         that wrote nothing to the cache, then (tokens written, attempts that wrote)."""
-        table = "attempts" if "input_tokens" in self._columns("attempts") else "results"
+        table = self._view("attempts") if "input_tokens" in self._columns("attempts") else "results"
         if "cache_creation_input_tokens" not in self._columns(table):
             return 0, 0, 0, 0, 0
         wrote = "coalesce(cache_creation_input_tokens, 0) > 0"
@@ -54,9 +70,15 @@ class History:
 
     def price_versions(self) -> set[str]:
         """The price-table versions the stored costs were computed with."""
-        if "price_version" not in self._columns("results"):
+        results = self._view("results")
+        if "price_version" not in self._columns(results):
             return set()
-        sql = "SELECT DISTINCT price_version FROM results WHERE price_version IS NOT NULL"
+        sql = f"SELECT DISTINCT price_version FROM {results} WHERE price_version IS NOT NULL"
+        if "shape" in self._columns("results"):  # the versions are in the shapes of the results
+            sql = (
+                "SELECT DISTINCT price_version FROM shapes WHERE id IN (SELECT shape FROM results) "
+                "AND price_version IS NOT NULL"
+            )
         return {str(v) for (v,) in self.conn.execute(sql)}
 
     def usage_sums(
@@ -71,7 +93,8 @@ class History:
         own. Job: the row's, else its run's. Mode: online, batch or batch-chat; online where it
         is not recorded (rows from before the column). Missing columns read as NULL; money sums
         are NULL when nothing in the group has a cost, never 0."""
-        have = {"r": self._columns("results"), "a": self._columns("attempts")}
+        results, attempts = self._view("results"), self._view("attempts")
+        have = {"r": self._columns(results), "a": self._columns(attempts)}
 
         def col(alias: str, name: str) -> str:
             return f"{alias}.[{name}]" if name in have[alias] else "NULL"
@@ -96,12 +119,12 @@ class History:
         model, status, finished = col("r", "model"), col("r", "status"), f"date({col('r', 'finished_at')})"
         row_keys = [model, status, finished, job_of("r"), mode_of("r")]
         counted = ["1", f"{status} = 'ok'", f"{status} = 'failed'", *["0"] * (len(tokens) + 1), *["NULL"] * len(money)]
-        parts = [([*row_keys, *counted], "FROM results r WHERE 1", finished)]
-        own = "FROM results r WHERE 1"
+        parts = [([*row_keys, *counted], f"FROM {results} r WHERE 1", finished)]
+        own = f"FROM {results} r WHERE 1"
         if "input_tokens" in have["a"]:
             columns = [f"coalesce(a.model, {model})", f"coalesce({status}, 'pending')", "date(a.started_at)"]
             columns += [job_of("a"), mode_of("a")]
-            answered = "FROM attempts a LEFT JOIN results r ON r.key = a.key WHERE a.input_tokens IS NOT NULL"
+            answered = f"FROM {attempts} a LEFT JOIN {results} r ON r.key = a.key WHERE a.input_tokens IS NOT NULL"
             parts.append(([*columns, "0", "0", "0", *paid("a")], answered, "date(a.started_at)"))
             own += " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = r.key AND a.input_tokens IS NOT NULL)"
         parts.append(([*row_keys, "0", "0", "0", *paid("r")], own, finished))
@@ -152,11 +175,11 @@ class History:
         args: list[str] = []
         if job is not None:
             runs = "run_id IN (SELECT id FROM runs WHERE job = ?)"
-            rows = (
-                "(r.job = ? OR r.job IS NULL)"
-                if "job" in self._columns("results")
-                else runs.replace("run_id", "r.run_id")
-            )
+            rows = runs.replace("run_id", "r.run_id")
+            if "shape" in self._columns("results"):
+                rows = "r.shape IN (SELECT id FROM shapes WHERE job = ? OR job IS NULL)"
+            elif "job" in self._columns("results"):
+                rows = "(r.job = ? OR r.job IS NULL)"
             args = [job, job]
         sql = (
             "SELECT (SELECT coalesce(sum(coalesce(cost_pusd, CASE WHEN possibly_billed THEN worst_cost_pusd END)), 0) "

@@ -11,18 +11,7 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
-# The typed usage columns of `results` (the same names as wire.Usage's fields).
-USAGE_COLUMNS = (
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_creation_input_tokens",
-    "reasoning_tokens",
-    "image_tokens",
-    "video_tokens",
-    "audio_tokens",
-)
+from .common import COST_COLUMNS, USAGE_COLUMNS
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
 migration = MIGRATIONS.append
@@ -114,16 +103,6 @@ def m002_samples_choices_logprobs(db: sqlite_utils.Database) -> None:
         results.add_column(column, kind)
 
 
-COST_COLUMNS = (
-    "cost_pusd",
-    "input_cost_pusd",
-    "cached_cost_pusd",
-    "cache_creation_cost_pusd",
-    "output_cost_pusd",
-    "saved_pusd",
-)
-
-
 @migration
 def m003_costs(db: sqlite_utils.Database) -> None:
     """Cost per row in exact integer pico-USD (1e-12 USD), plus cost_usd for people."""
@@ -182,8 +161,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def migrate(db: sqlite_utils.Database) -> None:
-    """Apply the steps this store has not had yet, each in its own transaction."""
+def migrate(db: sqlite_utils.Database, until: str | None = None) -> None:
+    """Apply the steps this store has not had yet, each in its own transaction (those up to the
+    step named `until` only, when given: tests make older stores with it)."""
     table = db.table("_batchrunner_migrations")
     if not table.exists():
         table.create({"name": str, "applied_at": str}, pk="name")
@@ -195,6 +175,8 @@ def migrate(db: sqlite_utils.Database) -> None:
                 table.insert(
                     {"name": step.__name__, "applied_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
                 )
+        if step.__name__ == until:
+            break
 
 
 # Steps after m004 are appended here, below `migrate` (they run in the order they are defined).
@@ -276,3 +258,96 @@ def m007_batches(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE results SET mode = 'online'")
     db.execute("UPDATE attempts SET mode = 'online'")
     db.execute("UPDATE runs SET mode = 'online'")
+
+
+@migration
+def m008_slim_store(db: sqlite_utils.Database) -> None:
+    """Results and attempts without what repeats (see slim.py): the job, mode, model, endpoint,
+    parameters (but the seed) and price version once per shape; the raw usage JSON only where
+    its template does not give it back; timestamps as milliseconds; UUID request ids as 16
+    bytes; a result's answer kept once, in its attempt; the dollar columns computed by the views
+    `results_view` and `attempts_view`, which give the old picture. Existing rows move in a few
+    set-based statements (one pass to work out each row's shape, template and answer, one to
+    copy it); the old tables are dropped (their pages are reused; `VACUUM` frees them)."""
+    from . import slim
+
+    db.execute(
+        "CREATE TABLE shapes (id INTEGER PRIMARY KEY, job TEXT, mode TEXT, model TEXT, endpoint TEXT, "
+        "parameters TEXT, seeded INTEGER NOT NULL DEFAULT 0, price_version TEXT)"
+    )
+    db.execute(f"CREATE INDEX idx_shapes_all ON shapes ({', '.join(slim.SHAPE_COLUMNS)})")
+    db.execute("CREATE TABLE usage_templates (id INTEGER PRIMARY KEY, template TEXT NOT NULL UNIQUE)")
+    conn = db.conn
+    conn.create_function("batchrunner_usage_template", 1 + len(USAGE_COLUMNS), slim.template_udf, deterministic=True)
+    conn.create_function("batchrunner_request_id", 1, slim.packed_id, deterministic=True)
+    for table in ("results", "attempts"):
+        db.execute(f"ALTER TABLE {table} RENAME TO old_{table}")
+        for column, kind in (("m_rest", "TEXT"), ("m_seeded", "INTEGER"), ("m_text", "TEXT"), ("m_answer", "INTEGER")):
+            db.execute(f"ALTER TABLE old_{table} ADD COLUMN {column} {kind}")
+    r, a = "old_results", "old_attempts"
+
+    def template(t: str) -> str:
+        return f"batchrunner_usage_template({t}.usage, {', '.join(f'{t}.{c}' for c in USAGE_COLUMNS)})"
+
+    seeded = slim.seeded_sql(r)
+    answer = " AND ".join(f"x.{c} IS {r}.{c}" for c in slim.ANSWER_COLUMNS)
+    answer = f"(SELECT max(x.id) FROM {a} x WHERE x.key = {r}.key AND {answer})"
+    db.execute(
+        f"UPDATE {r} SET m_seeded = {seeded}, m_rest = CASE WHEN {seeded} THEN json_remove({r}.parameters, "
+        f"'$.seed') ELSE {r}.parameters END, m_answer = {answer}"
+    )
+    db.execute(f"UPDATE {r} SET m_text = {template(r)} WHERE m_answer IS NULL AND usage IS NOT NULL")
+    db.execute(f"UPDATE {a} SET m_text = {template(a)} WHERE usage IS NOT NULL")
+    db.execute(
+        f"INSERT INTO shapes ({', '.join(slim.SHAPE_COLUMNS)}) "
+        f"SELECT DISTINCT job, mode, model, endpoint, m_rest, m_seeded, price_version FROM {r} "
+        f"UNION SELECT DISTINCT NULL, mode, model, NULL, NULL, 0, price_version FROM {a}"
+    )
+    db.execute(
+        f"INSERT INTO usage_templates (template) SELECT m_text FROM {r} WHERE m_text IS NOT NULL "
+        f"UNION SELECT m_text FROM {a} WHERE m_text IS NOT NULL"
+    )
+    integer = {*USAGE_COLUMNS, *COST_COLUMNS, "row_index", "retryable", "http_status", "attempts"}
+    integer |= {"possibly_billed_attempts", "latency_ms", "run_id", "sample", "seed", "total_cost_pusd", "shape"}
+    integer |= {"answer", "usage_template", "attempt", "possibly_billed", "worst_cost_pusd"}
+
+    def declared(column: str) -> str:
+        if column in ("started_at", "finished_at", "request_id"):  # as stored by slim.py, or the text as it came
+            return f"[{column}]"
+        return f"[{column}] {'INTEGER' if column in integer else 'TEXT'}"
+
+    db.execute(
+        f"CREATE TABLE attempts ([id] INTEGER PRIMARY KEY, {', '.join(declared(c) for c in slim.ATTEMPT_COLUMNS[1:])})"
+    )
+    db.execute(
+        f"CREATE TABLE results ([key] TEXT PRIMARY KEY, {', '.join(declared(c) for c in slim.RESULT_COLUMNS[1:])})"
+    )
+    template_id = "(SELECT id FROM usage_templates u WHERE u.template = m_text)"
+    moved = {
+        "started_at": slim.ms_sql(f"{a}.started_at"),
+        "usage": f"CASE WHEN m_text IS NULL THEN {a}.usage END",
+        "usage_template": template_id,
+        "shape": (
+            f"(SELECT id FROM shapes s WHERE s.job IS NULL AND s.mode IS {a}.mode AND s.model IS {a}.model AND "
+            f"s.endpoint IS NULL AND s.parameters IS NULL AND s.seeded = 0 AND s.price_version IS {a}.price_version)"
+        ),
+        "request_id": f"batchrunner_request_id({a}.request_id)",
+    }
+    picked = ", ".join(moved.get(c, f"{a}.[{c}]") for c in slim.ATTEMPT_COLUMNS)
+    db.execute(f"INSERT INTO attempts ({', '.join(slim.ATTEMPT_COLUMNS)}) SELECT {picked} FROM {a} ORDER BY id")
+    moved = {c: f"CASE WHEN m_answer IS NULL THEN {r}.[{c}] END" for c in slim.ANSWER_COLUMNS}
+    moved["usage"] = f"CASE WHEN m_answer IS NULL AND m_text IS NULL THEN {r}.usage END"
+    moved["usage_template"] = template_id
+    moved["request_id"] = f"CASE WHEN m_answer IS NULL THEN batchrunner_request_id({r}.request_id) END"
+    moved.update(started_at=slim.ms_sql(f"{r}.started_at"), finished_at=slim.ms_sql(f"{r}.finished_at"))
+    same = " AND ".join(f"s.{c} IS {r}.{c}" for c in ("job", "mode", "model", "endpoint", "price_version"))
+    moved["shape"] = f"(SELECT id FROM shapes s WHERE {same} AND s.parameters IS m_rest AND s.seeded = m_seeded)"
+    moved["answer"] = "m_answer"
+    picked = ", ".join(moved.get(c, f"{r}.[{c}]") for c in slim.RESULT_COLUMNS)
+    db.execute(f"INSERT INTO results ({', '.join(slim.RESULT_COLUMNS)}) SELECT {picked} FROM {r}")
+    db.execute(f"DROP TABLE {r}")
+    db.execute(f"DROP TABLE {a}")
+    db.execute("CREATE INDEX idx_attempts_key ON attempts (key)")
+    db.execute("CREATE INDEX idx_results_status_shape ON results (status, shape)")
+    db.execute(slim.results_view_sql())
+    db.execute(slim.attempts_view_sql())
