@@ -186,9 +186,9 @@ class Attempts:
         request = life.request
         await self.gate.acquire()
         try:
-            await self.pacer.wait()
             if self.tokens is not None:
                 await self.tokens.charge(self._token_estimate(request))
+            t0 = await self.pacer.wait()  # the last wait: the pacer counts when requests leave
             if self.stop.requested:  # it may have waited long in the pacers: look again
                 return None
             reservation = self._reserve(life)
@@ -197,7 +197,7 @@ class Attempts:
             if attempt == 1:
                 self.counts.sent += 1
             self.counts.attempts += 1
-            started, t0 = now(), time.monotonic()
+            started = now()
             try:
                 answer: Answer = await self.client.generate(request)
             except (CallFailed, TransportFailed) as exc:
@@ -262,7 +262,7 @@ class Attempts:
             if error.error.status == 429:
                 self.counts.throttled += 1
                 self.gate.on_throttled()
-                self.pacer.on_throttled()
+                self.pacer.on_throttled(sent.t0, retry_after)
         elif error.possibly_billed:
             life.billed += 1
             self.counts.possibly_billed += 1

@@ -3,18 +3,27 @@
 The service enforces RPM/60 requests and TPM/60 tokens per second, so both limits are paced
 per second rather than allowing a minute's burst.
 
-`RequestPacer` keeps the service's own rule on our side: at most N = RPM/60 request starts in
-any window of `1 + margin` seconds (the margin absorbs arrival jitter on the network, so the
-service never counts N + 1 in its one-second window). Inside that, an aiolimiter leaky bucket
-spaces starts at least 1/(2 * RPM/60) apart, so requests go out smoothly, and a start that the
-event loop delayed is made up rather than lost (a bucket one request deep at exactly the
-rate loses every late wake-up, which cost a quarter of the rate at 500 requests per second).
+`RequestPacer` keeps the service's own rule on our side, on the times requests really left:
+at most N = RPM/60 starts in any window of `1 + margin` seconds, the margin covering the
+jitter between when a request leaves and when the service counts it. Inside that, starts
+follow an even schedule and never run ahead of it; starts that a late wake-up delayed are
+made up (up to CATCH_UP_S of them) at twice the rate, BURST_S at a time, so a stall never
+turns into a burst, and an idle spell earns no credit.
 
-A 429 means the service allows less than the spec says: the pacer lowers its starts per
-window by 20% (at most once a window) and grows back by 5% of the configured rate per
-window's worth of successes;
-`FlightGate`, the cap on requests in flight, halves (at most once a second) and grows back
-the same way. So the pool slows down instead of every worker hammering a throttled service.
+A 429 says where the service's window really is. If our last N admitted starts spread over
+more than a second, the service saw them closer together than they left: the window widens
+by twice what they reached past the second (up to MAX_MARGIN), and narrows again, halving
+the excess for every quiet window. If fewer than N of ours were in its window, it allows
+fewer than the spec says: the starts per window drop to what it admitted of ours in the
+second before the refused start (at least 20% less); they climb back, doubling (by 5% of N
+at least) per quiet window, the first raise after a cut waiting a quiet spell that doubles
+each time a raise is refused (so a spec that overstates the limit costs a probe now and
+then, ever rarer, not a stream of 429s). 429s of starts sent before the last cut are not
+counted again. A Retry-After holds every start until then.
+
+`FlightGate`, the cap on requests in flight, halves on a 429 (at most once a second) and
+grows back additively, so the pool slows down instead of every worker hammering a
+throttled service.
 """
 
 from __future__ import annotations
@@ -25,57 +34,145 @@ import random
 
 from aiolimiter import AsyncLimiter
 
+MARGIN = 0.015  # the window's least margin over the service's second
+MAX_MARGIN = 0.2  # the most jitter a 429 can teach; beyond it, the real limit is lower
+CATCH_UP_S = 0.05  # how late a wake-up may be and still be made up
+BURST_S = 0.005  # catching up goes at twice the rate, with at most this much at once
+HISTORY_WINDOWS = 3  # windows of start times kept to read a 429 against
+MAX_PAUSE_S = 60.0  # the longest Retry-After honoured as a pause of every start
+MAX_PROBE_WAIT_S = 30.0  # the longest quiet spell before trying a higher rate again
+
 
 class RequestPacer:
-    """At most RPM/60 request starts in any window of (1 + margin) s, spaced out smoothly."""
+    """At most `allowed` request starts in any window of `window_s`, spaced out smoothly, and
+    adapted to what the service's 429s say (see the module docstring)."""
 
-    def __init__(self, rpm: int, margin: float = 0.015) -> None:
+    def __init__(self, rpm: int, margin: float = MARGIN) -> None:
         per_second = rpm / 60.0
         if per_second >= 1:
-            self.per_window, self.window_s = int(per_second), 1.0 + margin
+            self.per_window, self.span = int(per_second), 1.0
         else:  # below one a second: one start per 60/rpm seconds
-            self.per_window, self.window_s = 1, (1.0 / per_second) * (1.0 + margin)
-        self.rate_per_s = self.per_window / self.window_s
-        self.allowed = self.per_window  # lowered by 429s, grown back by successes
-        # A bucket 20 ms deep at twice the rate: deep enough that late wake-ups at hundreds of
-        # starts a second are made up, shallow enough to keep starts spread out.
-        depth = max(1.0, 0.02 * 2.0 * self.rate_per_s)
-        self._spacing = AsyncLimiter(depth, depth / (2.0 * self.rate_per_s))
-        self._starts: collections.deque[float] = collections.deque()
-        self._lock = asyncio.Lock()  # FIFO: the first to wait is the first to go
+            self.per_window, self.span = 1, 1.0 / per_second
+        self.base_window_s = self.span * (1.0 + margin)
+        self.window_s = self.base_window_s  # widened by 429s that came from jitter
+        self.allowed = self.per_window  # lowered by 429s that came from a lower real limit
+        self._window: collections.deque[float] = collections.deque()  # starts in the last window_s
+        self._history: collections.deque[list[float]] = collections.deque()  # [start, refused] of the last few windows
+        self._next = float("-inf")  # when the next start is due, on the even schedule
+        self._next_fast = float("-inf")  # ... and at twice the rate, to catch up with it
+        self._queued = 0  # callers in `wait`
+        self._paused_until = float("-inf")  # a Retry-After
+        self._tightened_at = float("-inf")  # 429s of starts before this were answered already
+        self._last_429 = float("-inf")
+        self._last_step = float("-inf")
+        self._last_narrow = float("-inf")
         self._last_cut = float("-inf")
-        self._successes = 0
+        self._probe_wait = 2 * self.base_window_s  # quiet time before the rate is raised again
+        self._lock = asyncio.Lock()  # FIFO: the first to wait is the first to go
 
-    def on_throttled(self) -> None:
-        """A 429: the service allows less than configured; take 20% off (once per window)."""
+    @property
+    def rate_per_s(self) -> float:
+        """Starts per second the pacer allows now."""
+        return self.allowed / self.window_s
+
+    def _due(self, now: float) -> float:
+        """The earliest time the next start may go: the window, the schedule, a pause."""
+        window = self._window
+        horizon = now - self.window_s
+        while window and window[0] <= horizon:
+            window.popleft()
+        due = max(self._next, self._next_fast - BURST_S, self._paused_until)
+        if len(window) >= self.allowed:
+            due = max(due, window[len(window) - self.allowed] + self.window_s)
+        return due
+
+    async def wait(self) -> float:
+        """Wait for a start; returns its time (the loop's clock), to pass to `on_throttled`.
+        The time is taken when the caller really resumes, so a late wake-up is recorded late
+        and counts in the window where the service sees it."""
+        busy = self._queued > 0  # others were waiting: starts are behind, not idle
+        self._queued += 1
+        try:
+            async with self._lock:
+                loop = asyncio.get_running_loop()
+                while (due := self._due(loop.time())) > loop.time():
+                    busy = True
+                    await asyncio.sleep(due - loop.time())
+                now = loop.time()
+                self._window.append(now)
+                interval = self.window_s / self.allowed
+                # never ahead of the schedule; behind it by at most CATCH_UP_S, unless idle
+                self._next = max(self._next, now - (CATCH_UP_S if busy else 0.0)) + interval
+                self._next_fast = max(self._next_fast, now) + interval / 2
+                history = self._history
+                history.append([now, 0.0])
+                while history[0][0] < now - HISTORY_WINDOWS * self.window_s:
+                    history.popleft()
+                return now
+        finally:
+            self._queued -= 1
+
+    def on_throttled(self, start: float, retry_after: float | None = None) -> None:
+        """The start at `start` was answered 429: learn where the service's window is."""
         now = asyncio.get_running_loop().time()
-        if now - self._last_cut >= self.window_s:
-            self._last_cut = now
-            self.allowed = max(1, int(self.allowed * 0.8))
-            self._successes = 0
+        self._last_429 = now
+        if retry_after is not None:  # the service says when its window frees
+            self._paused_until = max(self._paused_until, now + min(retry_after, MAX_PAUSE_S))
+        admitted = self._mark_refused(start)
+        if start < self._tightened_at:
+            return  # sent before the last tightening: already answered by it
+        self._tightened_at = now
+        k = self.allowed
+        if len(admitted) >= k and start - admitted[k - 1] <= self.span * (1.0 + MAX_MARGIN):
+            # Our last k starts fit the service's budget, yet it saw k in one of its windows:
+            # they reached it closer together than they left. Widen the window to twice that.
+            reach = start - admitted[k - 1]
+            self.window_s = max(self.window_s, min(self.span * (1.0 + MAX_MARGIN), self.span + 2 * (reach - self.span)))
+            return
+        # Fewer than k of ours were in its window: it allows fewer than we send. Go down to
+        # what it did admit of ours in the span before this start (at least 20% less).
+        seen = sum(1 for t in admitted if t > start - self.span)
+        self.allowed = max(1, min(seen, int(k * 0.8)))
+        self.window_s = self.base_window_s  # the 429s that widened it were this, not jitter
+        if self._last_step > self._last_cut:  # a raise since the last cut failed: wait longer
+            self._probe_wait = min(MAX_PROBE_WAIT_S, self._probe_wait * 2)
+        self._last_cut = now
+
+    def _mark_refused(self, start: float) -> list[float]:
+        """Mark the start refused; the admitted (not refused) starts before it, latest first."""
+        admitted: list[float] = []
+        found = False
+        oldest = start - self.span * (1.0 + MAX_MARGIN)
+        for entry in reversed(self._history):
+            if entry[0] > start:
+                continue
+            if entry[0] < oldest:
+                break
+            if not found and entry[0] == start and not entry[1]:
+                entry[1] = 1.0
+                found = True
+            elif not entry[1]:
+                admitted.append(entry[0])
+        return admitted
 
     def on_success(self) -> None:
-        """Grow back by 5% of the configured rate for every window's worth of successes, so
-        one stray 429 costs seconds, not the rest of the run."""
-        if self.allowed < self.per_window:
-            self._successes += 1
-            if self._successes >= self.allowed:
-                self._successes = 0
-                self.allowed = min(self.per_window, self.allowed + max(1, self.per_window // 20))
-
-    async def wait(self) -> None:
-        await self._spacing.acquire(1)
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            starts = self._starts
-            while True:
-                now = loop.time()
-                while starts and starts[0] <= now - self.window_s:
-                    starts.popleft()
-                if len(starts) < self.allowed:
-                    starts.append(now)
-                    return
-                await asyncio.sleep(starts[0] + self.window_s - now)
+        """An answer: after a quiet window without 429s, step back towards the declared limit:
+        halve the window's excess margin, and raise the starts per window (the first raise
+        after a cut waits `_probe_wait`, which doubles with every cut)."""
+        now = asyncio.get_running_loop().time()
+        if now - max(self._last_429, self._last_narrow) >= self.window_s > self.base_window_s:
+            excess = (self.window_s - self.base_window_s) / 2
+            self.window_s = self.base_window_s + (excess if excess >= 0.001 * self.span else 0.0)
+            self._last_narrow = now
+        if self.allowed >= self.per_window:
+            return
+        quiet = now - max(self._last_429, self._last_step)
+        if quiet >= (self._probe_wait if self._last_cut >= self._last_step else self.window_s):
+            step = max(1, self.per_window // 20, self.allowed)  # double, at least +5% of N
+            self.allowed = min(self.per_window, self.allowed + step)
+            self._last_step = now
+            if self.allowed == self.per_window:
+                self._probe_wait = 2 * self.base_window_s
 
 
 class TokenBudget:

@@ -10,7 +10,7 @@ import pytest
 from helpers import read_table, write_job
 
 from batchrunner import SpecError, run_job
-from batchrunner.simulator import SimulatorConfig, ThreadHandle, serve_in_thread
+from batchrunner.simulator import FaultRule, SimulatorConfig, ThreadHandle, serve_in_thread
 
 ROWS = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(100)]
 FAST_RETRY = {"backoff_initial_s": 0.01, "backoff_max_s": 0.2}
@@ -33,9 +33,15 @@ def test_an_over_declared_rate_limit_fails_no_row(tmp_path: Path, strict_service
     assert read_table(summary.output_path)["status"].to_list() == ["ok"] * len(ROWS)
 
 
-def test_throttling_is_bounded_by_time(tmp_path: Path, strict_service: ThreadHandle) -> None:
+def test_throttling_is_bounded_by_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows the service answers 429 however slowly they come (the pacer cannot fix that) fail
+    once they have been throttled for throttle_patience_s."""
     limits = {"requests_per_minute": 12_000, "concurrency": 32, "throttle_patience_s": 0.05, **FAST_RETRY}
-    summary = run_job(write_job(tmp_path, ROWS, {"limits": limits}))
+    refusing = SimulatorConfig(faults=(FaultRule("item number 99", ("always:429",)),))
+    with serve_in_thread(refusing, "127.0.0.1", 0) as handle:
+        monkeypatch.setenv("DASHSCOPE_BASE_URL", handle.base_url)
+        monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-rate")
+        summary = run_job(write_job(tmp_path, ROWS, {"limits": limits}))
     table = read_table(summary.output_path)
     failed = table.filter(table["status"] == "failed")
     assert failed.height > 0 and summary.exit_code == 1
