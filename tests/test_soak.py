@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.soak import soak
 
 
+# A SIGKILLed child leaves request handlers half way in the simulator's thread; when that
+# thread's loop closes, Python may report one of them as an ignored exception. The soak's own
+# checks below are what this test is about (seen once in about five full runs).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_small_soak_passes_its_checks(tmp_path: Path) -> None:
     figures = soak(rows=400, kills=2, seed=3, folder=tmp_path)
     assert figures["checks"] == {
