@@ -10,12 +10,21 @@ The resume point: a slice is done once every request yielded from it has been co
 settled. `Frontier.point` is the first slice that is not done (or not yet read); the checkpoint
 writer records it with each commit, so that a run killed at 90% leaves a point near 90%, and
 the next run of the same spec over the same input file starts reading there, not at row 0.
+
+Nothing here keeps a thing per row for the life of a run: `claimed` and the frontier's
+per-request map hold only requests in flight (at most `concurrency` plus the queue), `recent`
+at most what was committed while one slice was being sent, the open slices are those with a
+request in flight, and a slice left for a later run only lowers one number. Identical requests
+further apart than that are found by the slice's lookup in the store (its primary key). The
+slices are read on one long-lived thread (`asyncio.to_thread` would spread the reads over a
+pool of threads, each of which may get a malloc arena of its own).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from .records import Result, settled
 from .render import Request, Skipped
@@ -31,8 +40,8 @@ class Frontier:
     def __init__(self, start: int) -> None:
         self.scanned = start  # every slice before this offset has been read in full
         self._open: dict[int, int] = {}  # slice offset -> requests yielded and not yet settled
-        self._blocked: set[int] = set()  # slices with a request that a rerun will send again
-        self._slice_of: dict[str, int] = {}
+        self._blocked: int | None = None  # the first slice with a request that a rerun sends again
+        self._slice_of: dict[str, int] = {}  # request in flight -> its slice
 
     def sent(self, offset: int, key: str) -> None:
         self._open[offset] = self._open.get(offset, 0) + 1
@@ -40,7 +49,7 @@ class Frontier:
 
     def block(self, offset: int) -> None:
         """A request of this slice is left for a later run."""
-        self._blocked.add(offset)
+        self._blocked = offset if self._blocked is None else min(self._blocked, offset)
 
     def read_through(self, offset: int) -> None:
         self.scanned = offset
@@ -51,14 +60,19 @@ class Frontier:
             if offset is None:
                 continue
             if not result.settled:
-                self._blocked.add(offset)
+                self.block(offset)
             self._open[offset] -= 1
             if self._open[offset] == 0:
                 del self._open[offset]
 
     def point(self) -> int:
         """The first input row a later run still has to read."""
-        return min([self.scanned, *self._open, *self._blocked])
+        point = min(self._open, default=self.scanned)
+        return min(point, self.scanned, self.scanned if self._blocked is None else self._blocked)
+
+    def sizes(self) -> tuple[int, int]:
+        """(open slices, requests in flight) held now: both bounded by the requests in flight."""
+        return len(self._open), len(self._slice_of)
 
 
 class Pending:
@@ -126,33 +140,39 @@ class Pending:
             self.already_done += start * repeat  # settled when an earlier run read them
             advance(start * repeat)
         sent = 0
-        for offset in range(start, self.source.n_rows, BATCH_ROWS):
-            self.recent.clear()
-            items, stored = await asyncio.to_thread(self._prepare, offset)
-            quiet = 0  # rows that need nothing: done, skipped, duplicates
-            for item in items:
-                if isinstance(item, Skipped):
-                    self.skipped += 1
-                    quiet += 1
-                    continue
-                status, retryable = stored.get(item.key, ("", 0))
-                if status == "live":
-                    frontier.block(offset)  # a later run may have to send it
-                    quiet += 1
-                    continue
-                if settled(status, retryable or self.retry_failed):
-                    self.already_done += 1
-                    quiet += 1
-                    continue
-                if item.key in self.claimed or item.key in self.recent:  # sent once per run
-                    quiet += 1
-                    continue
-                if self.limit is not None and sent >= self.limit:
-                    return
-                if self.remember:
-                    self.claimed.add(item.key)
-                    frontier.sent(offset, item.key)
-                sent += 1
-                yield item
-            advance(quiet)
-            frontier.read_through(min(offset + BATCH_ROWS, self.source.n_rows))
+        loop = asyncio.get_running_loop()
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrunner-read")
+        try:
+            for offset in range(start, self.source.n_rows, BATCH_ROWS):
+                self.recent.clear()
+                items, stored = await loop.run_in_executor(reader, self._prepare, offset)
+                quiet = 0  # rows that need nothing: done, skipped, duplicates
+                for item in items:
+                    if isinstance(item, Skipped):
+                        self.skipped += 1
+                        quiet += 1
+                        continue
+                    status, retryable = stored.get(item.key, ("", 0))
+                    if status == "live":
+                        frontier.block(offset)  # a later run may have to send it
+                        quiet += 1
+                        continue
+                    if settled(status, retryable or self.retry_failed):
+                        self.already_done += 1
+                        quiet += 1
+                        continue
+                    if item.key in self.claimed or item.key in self.recent:  # sent once per run
+                        quiet += 1
+                        continue
+                    if self.limit is not None and sent >= self.limit:
+                        return
+                    if self.remember:
+                        self.claimed.add(item.key)
+                        frontier.sent(offset, item.key)
+                    sent += 1
+                    yield item
+                del items, stored
+                advance(quiet)
+                frontier.read_through(min(offset + BATCH_ROWS, self.source.n_rows))
+        finally:
+            reader.shutdown(wait=False)

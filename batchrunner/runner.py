@@ -334,7 +334,8 @@ class _Run:
                 route.work(attempts.process), concurrency=spec.limits.concurrency, stop=self.stop
             )
             self.progress.start(self.rows_total, attempts.counts)
-            self._task = task = asyncio.create_task(pool.run(pending.requests(frontier, self.progress.advance)))
+            requests = writer.paced(pending.requests(frontier, self.progress.advance))
+            self._task = task = asyncio.create_task(pool.run(requests))
             try:
                 await task
                 return attempts, _ending(attempts, self.interrupted)

@@ -1,11 +1,13 @@
 """The output table: every input column, then each row's answer, status and usage.
 
 Rows come out in input order, failed rows included (and `skipped` / `pending` rows, so the
-table always has one line per input row). The table is built a slice at a time: each slice
-of the input is joined with its stored results and written as a parquet part, then polars
-streams the parts into the final file, which replaces the old one atomically. Parts and
-temporary files carry the writer's pid: those an export killed midway left behind (they hold
-answers) are removed by the next export. A CSV output holds list and struct cells as JSON text
+table always has one line per input row). The table is streamed: polars' sink pulls the input
+a slice at a time from a Python source (`register_io_source`), each slice joined with its
+stored results, and writes it into a temporary file (parquet in row groups of
+`ROW_GROUP_ROWS`), which replaces the old table atomically. So an export holds a few slices,
+never the table, whatever its size. Temporary files (and the parts of older versions) carry
+the writer's pid: those an export killed midway left behind (they hold answers) are removed
+by the next export. A CSV output holds list and struct cells as JSON text
 and bytes as base64 (JSONL: bytes as base64); `conversion_note` says so before a run sends.
 """
 
@@ -18,9 +20,13 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+from polars.io.plugins import register_io_source
 
 from .cells import ROW_INDEX
 from .errors import OutputError
@@ -31,6 +37,8 @@ from .spec import JobSpec
 from .store import Store
 
 log = logging.getLogger("batchrunner")
+
+ROW_GROUP_ROWS = 20_000  # rows per parquet row group of the output: what the sink buffers
 
 # (output column, dtype); the order here is the order in the output table. Output columns
 # are named as the store's columns.
@@ -194,27 +202,27 @@ def export(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(out)
-        parts = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-{os.getpid()}-", dir=out.parent))
     except OSError as exc:
         raise _unwritable(out, exc) from None
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    table = _Table(spec, store, source, converted_columns(out, source.schema), batch_rows)
     try:
-        tally = _write_parts(spec, store, source, parts, converted_columns(out, source.schema), batch_rows)
-        lazy = pl.scan_parquet(parts / "*.parquet")
+        lazy = register_io_source(io_source=table.frames, schema=table.schema, validate_schema=True)
         fmt = out.suffix.lower()
         if fmt == ".csv":
             lazy.sink_csv(tmp)
         elif fmt == ".parquet":
-            lazy.sink_parquet(tmp)
+            lazy.sink_parquet(tmp, row_group_size=ROW_GROUP_ROWS)
         else:
             lazy.sink_ndjson(tmp)
+        table.raise_failure()
         os.replace(tmp, out)
     except (OSError, pl.exceptions.PolarsError) as exc:
+        table.raise_failure()  # a failure of the store or the input is itself, not the table's
         raise _unwritable(out, exc) from None
     finally:
-        shutil.rmtree(parts, ignore_errors=True)
         tmp.unlink(missing_ok=True)
-    return out, tally
+    return out, table.tally
 
 
 def _unwritable(out: Path, exc: BaseException) -> OutputError:
@@ -228,47 +236,83 @@ def _unwritable(out: Path, exc: BaseException) -> OutputError:
     return OutputError(msg)
 
 
-def _write_parts(
-    spec: JobSpec, store: Store, source: Source, parts: Path, convert: dict[str, str], batch_rows: int
-) -> dict[str, int]:
-    """Each slice of the input joined with its stored results, as a parquet part; the rows by status."""
-    prefix = spec.output.column_prefix
-    columns = columns_for(spec)
-    names = [name for name, _ in columns]
-    status_at, message_at = names.index("status"), names.index("error_message")
-    tally: dict[str, int] = {}
-    for number, batch in enumerate(source.batches(batch_rows)):
+class _Table:
+    """The output table as a stream of frames, one input slice each, for polars' sink. It
+    counts the rows by status as they go; an exception raised while making a frame (the
+    store, the input) is kept, so that `export` raises it as itself."""
+
+    def __init__(self, spec: JobSpec, store: Store, source: Source, convert: dict[str, str], batch_rows: int) -> None:
+        self.spec, self.store, self.source, self.convert = spec, store, source, convert
+        self.batch_rows = batch_rows
+        self.columns = columns_for(spec)
+        self.tally: dict[str, int] = {}
+        self.failure: BaseException | None = None
+        prefix = spec.output.column_prefix
+        schema: dict[str, Any] = {n: pl.String if n in convert else t for n, t in source.schema.items()}
+        if spec.job.repeat > 1:
+            schema[prefix + "sample"] = pl.Int64
+        schema.update((prefix + name, dtype) for name, dtype in self.columns)
+        self.schema = pl.Schema(schema)
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def frames(
+        self, with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
+    ) -> Iterator[pl.DataFrame]:
+        """The io source: every slice of the input joined with its stored results, in order."""
+        try:
+            left = n_rows
+            for offset in range(0, self.source.n_rows, self.batch_rows):
+                frame = self._frame(self.source.batch_at(offset, self.batch_rows))
+                if with_columns is not None:
+                    frame = frame.select(with_columns)
+                if predicate is not None:
+                    frame = frame.filter(predicate)
+                if left is not None:
+                    frame, left = frame.head(left), left - min(left, frame.height)
+                yield frame
+                if left == 0:
+                    return
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def _frame(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """One slice of the input joined with its stored results; counts its rows by status."""
+        spec, columns, tally = self.spec, self.columns, self.tally
+        names = [name for name, _ in columns]
+        status_at, message_at = names.index("status"), names.index("error_message")
         # Only what the table needs of each request: keeping whole requests (bodies and all)
         # for a slice was most of the export's memory.
         items = [
             (i.key, i.row_index, i.sample, None) if isinstance(i, Request) else ("", i.row_index, i.sample, i.reason)
-            for i in source.requests(batch)
+            for i in self.source.requests(batch)
         ]
-        found = store.fetch([key for key, _, _, reason in items if reason is None], names)
-        values: list[list[object]] = [[] for _ in columns]
+        found = self.store.fetch([key for key, _, _, reason in items if reason is None], names)
+        blank = (None,) * len(columns)
+        # Column by column (a transpose in C) rather than a Python loop over every cell.
+        values = [list(column) for column in zip(*(found.get(key, blank) for key, _, _, _ in items), strict=True)]
+        if not values:
+            values = [[] for _ in columns]
+        status, message = values[status_at], values[message_at]
+        for n, (_, _, _, reason) in enumerate(items):
+            if reason is not None:
+                status[n], message[n] = "skipped", reason
+            elif status[n] is None:
+                status[n] = "pending"
+        for name, count in Counter(status).items():
+            tally[str(name)] = tally.get(str(name), 0) + count
         first_index = int(batch[ROW_INDEX][0])
         positions = [row_index - first_index for _, row_index, _, _ in items]
-        for key, _, _, reason in items:
-            row: list[object] = [None] * len(columns)
-            stored = found.get(key) if reason is None else None
-            if stored is not None:
-                row = list(stored)
-            elif reason is None:
-                row[status_at] = "pending"
-            else:
-                row[status_at], row[message_at] = "skipped", reason
-            tally[str(row[status_at])] = tally.get(str(row[status_at]), 0) + 1
-            for column, value in zip(values, row, strict=True):
-                column.append(value)
-        frame = _converted(batch[positions].drop(ROW_INDEX), convert)
+        frame = _converted(batch[positions].drop(ROW_INDEX), self.convert)
+        prefix = spec.output.column_prefix
         if spec.job.repeat > 1:
             frame = frame.with_columns(pl.Series(prefix + "sample", [i[2] for i in items], dtype=pl.Int64))
-        frame = frame.with_columns(
+        return frame.with_columns(
             pl.Series(prefix + name, column, dtype=dtype) for (name, dtype), column in zip(columns, values, strict=True)
         )
-        frame.write_parquet(parts / f"{number:09d}.parquet")
-        del items, found, values, frame
-    return tally
 
 
 def export_job(spec: JobSpec, path: Path | None = None) -> tuple[Path, dict[str, int]]:

@@ -25,6 +25,10 @@ from .spec import JobSpec
 
 log = logging.getLogger("batchrunner")
 
+ID_PASS_ROWS = 500_000  # ids grouped at once by the duplicate-id check
+ID_HASH_SEED = 20_260_101
+CHECK_SLICE_ROWS = 50_000  # rows of a parquet table searched at once by a check
+
 
 def _scan(spec: JobSpec, readable: inputfile.Readable | None = None) -> pl.LazyFrame:
     src = spec.input
@@ -212,9 +216,22 @@ class Source:
         return _scan(self.spec, self.file).with_row_index(ROW_INDEX)
 
     def _rows_where(self, condition: pl.Expr, limit: int = 5) -> list[int]:
+        """The row indexes of the first `limit` rows where `condition` holds. A parquet table
+        is searched CHECK_SLICE_ROWS at a time: the streaming engine decodes whole row groups
+        (262k rows each, as polars writes them), two at once: ~200 MB for a check of
+        the prompt column of a million rows; a slice decodes only the pages it needs. Other
+        formats stream (a slice of a CSV file would parse it from its start each time)."""
         assert self._lazy is not None
-        hits = self.frame().filter(condition).select(ROW_INDEX).head(limit).collect(engine="streaming")
-        return [int(i) for i in hits[ROW_INDEX].to_list()]
+        if self.spec.input.table_format != "parquet":
+            hits = self.frame().filter(condition).select(ROW_INDEX).head(limit).collect(engine="streaming")
+            return [int(i) for i in hits[ROW_INDEX].to_list()]
+        found: list[int] = []
+        for offset in range(0, self.n_rows, CHECK_SLICE_ROWS):
+            part = self.frame().slice(offset, CHECK_SLICE_ROWS).filter(condition).select(ROW_INDEX)
+            found += [int(i) for i in part.head(limit - len(found)).collect()[ROW_INDEX].to_list()]
+            if len(found) >= limit:
+                break
+        return found
 
     def _check_ids(self) -> None:
         id_column = self.spec.input.id_column
@@ -225,11 +242,8 @@ class Source:
         if nulls:
             msg = f"{where}: id column {id_column!r} is empty in row(s) {row_numbers(nulls)}; every row needs an id"
             raise InputError(msg)
-        assert self._lazy is not None
-        repeated = (self.frame().group_by(id_column).agg(pl.len().alias("n")).filter(pl.col("n") > 1).head(1)).collect(
-            engine="streaming"
-        )
-        dups = self._rows_where(pl.col(id_column) == repeated[id_column][0]) if repeated.height else []
+        repeated = self._repeated_id(id_column)
+        dups = self._rows_where(pl.col(id_column) == repeated) if repeated is not None else []
         if dups:
             assert self._lazy is not None
             value = self.frame().select(pl.col(id_column)).slice(dups[0], 1).collect().item()
@@ -238,6 +252,21 @@ class Source:
                 f"{row_numbers(dups)}); ids must be unique, or drop [input] id_column to use row numbers"
             )
             raise InputError(msg)
+
+    def _repeated_id(self, id_column: str) -> Any:
+        """An id that more than one row has, or None. The ids are grouped in passes of about
+        ID_PASS_ROWS (split by their hash), so that the check's memory does not grow with the
+        table: one pass over a million ids grouped them all at once (~100 MB)."""
+        passes = max(1, -(-self.n_rows // ID_PASS_ROWS))
+        for part in range(passes):
+            ids = self.frame().select(pl.col(id_column))
+            if passes > 1:
+                ids = ids.filter(pl.col(id_column).hash(seed=ID_HASH_SEED) % passes == part)
+            counted = ids.group_by(id_column).agg(pl.len().alias("n")).filter(pl.col("n") > 1).head(1)
+            repeated = counted.collect(engine="streaming")
+            if repeated.height:
+                return repeated[id_column][0]
+        return None
 
     def empty_condition(self) -> pl.Expr | None:
         """True for rows with an empty prompt cell (None when empty cells are simply sent)."""

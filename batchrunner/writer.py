@@ -13,6 +13,12 @@ write lock, the writer keeps them and tries again (SQLite's busy timeout, then a
 other failure (disk full, I/O error, a read-only file) is reported through `on_error` at once,
 so the run stops buying, and the writer keeps trying; if `close()` still cannot commit, the
 records go to a side file beside the store (`spill_path`), which the next run loads first.
+
+The buffer is bounded: `paced()` holds the run's intake while MAX_PENDING records wait for a
+commit. Without it, a store slower than the answers (a held lock, a loaded disk) let the
+buffer grow without end, and each commit grow with it: a commit of a backlog of tens of
+thousands of answers overflows SQLite's page cache, spills into the WAL and slows down
+further, while the answers keep coming (a million-row run was seen stuck at 1 GB and growing).
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import logging
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
 from .records import Attempt, Result
 from .store import Store
@@ -39,6 +46,9 @@ log = logging.getLogger("batchrunner")
 IDLE_CHECK_S = 1.0  # how often an idle writer looks whether the resume point moved
 RETRY_S = (0.05, 0.2, 1.0, 2.0)  # pauses between tries of a failed commit
 CLOSE_TRIES_S = 30.0  # how long close() keeps trying a failing commit before spilling
+MAX_PENDING = 10_000  # records waiting for a commit before the run's intake waits
+
+T = TypeVar("T")
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -82,6 +92,7 @@ class CheckpointWriter:
         self._attempts: list[Attempt] = []
         self._saved_point: int | None = None
         self._wake = asyncio.Event()
+        self._drained = asyncio.Event()  # set whenever a commit (or a failure) may have made room
         self._lock = asyncio.Lock()
         self._closed = False
         self._failures = 0
@@ -91,6 +102,24 @@ class CheckpointWriter:
     def pending(self) -> int:
         """Records received and not committed yet."""
         return len(self._results) + len(self._attempts)
+
+    async def room(self) -> None:
+        """Wait while MAX_PENDING records wait for a commit (not after a failure that stops
+        the run, nor once closed: then nothing is taken anyway)."""
+        while self.pending >= MAX_PENDING and self.error is None and not self._closed:
+            self._drained.clear()
+            await self._drained.wait()
+
+    async def paced(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """`items`, each taken only when the buffer has room (see `room`)."""
+        try:
+            async for item in items:
+                await self.room()
+                yield item
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def add_result(self, result: Result) -> None:
         self._results.append(result)
@@ -138,6 +167,7 @@ class CheckpointWriter:
                 return False
             del self._results[: len(results)]
             del self._attempts[: len(attempts)]
+            self._drained.set()
             self._failures = 0
             if resume is not None:
                 self._saved_point = resume[1]
@@ -159,11 +189,13 @@ class CheckpointWriter:
             if self.on_error is not None:
                 self.on_error(exc)
         self.error = exc
+        self._drained.set()
 
     async def close(self) -> None:
         """Commit everything still buffered (trying for a while), spill what cannot be, stop."""
         self._closed = True
         self._wake.set()
+        self._drained.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_TRIES_S
         while not (await self.flush() and await self.flush()):  # the 2nd: the point the 1st moved

@@ -2,10 +2,14 @@
 with no limits.
 
 For 1%, 10% and all of `--rows-s3` rows (10k, 100k and 1M by default): run time, the job
-process's peak RSS, the store's size, and the time of a separate `python -m batchrunner
-export`. The largest size is run as a resume: first `--limit` 90% of the rows, then
-`python -m batchrunner run` on the same spec, timed from its launch until the simulator
+process's peak RSS, the store's size, and the time and peak RSS of a separate `python -m
+batchrunner export`. The largest size is run as a resume: first `--limit` 90% of the rows,
+then `python -m batchrunner run` on the same spec, timed from its launch until the simulator
 counts its first request (the resume start-up), then to its end.
+
+Memory must not grow with the table: the verdicts look at the largest size's peak RSS (run
+and export), and at the slope, what ten times the rows add to the peak (largest minus the
+size before it).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from .proc import Exited, SimulatorProcess, Stats, child_env, launch, run_child
 
 RESUME_DONE = 0.9
 FIRST_REQUEST_TIMEOUT_S = 120.0
-RSS_TARGET_MB = 500.0
+RSS_TARGET_MB = 400.0  # peak RSS of the largest size's runs and of its export
+RSS_SLOPE_TARGET_MB = 60.0  # what 10x the rows may add to the peak RSS
+EXPORT_TARGET_S = 15.0  # a separate export of the largest size
 RESUME_TARGET_S = 5.0
 
 
@@ -36,18 +42,29 @@ def s3(h: Harness) -> dict[str, Any]:
     for data, size in inputs.items():
         out[str(size)] = one_size(h, data, size, resume=size == n)
     top = out[str(n)]
-    rss_ok = top["peak_rss_mb"] < RSS_TARGET_MB
+    peak = max(top["peak_rss_mb"], top["export_peak_rss_mb"])
+    rss_ok = peak <= RSS_TARGET_MB
     start = top.get("resume_startup_s")
     resume_ok = start is not None and start < RESUME_TARGET_S
     smallest = out[str(sizes[0])]
+    before = out[str(sizes[-2])] if len(sizes) > 1 else smallest
+    slope = top["peak_rss_mb"] - before["peak_rss_mb"]
+    export_slope = top["export_peak_rss_mb"] - before["export_peak_rss_mb"]
+    slope_ok = max(slope, export_slope) <= RSS_SLOPE_TARGET_MB
+    export_ok = top["export_s"] <= EXPORT_TARGET_S
     return {
         "sizes": out,
         "rows": n,
         "resume_cap_s": FIRST_REQUEST_TIMEOUT_S,
         "time_per_row_growth": top["us_per_row"] / smallest["us_per_row"] if smallest["us_per_row"] else None,
+        "rss_slope_rows": [before["rows"], n],
+        "rss_slope_mb": slope,
+        "export_rss_slope_mb": export_slope,
         "rss_pass": bool(rss_ok),
+        "rss_slope_pass": bool(slope_ok),
+        "export_pass": bool(export_ok),
         "resume_pass": bool(resume_ok),
-        "pass": bool(rss_ok and resume_ok and top["ok_rows"] == n),
+        "pass": bool(rss_ok and slope_ok and export_ok and resume_ok and top["ok_rows"] == n),
     }
 
 

@@ -140,15 +140,27 @@ def s3_lines(r: dict[str, Any]) -> list[Line]:
         size = v["rows"]
         text = (
             f"run {v['run_s']:.1f} s ({v['us_per_row']:.0f} us/row), peak RSS {v['peak_rss_mb']:.0f} MB, "
-            f"store {v['store_mb']:.0f} MB, export {v['export_s']:.1f} s, ok {v['ok_rows']:,}"
+            f"store {v['store_mb']:.0f} MB, export {v['export_s']:.1f} s (peak RSS "
+            f"{v.get('export_peak_rss_mb', 0):.0f} MB), ok {v['ok_rows']:,}"
         )
         top = size == n
         lines.append(
             Line(
                 f"S3 scale {size:,} rows" + (" (90% + resume)" if top else ""),
                 text,
-                target="peak RSS < 500 MB" if top else "(growth)",
-                verdict=_verdict(r["rss_pass"]) if top else "",
+                target="peak RSS <= 400 MB, export <= 15 s" if top else "(growth)",
+                verdict=_verdict(r["rss_pass"] and r.get("export_pass", True)) if top else "",
+            )
+        )
+    if "rss_slope_mb" in r:
+        small, large = r["rss_slope_rows"]
+        lines.append(
+            Line(
+                f"S3 peak RSS added by {large // max(small, 1)}x the rows",
+                f"run {r['rss_slope_mb']:+.0f} MB, export {r['export_rss_slope_mb']:+.0f} MB "
+                f"({small:,} -> {large:,} rows)",
+                target="<= 60 MB (flat)",
+                verdict=_verdict(r["rss_slope_pass"]),
             )
         )
     growth = r.get("time_per_row_growth")
