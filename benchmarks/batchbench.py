@@ -113,7 +113,7 @@ def scale(rows: int, batch_seconds: float) -> dict[str, Any]:
         )
         table = PriceTable.load()
         online = batch = 0
-        for inp, out, cost in _query(db, "SELECT input_tokens, output_tokens, cost_pusd FROM results"):
+        for inp, out, cost in _query(db, "SELECT input_tokens, output_tokens, cost_pusd FROM results_view"):
             price = table.cost("qwen-plus", Usage.from_wire({"input_tokens": inp, "output_tokens": out}))
             online += price.total_pusd if price else 0
             batch += cost or 0
