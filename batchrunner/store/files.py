@@ -48,10 +48,12 @@ def create(path: Path) -> None:
     try:
         import sqlite_utils
 
+        # Built with a rollback journal, not WAL: every commit lands in the file itself, so
+        # nothing can be left behind in a -wal file that a failed close-time checkpoint (a full
+        # disk) would leave unmerged. The store switches to WAL when it is opened to write.
         conn = sqlite3.connect(name, isolation_level=None)
         try:
             db = sqlite_utils.Database(conn)
-            db.enable_wal()
             migrate(db)
         finally:
             conn.close()
