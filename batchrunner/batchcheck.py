@@ -87,20 +87,6 @@ async def batch_check(
         if not plan.files:
             return CheckReport(False, "batch check: no row of the input makes a request to check")
         file_id = plan.files[0]
-        ingester = Ingester(
-            store,
-            client,
-            job=job,
-            run_id=run_id,
-            prices=prices,
-            parameters={},
-            max_attempts=1,
-            counts=RunCounts(),
-            keep_results=False,
-        )
-        driver = Driver(
-            store, client, ingester, job=job, window=wb.DEFAULT_WINDOW, keep_remote_files=False, clock=clock
-        )
         waits, start = Poll(*poll), clock.time()
         file = store.batch_file(file_id)
         while True:

@@ -28,6 +28,7 @@ from . import batchrecords
 from . import batchstate as bs
 from .batchclient import BatchCallFailed, BatchClient
 from .batchplan import spool_dir
+from .batchrecords import Origin
 from .pricing import PriceTable
 from .records import Attempt, Failure, Result, RunCounts
 from .store import Store, now
@@ -182,16 +183,9 @@ class Ingester:
         started = str(file.get("submitted_at") or file.get("planned_at") or now())
         ts = file.get("submitted_ts")
         latency_ms = int((time.time() - float(ts)) * 1000) if ts else 0
-        common: dict[str, Any] = {
-            "model": str(file["model"]),
-            "parameters": self.parameters,
-            "run_id": self.run_id,
-            "job": self.job,
-            "started": started,
-            "latency_ms": max(0, latency_ms),
-        }
+        origin = Origin(line, str(file["model"]), self.parameters, self.run_id, self.job, started, max(0, latency_ms))
         if answer is not None and answer.ok:
-            result, attempt = batchrecords.answered(line, answer, prices=self.prices, **common)
+            result, attempt = batchrecords.answered(origin, answer, self.prices)
             tally.ok += 1
             if self.keep_results:
                 self.counts.ok += 1
@@ -208,7 +202,7 @@ class Ingester:
         if not resubmit:
             usage = answer.usage if answer is not None else None
             failed, attempt = batchrecords.unanswered(
-                line, failure, outcome="failed", final=True, usage=usage, prices=self.prices, **common
+                origin, failure, outcome="failed", final=True, usage=usage, prices=self.prices
             )
             tally.failed += 1
             if self.keep_results:
@@ -226,7 +220,7 @@ class Ingester:
         else:
             tally.resubmit += 1
         outcome = "gave_up" if final else "retry"
-        gave_up, attempt = batchrecords.unanswered(line, failure, outcome=outcome, final=final, **common)
+        gave_up, attempt = batchrecords.unanswered(origin, failure, outcome=outcome, final=final)
         return gave_up, attempt, bs.RESUBMIT
 
     def _paid(self, file: dict[str, Any], line: Line, attempt: Attempt) -> None:

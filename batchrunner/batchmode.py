@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import batchstate as bs
 from .batchclient import BatchCallFailed, BatchClient, BatchUnavailable
@@ -36,6 +36,14 @@ log = logging.getLogger("batchrunner")
 SIMULATED_POLL = (0.2, 2.0)  # first wait and cap on the simulator: it answers in seconds
 
 
+def poll_bounds(spec: JobSpec, simulated: bool) -> tuple[float, float]:
+    """(first wait, cap) between polls: the spec's, shortened on the simulator."""
+    first, cap = spec.batch.poll_interval_s, spec.batch.poll_max_s
+    if simulated:
+        first, cap = min(first, SIMULATED_POLL[0]), min(cap, SIMULATED_POLL[1])
+    return first, max(first, cap)
+
+
 @dataclass
 class BatchOutcome:
     status: str
@@ -46,7 +54,6 @@ class BatchOutcome:
     skipped: int = 0
     go_online: bool = False
     budget_stop: str | None = None
-    planned_files: list[int] = field(default_factory=list)
 
 
 class BatchRun:
@@ -73,10 +80,7 @@ class BatchRun:
         self.spec, self.prices, self.source, self.store = spec, prices.for_batch(), source, store
         self.root, self.api_key, self.run_id, self.stop, self.clock = root, api_key, run_id, stop, clock
         self.progress, self.detach, self.limit, self.retry_failed = progress, detach, limit, retry_failed
-        first, cap = spec.batch.poll_interval_s, spec.batch.poll_max_s
-        if simulated:
-            first, cap = min(first, SIMULATED_POLL[0]), min(cap, SIMULATED_POLL[1])
-        self.poll = Poll(first, max(first, cap))
+        self.poll = Poll(*poll_bounds(spec, simulated))
         self.job = spec.job.name
         self.counts = RunCounts()
         limits = spec.limits
@@ -228,7 +232,6 @@ class BatchRun:
         )
         plan = await planner.plan(pending.requests(Frontier(0), self.progress.advance))
         self.outcome.already_done, self.outcome.skipped = pending.already_done, pending.skipped
-        self.outcome.planned_files += plan.files
         self.counts.sent += plan.lines
         self.counts.failed += plan.too_large
         self.outcome.budget_stop = plan.budget_stop

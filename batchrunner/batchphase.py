@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from . import service, sink
 from .batchcheck import batch_check
-from .batchmode import SIMULATED_POLL, BatchOutcome, BatchRun
+from .batchmode import BatchOutcome, BatchRun, poll_bounds
 from .batchrun import Clock
 from .endings import finish_run, finished
 from .errors import ExitCode, OutputError
@@ -109,9 +109,6 @@ async def check(r: _Run) -> RunSummary:
         rows_total=0,
         mode="batch-check",
     )
-    first, cap = spec.batch.poll_interval_s, spec.batch.poll_max_s
-    if r.svc.simulated:
-        first, cap = min(first, SIMULATED_POLL[0]), min(cap, SIMULATED_POLL[1])
     report = await batch_check(
         r.source,
         store,
@@ -121,7 +118,7 @@ async def check(r: _Run) -> RunSummary:
         api_key=r.svc.api_key,
         run_id=run_id,
         clock=r.options.clock or Clock(),
-        poll=(first, max(first, cap)),
+        poll=poll_bounds(spec, r.svc.simulated),
     )
     code = ExitCode.OK if report.ok else ExitCode.FAILED_ROWS
     status = "checked" if report.ok else "check_failed"

@@ -22,6 +22,16 @@ def duration_s(text: str) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
+def http_url(value: str | None, example: str) -> str | None:
+    """A spec's URL key: an http(s) URL, without its trailing slash (ValueError otherwise)."""
+    if value is None:
+        return None
+    if not re.match(r"^https?://[^/\s]+", value):
+        msg = f"must be an http(s) URL {example}"
+        raise ValueError(msg)
+    return value.rstrip("/")
+
+
 class BatchSection(BaseModel):
     """The Batch API (modes batch and auto): files, polling, resubmission, the deadline."""
 
@@ -40,12 +50,7 @@ class BatchSection(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.match(r"^https?://[^/\s]+", value):
-            msg = "must be an http(s) URL (the root of the Files and Batches APIs)"
-            raise ValueError(msg)
-        return value.rstrip("/")
+        return http_url(value, "(the root of the Files and Batches APIs)")
 
     @field_validator("completion_window")
     @classmethod

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import prompts, specrules, wire
-from .batchspec import BatchSection
+from .batchspec import BatchSection, http_url
 from .errors import SpecError
 from .parameters import Parameters
 
@@ -152,12 +151,7 @@ class ApiSection(_Section):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.match(r"^https?://[^/\s]+", value):
-            msg = "must be an http(s) URL such as https://dashscope-intl.aliyuncs.com/api/v1"
-            raise ValueError(msg)
-        return value.rstrip("/")
+        return http_url(value, "such as https://dashscope-intl.aliyuncs.com/api/v1")
 
 
 class JobSpec(_Section):
