@@ -229,8 +229,8 @@ class Attempts:
         usage = answer.usage
         if self.tokens is not None:
             self.tokens.settle(self._token_estimate(life.request), usage.input_tokens + usage.output_tokens)
+        self.pacer.on_success(sent.t0)  # first: it reads the answer's time
         await self.gate.on_success()
-        self.pacer.on_success()
         self.counts.paid(usage, sent.cost)  # every answer is paid for, re-asked or not
         parsed, problem = parse_json_answer(answer.content) if self.policy.parse_json else (None, None)
         if problem is None:

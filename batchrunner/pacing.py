@@ -3,12 +3,21 @@
 The service enforces RPM/60 requests and TPM/60 tokens per second, so both limits are paced
 per second rather than allowing a minute's burst.
 
-`RequestPacer` keeps the service's own rule on our side, on the times requests really left:
-at most N = RPM/60 starts in any window of `1 + margin` seconds, the margin covering the
-jitter between when a request leaves and when the service counts it. Inside that, starts
-follow an even schedule and never run ahead of it; starts that a late wake-up delayed are
-made up (up to CATCH_UP_S of them) at twice the rate, BURST_S at a time, so a stall never
-turns into a burst, and an idle spell earns no credit.
+`RequestPacer` keeps the service's own rule on our side: at most N = RPM/60 starts counted in
+any window of `1 + margin` seconds. Each start counts from when the caller really resumed, and
+moves later once its answer shows the service saw it late: an answer that took longer than
+the fastest of the last few seconds reached the service (or left us) up to that much late, so
+its start counts that much later, and the window holds back what the service would refuse a
+second later. This is read only while the answer time is steady (half the answers within
+STEADY_S of the fastest: the service's latency is fixed, so the excess is delay, not work) and
+short enough for the news to come before the window needs it; then the margin is the small
+MIN_MARGIN, else MARGIN.
+
+Inside the window, starts follow an even schedule and never run ahead of it. Waiting callers
+queue in order, and one timer at the next start's turn lets go of every caller whose turn
+has come at once (a wake-up the loop delayed does not cost a turn of the loop per start);
+turns that late wake-ups missed are made up (up to CATCH_UP_S of them) at twice the rate,
+BURST_S at a time, so a stall never turns into a burst, and an idle spell earns no credit.
 
 A 429 says where the service's window really is. If our last N admitted starts spread over
 more than a second, the service saw them closer together than they left: the window widens
@@ -29,23 +38,29 @@ throttled service.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import random
 
 from aiolimiter import AsyncLimiter
 
-MARGIN = 0.015  # the window's least margin over the service's second
+MARGIN = 0.015  # the window's margin over the service's second, when answers cannot tell delays
+MIN_MARGIN = 0.002  # ... and when they can (each start counts from when the service saw it)
 MAX_MARGIN = 0.2  # the most jitter a 429 can teach; beyond it, the real limit is lower
 CATCH_UP_S = 0.05  # how late a wake-up may be and still be made up
 BURST_S = 0.005  # catching up goes at twice the rate, with at most this much at once
 HISTORY_WINDOWS = 3  # windows of start times kept to read a 429 against
 MAX_PAUSE_S = 60.0  # the longest Retry-After honoured as a pause of every start
 MAX_PROBE_WAIT_S = 30.0  # the longest quiet spell before trying a higher rate again
+FASTEST_S = 5.0  # the fastest answer of this many seconds is the service's latency
+STEADY_S = 0.05  # answers within this of the fastest are on time
+STEADY_ANSWERS = 1000  # the share of answers on time is taken over about this many
 
 
 class RequestPacer:
-    """At most `allowed` request starts in any window of `window_s`, spaced out smoothly, and
-    adapted to what the service's 429s say (see the module docstring)."""
+    """At most `allowed` request starts counted in any window of `window_s`, spaced out
+    smoothly, and adapted to what the answers' times and the service's 429s say (see the
+    module docstring)."""
 
     def __init__(self, rpm: int, margin: float = MARGIN) -> None:
         per_second = rpm / 60.0
@@ -53,14 +68,21 @@ class RequestPacer:
             self.per_window, self.span = int(per_second), 1.0
         else:  # below one a second: one start per 60/rpm seconds
             self.per_window, self.span = 1, 1.0 / per_second
+        self.margin = margin
         self.base_window_s = self.span * (1.0 + margin)
         self.window_s = self.base_window_s  # widened by 429s that came from jitter
         self.allowed = self.per_window  # lowered by 429s that came from a lower real limit
-        self._window: collections.deque[float] = collections.deque()  # starts in the last window_s
+        self.reading = False  # whether answer times tell when the service counted each start
+        self._counted: list[float] = []  # sorted: when each start of the last window_s counts
         self._history: collections.deque[list[float]] = collections.deque()  # [start, refused] of the last few windows
         self._next = float("-inf")  # when the next start is due, on the even schedule
         self._next_fast = float("-inf")  # ... and at twice the rate, to catch up with it
-        self._queued = 0  # callers in `wait`
+        self._waiters: collections.deque[asyncio.Future[list[float]]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._fastest: collections.deque[tuple[float, float]] = collections.deque()  # (at, rtt), rtt rising
+        self._answered: collections.deque[list[float]] = collections.deque()  # [start, answered, counts]
+        self._on_time = 0.0  # the share of recent answers within STEADY_S of the fastest
+        self._answers = 0
         self._paused_until = float("-inf")  # a Retry-After
         self._tightened_at = float("-inf")  # 429s of starts before this were answered already
         self._last_429 = float("-inf")
@@ -68,7 +90,6 @@ class RequestPacer:
         self._last_narrow = float("-inf")
         self._last_cut = float("-inf")
         self._probe_wait = 2 * self.base_window_s  # quiet time before the rate is raised again
-        self._lock = asyncio.Lock()  # FIFO: the first to wait is the first to go
 
     @property
     def rate_per_s(self) -> float:
@@ -77,40 +98,82 @@ class RequestPacer:
 
     def _due(self, now: float) -> float:
         """The earliest time the next start may go: the window, the schedule, a pause."""
-        window = self._window
-        horizon = now - self.window_s
-        while window and window[0] <= horizon:
-            window.popleft()
+        counted = self._counted
+        expired = bisect.bisect_right(counted, now - self.window_s)
+        if expired:
+            del counted[:expired]
         due = max(self._next, self._next_fast - BURST_S, self._paused_until)
-        if len(window) >= self.allowed:
-            due = max(due, window[len(window) - self.allowed] + self.window_s)
+        if len(counted) >= self.allowed:
+            due = max(due, counted[len(counted) - self.allowed] + self.window_s)
         return due
 
+    def _take(self, now: float, busy: bool) -> list[float]:
+        """Count a start at `now`; `busy` when its caller waited (starts are behind, not idle)."""
+        interval = self.window_s / self.allowed
+        # never ahead of the schedule; behind it by at most CATCH_UP_S, unless idle
+        self._next = max(self._next, now - (CATCH_UP_S if busy else 0.0)) + interval
+        self._next_fast = max(self._next_fast, now) + interval / 2
+        bisect.insort(self._counted, now)
+        entry = [now, 0.0]
+        history = self._history
+        history.append(entry)
+        while history[0][0] < now - HISTORY_WINDOWS * self.window_s:
+            history.popleft()
+        return entry
+
+    def _recount(self, old: float, new: float, now: float) -> None:
+        """A start counted at `old` counts at `new` (later) instead, while it still counts."""
+        counted = self._counted
+        i = bisect.bisect_left(counted, old)
+        if i < len(counted) and counted[i] == old:
+            del counted[i]
+        if new > now - self.window_s:
+            bisect.insort(counted, new)
+
     async def wait(self) -> float:
-        """Wait for a start; returns its time (the loop's clock), to pass to `on_throttled`.
-        The time is taken when the caller really resumes, so a late wake-up is recorded late
-        and counts in the window where the service sees it."""
-        busy = self._queued > 0  # others were waiting: starts are behind, not idle
-        self._queued += 1
-        try:
-            async with self._lock:
-                loop = asyncio.get_running_loop()
-                while (due := self._due(loop.time())) > loop.time():
-                    busy = True
-                    await asyncio.sleep(due - loop.time())
-                now = loop.time()
-                self._window.append(now)
-                interval = self.window_s / self.allowed
-                # never ahead of the schedule; behind it by at most CATCH_UP_S, unless idle
-                self._next = max(self._next, now - (CATCH_UP_S if busy else 0.0)) + interval
-                self._next_fast = max(self._next_fast, now) + interval / 2
-                history = self._history
-                history.append([now, 0.0])
-                while history[0][0] < now - HISTORY_WINDOWS * self.window_s:
-                    history.popleft()
-                return now
-        finally:
-            self._queued -= 1
+        """Wait for a start; returns its time (the loop's clock), to pass to `on_throttled` and
+        `on_success`. The time is taken when the caller really resumes, so a late wake-up is
+        recorded late and counts in the window where the service sees it."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not self._waiters and self._due(now) <= now:
+            return self._take(now, busy=False)[0]
+        turn: asyncio.Future[list[float]] = loop.create_future()
+        self._waiters.append(turn)
+        self._arm(loop)
+        entry = await turn
+        resumed = loop.time()
+        if resumed > entry[0]:
+            self._recount(entry[0], resumed, resumed)
+            entry[0] = resumed
+        return resumed
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Set the timer for the first waiting caller's turn (unless it is set)."""
+        if self._timer is None and self._waiters:
+            self._timer = loop.call_at(self._due(loop.time()), self._let_go)
+
+    def _rearm(self) -> None:
+        """The due time may have come nearer: set the timer again."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._arm(asyncio.get_running_loop())
+
+    def _let_go(self) -> None:
+        """The timer: every waiting caller whose turn has come goes now, in order."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        waiters = self._waiters
+        while waiters:
+            if waiters[0].done():  # its caller was cancelled
+                waiters.popleft()
+            elif self._due(now) <= now:
+                waiters.popleft().set_result(self._take(now, busy=True))
+            else:
+                break
+        self._arm(loop)
 
     def on_throttled(self, start: float, retry_after: float | None = None) -> None:
         """The start at `start` was answered 429: learn where the service's window is."""
@@ -155,15 +218,19 @@ class RequestPacer:
                 admitted.append(entry[0])
         return admitted
 
-    def on_success(self) -> None:
-        """An answer: after a quiet window without 429s, step back towards the declared limit:
-        halve the window's excess margin, and raise the starts per window (the first raise
-        after a cut waits `_probe_wait`, which doubles with every cut)."""
+    def on_success(self, start: float | None = None) -> None:
+        """An answer (to the start at `start`, when given: see `_read_answer`). After a quiet
+        window without 429s, step back towards the declared limit: halve the window's excess
+        margin, and raise the starts per window (the first raise after a cut waits
+        `_probe_wait`, which doubles with every cut)."""
         now = asyncio.get_running_loop().time()
+        if start is not None:
+            self._read_answer(start, now)
         if now - max(self._last_429, self._last_narrow) >= self.window_s > self.base_window_s:
             excess = (self.window_s - self.base_window_s) / 2
             self.window_s = self.base_window_s + (excess if excess >= 0.001 * self.span else 0.0)
             self._last_narrow = now
+            self._rearm()
         if self.allowed >= self.per_window:
             return
         quiet = now - max(self._last_429, self._last_step)
@@ -173,6 +240,44 @@ class RequestPacer:
             self._last_step = now
             if self.allowed == self.per_window:
                 self._probe_wait = 2 * self.base_window_s
+            self._rearm()
+
+    def _read_answer(self, start: float, now: float) -> None:
+        """The start at `start` was answered at `now`. Against the fastest answer of the last
+        FASTEST_S, it took `late` longer: it reached the service (or left us) up to that much
+        late, so, while answer times are steady, it counts from `now - fastest`. When a new
+        fastest answer comes (or the reading starts), the answers before it are read again."""
+        rtt = now - start
+        fastest = self._fastest
+        before = fastest[0][1] if fastest else float("inf")
+        while fastest and fastest[-1][1] >= rtt:
+            fastest.pop()
+        fastest.append((now, rtt))
+        while fastest[0][0] < now - FASTEST_S:
+            fastest.popleft()
+        least = fastest[0][1]
+        self._answers += 1
+        weight = 1.0 / min(self._answers, STEADY_ANSWERS)
+        self._on_time += weight * ((rtt - least <= STEADY_S * self.span) - self._on_time)
+        was_reading = self.reading
+        self.reading = self._on_time >= (0.25 if was_reading else 0.5)  # on at half, off at a quarter
+        if self.reading != was_reading:
+            excess = self.window_s - self.base_window_s
+            self.base_window_s = self.span * (1.0 + (min(MIN_MARGIN, self.margin) if self.reading else self.margin))
+            self.window_s = self.base_window_s + excess
+            self._rearm()
+        answered = self._answered
+        while answered and answered[0][1] - least <= now - self.window_s:
+            answered.popleft()
+        answer = [start, now, start]
+        answered.append(answer)
+        if not self.reading:
+            return
+        for entry in answered if (least < before or not was_reading) else (answer,):
+            counts = max(entry[0], entry[1] - least)
+            if counts > entry[2]:  # later only: the timer looks again when it fires
+                self._recount(entry[2], counts, now)
+                entry[2] = counts
 
 
 class TokenBudget:

@@ -2,79 +2,20 @@
 never put more than the budget in a second; a 429 from jitter widens the window, one from a
 lower real limit lowers the rate to it; both come back when the 429s stop; Retry-After holds.
 
-`Service` plays the simulator's rule (a `SlidingWindow` of admitted requests) on the virtual
-clock of `VirtualTimeLoop`, so each test is a run of many seconds that takes milliseconds and
-comes out the same on any machine.
+`Service` (pacerservice.py) plays the simulator's rule (a `SlidingWindow` of admitted requests)
+on the virtual clock of `VirtualTimeLoop`, so each test is a run of many seconds that takes
+milliseconds and comes out the same on any machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
 
+from pacerservice import Service, count, workers
 from virtualclock import from_each, in_virtual_time, now, stall
 
 from batchrunner.pacing import BURST_S, RequestPacer
-from batchrunner.simulator.limits import SlidingWindow
-
-
-class Service:
-    """The service's per-second window on the virtual clock. A start reaches it `reach(t)`
-    after it left (a stall there holds every arrival until it ends); an admitted call is
-    answered `latency` later, a refused one at once."""
-
-    def __init__(
-        self,
-        rpm: int,
-        *,
-        latency: float = 0.2,
-        reach: Callable[[float], float] = lambda t: 0.001,
-        retry_after: float | None = None,
-    ) -> None:
-        self.window = SlidingWindow.per_minute(rpm)
-        self.latency = latency
-        self.reach = reach
-        self.retry_after = retry_after
-        self.admitted: list[float] = []  # arrival times, as the service counts them
-        self.refused: list[float] = []
-
-    async def call(self, pacer: RequestPacer) -> bool:
-        left = await pacer.wait()
-        await asyncio.sleep(self.reach(left))
-        at = now()
-        if not self.window.fits(at):
-            self.refused.append(at)
-            pacer.on_throttled(left, self.retry_after)
-            return False
-        self.window.add(at)
-        self.admitted.append(at)
-        await asyncio.sleep(self.latency)
-        pacer.on_success()
-        return True
-
-    def stalled(self, start: float, length: float) -> Callable[[float], float]:
-        """A `reach` for a service that stops taking requests from `start` for `length` s."""
-
-        def reach(t: float) -> float:
-            return start + length - t + 0.001 if start <= t < start + length else 0.001
-
-        return reach
-
-
-async def workers(n: int, until: float, work: Callable[[], Awaitable[object]]) -> None:
-    """`n` workers call `work` back to back until `until` (virtual seconds)."""
-
-    async def one() -> None:
-        while now() < until:
-            await work()
-
-    await asyncio.gather(*(one() for _ in range(n)))
-
-
-def count(times: list[float], start: float, end: float = float("inf")) -> int:
-    return sum(1 for t in times if start <= t < end)
-
 
 # ----------------------------------------------------------------- admission
 
