@@ -22,11 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .proc import cpu_wait_s
 
-def _usage() -> tuple[float, float, float]:
-    """(monotonic time, user CPU s, system CPU s) of this process now."""
+
+def _usage() -> tuple[float, float, float, float | None]:
+    """(monotonic time, user CPU s, system CPU s, seconds the main thread waited for a CPU) now."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return time.monotonic(), r.ru_utime, r.ru_stime
+    return time.monotonic(), r.ru_utime, r.ru_stime, cpu_wait_s()
 
 
 def _peak_rss_mb() -> float | None:
@@ -42,14 +44,16 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
-def _measured(before: tuple[float, float, float]) -> dict[str, float | None]:
+def _measured(before: tuple[float, float, float, float | None]) -> dict[str, float | None]:
     after = _usage()
     user, system = after[1] - before[1], after[2] - before[2]
+    waited = after[3] - before[3] if after[3] is not None and before[3] is not None else None
     return {
         "wall_s": after[0] - before[0],
         "user_s": user,
         "sys_s": system,
         "cpu_s": user + system,
+        "cpu_wait_s": waited,
         "vmhwm_mb": _peak_rss_mb(),
     }
 

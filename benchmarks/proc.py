@@ -61,6 +61,16 @@ def library_root() -> Path | None:
     return Path(spec.origin).resolve().parent.parent
 
 
+def cpu_wait_s(pid: int | str = "self") -> float | None:
+    """Seconds the main thread of process `pid` has spent ready to run but waiting for a CPU
+    (the second field of /proc/PID/schedstat): on a shared machine, how much of a run the
+    process could not run at all. None where that is unreadable."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text(encoding="ascii").split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def child_env(base_url: str | None = None) -> dict[str, str]:
     """The environment of a benchmark child: this checkout (for `benchmarks`) and the library
     the parent imports first on the path, the bench key, and the simulator's URL when given."""
@@ -224,6 +234,8 @@ class SimulatorProcess:
         self.latency_ms = latency_ms
         self.base_url = ""
         self.port = 0
+        self.cpu_wait_s: float | None = None  # from ready to exit (see `cpu_wait_s`)
+        self._waited_before: float | None = None
         self._child: Child | None = None
 
     @property
@@ -249,6 +261,7 @@ class SimulatorProcess:
             raise
         self.base_url = url
         self.port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        self._waited_before = cpu_wait_s(self._child.pid)
         return self
 
     def _ready_line(self, child: Child) -> str:
@@ -277,4 +290,7 @@ class SimulatorProcess:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._child is not None:
+            waited = cpu_wait_s(self._child.pid) if self._child.exited is None else None
+            if waited is not None and self._waited_before is not None:
+                self.cpu_wait_s = waited - self._waited_before
             self._child.stop(grace_s=STOP_TIMEOUT_S)

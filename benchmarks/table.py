@@ -90,10 +90,14 @@ def s2_lines(r: dict[str, Any]) -> list[Line]:
             )
 
         dropped = v["rows"] - base["ok"]
+        waited = ""
+        if ours.get("cpu_wait_s") is not None and ours.get("sim_cpu_wait_s") is not None and ours["wall_s"]:
+            share = [ours[k] / ours["wall_s"] for k in ("cpu_wait_s", "sim_cpu_wait_s")]
+            waited = f"; waiting for a CPU: job {_pct(share[0])}, simulator {_pct(share[1])} of the run"
         lines.append(
             Line(
                 f"S2 limit-bound R={v['rpm']:,}/min ({v['rows']:,} rows, c={v['concurrency']})",
-                figures(ours, v["rows"]),
+                figures(ours, v["rows"]) + waited,
                 figures(base, v["rows"]),
                 f"{_x(v['ratio_goodput'])} goodput" + (f"; SDK dropped {dropped:,} rows" if dropped else ""),
                 ">= 98% of R, zero 429s",
