@@ -10,8 +10,8 @@ the fastest of the last few seconds reached the service (or left us) up to that 
 its start counts that much later, and the window holds back what the service would refuse a
 second later. This is read only while the answer time is steady (half the answers within
 STEADY_S of the fastest: the service's latency is fixed, so the excess is delay, not work) and
-short enough for the news to come before the window needs it; then the margin is the small
-MIN_MARGIN, else MARGIN.
+short (the fastest within half the window, so the news comes while the start still counts);
+then the margin is the small MIN_MARGIN, else MARGIN.
 
 Inside the window, starts follow an even schedule and never run ahead of it. Waiting callers
 queue in order, and one timer at the next start's turn lets go of every caller whose turn
@@ -55,6 +55,7 @@ MAX_PROBE_WAIT_S = 30.0  # the longest quiet spell before trying a higher rate a
 FASTEST_S = 5.0  # the fastest answer of this many seconds is the service's latency
 STEADY_S = 0.05  # answers within this of the fastest are on time
 STEADY_ANSWERS = 1000  # the share of answers on time is taken over about this many
+READ_WITHIN = 0.5  # answers are read while the fastest comes back within this share of the window
 
 
 class RequestPacer:
@@ -260,7 +261,8 @@ class RequestPacer:
         weight = 1.0 / min(self._answers, STEADY_ANSWERS)
         self._on_time += weight * ((rtt - least <= STEADY_S * self.span) - self._on_time)
         was_reading = self.reading
-        self.reading = self._on_time >= (0.25 if was_reading else 0.5)  # on at half, off at a quarter
+        steady = self._on_time >= (0.25 if was_reading else 0.5)  # on at half, off at a quarter
+        self.reading = steady and least <= READ_WITHIN * self.span
         if self.reading != was_reading:
             excess = self.window_s - self.base_window_s
             self.base_window_s = self.span * (1.0 + (min(MIN_MARGIN, self.margin) if self.reading else self.margin))

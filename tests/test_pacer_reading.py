@@ -74,6 +74,16 @@ def test_an_answer_time_that_varies_with_the_work_is_not_read() -> None:
     assert count(service.admitted, 2, 10) >= 0.98 * 200 * 8
 
 
+def test_a_steady_answer_time_longer_than_half_the_window_is_not_read() -> None:
+    """Answers take 1.5 s, every one: steady, but back after their starts have left the window,
+    so reading them could not help, and the margin stays."""
+    service = Service(6000, latency=1.5, answer_times=True)
+    pacer = run(service, 6000, 8, callers=200)
+    assert not pacer.reading
+    assert pacer.window_s == pacer.base_window_s == pytest.approx(1 + MARGIN)
+    assert service.refused == []
+
+
 def test_a_lower_real_limit_is_still_learned_while_answers_are_read() -> None:
     """The spec says 6,000/min, the account allows 600: reading the answers' times does not
     get in the way of the cut to the real rate."""
