@@ -158,10 +158,13 @@ class Renderer:
             yield Request(key, row_index, row_id, self.path, body, estimate, sample, seed, content)
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(body: dict[str, Any]) -> bytes:
     """A body as canonical JSON: sorted keys, no spaces, UTF-8. It is both what is sent and
     what the request key hashes, so it is encoded once per request."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _CANONICAL.encode(body).encode("utf-8")
 
 
 def key_of(path: str, content: bytes) -> str:

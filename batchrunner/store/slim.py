@@ -127,18 +127,30 @@ def usage_sql(template: str, row: str) -> str:
 # ---------------------------------------------------------------------------- timestamps
 
 
+_seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> its milliseconds, for the texts iso_of writes
+
+
 def ms_of(text: str | None) -> int | str | None:
     """A stored timestamp: integer milliseconds since 1970 (UTC) when `iso_of` gives back the
     same text, else the text itself."""
     if text is None or len(text) != 29 or not text.endswith("+00:00"):
         return text
+    # The usual case: a second seen before, and three digits of milliseconds after it.
+    base = _seconds.get(text[:19])
+    if base is not None and text[19] == "." and text[20:23].isdigit() and text[20:23].isascii():
+        return base + int(text[20:23])
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return text
     delta = moment - _EPOCH
     ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-    return ms if ms >= 0 and iso_of(ms) == text else text
+    if ms < 0 or iso_of(ms) != text:
+        return text
+    if len(_seconds) >= 4096:
+        _seconds.clear()
+    _seconds[text[:19]] = ms - ms % 1000
+    return ms
 
 
 def iso_of(ms: int) -> str:

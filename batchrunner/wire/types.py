@@ -16,6 +16,10 @@ class MalformedResponse(ValueError):
 
 
 def _int(value: Any) -> int:
+    if value is None:
+        return 0
+    if type(value) is int:  # the usual case, first
+        return value
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
@@ -128,6 +132,8 @@ def text_of(content: Any) -> str | None:
 def load_json(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
     """A JSON object from a body, or MalformedResponse."""
     try:
+        if isinstance(body, bytes) and body[:1] == b"{" and body[1:2] != b"\x00":
+            body = body.decode("utf-8", "surrogatepass")  # what json.loads detects for these bytes
         data = json.loads(body) if isinstance(body, bytes | str) else body
     except (ValueError, UnicodeDecodeError) as exc:
         msg = f"answer is not JSON: {exc}"
