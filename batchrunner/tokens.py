@@ -122,7 +122,11 @@ def count_over(messages: list[dict[str, Any]], limit: int) -> int | None:
     quick = REPLY_TOKENS
     for message in messages:
         quick += MESSAGE_TOKENS
-        for kind, value in _parts(message.get("content")):
+        content = message.get("content")
+        if isinstance(content, str):  # the usual case, without the walk over parts
+            quick += len(content.encode("utf-8"))
+            continue
+        for kind, value in _parts(content):
             quick += len(value.encode("utf-8")) if kind == "text" else 2 * MEDIA_ESTIMATE
     if quick <= limit or qwen_encoder() is None:  # the tokenizer is loaded only when it is needed
         return None
