@@ -12,7 +12,7 @@ from typing import Any
 
 from .wire import Usage
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)  # (never circular)
 _last: tuple[Usage | None, str | None] = (None, None)  # the last usage encoded, and its text
 
 

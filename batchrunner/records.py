@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import wire
+from .frozen import fast_init
 from .jsontext import dumps, usage_json
 from .pricing import Cost, format_usd, pusd_to_usd
 from .render import Request
@@ -42,6 +43,7 @@ class Failure:
         return Failure(self.error_code, message, self.http_status, self.request_id, self.possibly_billed)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One HTTP attempt (retries and re-asks included), as the `attempts` table keeps it.
@@ -102,6 +104,7 @@ class Attempt:
     mode: str = "online"  # online | batch | batch-chat: how the attempt was sent (and priced)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Result:
     """A request that ended: answered, or failed (with the paid answer kept if there was one).
