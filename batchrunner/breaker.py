@@ -14,19 +14,25 @@ class Breaker:
         self.ratio = ratio
         self.tripped: str | None = None
         self._recent: deque[str | None] = deque(maxlen=window or 1)
+        self._failed = 0  # the failures in `_recent`, counted as they come and go
 
     def note(self, failure: str | None) -> bool:
         """Record one attempt (`failure`: its error code when it failed transiently, else None);
         True when this attempt tripped the breaker."""
         if not self.window or self.tripped is not None:
             return False
-        self._recent.append(failure)
-        if len(self._recent) < self.window:
+        recent = self._recent
+        if len(recent) == self.window and recent[0] is not None:
+            self._failed -= 1  # about to fall out of the window
+        recent.append(failure)
+        if failure is not None:
+            self._failed += 1
+        if len(recent) < self.window:
             return False
-        codes = Counter(code for code in self._recent if code is not None)
-        share = sum(codes.values()) / self.window
+        share = self._failed / self.window
         if share < self.ratio:
             return False
+        codes = Counter(code for code in recent if code is not None)
         seen = ", ".join(f"{code} x{n}" for code, n in codes.most_common(3))
         self.tripped = (
             f"circuit breaker: {share:.0%} of the last {self.window} attempts failed ({seen}); "

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
+from .frozen import fast_init
 from .pricefile import MetaEntry, ModelEntry, OverrideFile, ShippedFile, read_override, validate
 from .wire import Usage
 
@@ -92,6 +93,7 @@ class ModelPrice:
         return self.tiers[: self.tiers.index(self.tier_for(input_tokens)) + 1]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Cost:
     """What one request cost, in pico-USD, split by what was billed.

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from . import wire
+from .frozen import fast_init
+from .jsontext import dumps, usage_json
 from .pricing import Cost, format_usd, pusd_to_usd
 from .render import Request
 from .store import now
 
-
-def dumps(value: Any) -> str | None:
-    """JSON for a TEXT column (None stays NULL)."""
-    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+__all__ = ["dumps"]  # batchrecords' JSON too
 
 
 def settled(status: str, retryable: bool | int | None) -> bool:
@@ -44,6 +43,7 @@ class Failure:
         return Failure(self.error_code, message, self.http_status, self.request_id, self.possibly_billed)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One HTTP attempt (retries and re-asks included), as the `attempts` table keeps it.
@@ -104,6 +104,7 @@ class Attempt:
     mode: str = "online"  # online | batch | batch-chat: how the attempt was sent (and priced)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Result:
     """A request that ended: answered, or failed (with the paid answer kept if there was one).
@@ -241,7 +242,7 @@ def _answer_fields(completion: wire.Completion | None, parsed: str | None) -> di
         "parsed": parsed,
         "request_id": completion.request_id,
         "http_status": 200,
-        "usage": dumps(usage.raw),
+        "usage": usage_json(usage),
         **{name: getattr(usage, name) for name in wire.USAGE_FIELDS},
     }
 
@@ -312,7 +313,7 @@ def attempt_of(
     answered: dict[str, Any] = {}
     if completion is not None:
         usage = completion.usage
-        answered = {"http_status": 200, "request_id": completion.request_id, "usage": dumps(usage.raw)}
+        answered = {"http_status": 200, "request_id": completion.request_id, "usage": usage_json(usage)}
         answered.update({name: getattr(usage, name) for name in wire.USAGE_FIELDS})
         answered.update(_cost_fields(cost, price_version))
     elif failure is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import prompts
+from .frozen import fast_init
 from .parameters import SEED_MAX, SeedColumn
 from .service import endpoint_path
 from .spec import JobSpec
@@ -32,6 +33,7 @@ MAX_INLINE_BYTES = 10 * 1024 * 1024  # the service's limit on one base64 item
 CACHE_MARK = {"type": "ephemeral"}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Request:
     """One unit of work: a rendered request and the input row (and sample) it came from."""
@@ -158,10 +160,15 @@ class Renderer:
             yield Request(key, row_index, row_id, self.path, body, estimate, sample, seed, content)
 
 
+# json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False), the encoder made
+# once; bodies are never circular, so the check for it (a dict of ids per call) is left out.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False)
+
+
 def canonical(body: dict[str, Any]) -> bytes:
     """A body as canonical JSON: sorted keys, no spaces, UTF-8. It is both what is sent and
     what the request key hashes, so it is encoded once per request."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _CANONICAL.encode(body).encode("utf-8")
 
 
 def key_of(path: str, content: bytes) -> str:

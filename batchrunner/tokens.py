@@ -119,14 +119,16 @@ def count_over(messages: list[dict[str, Any]], limit: int) -> int | None:
     """The Qwen count of a conversation when it is over `limit`, else None (also without the
     tokenizer: then nothing is refused before the service sees it). Texts are only tokenized
     when their UTF-8 size says they might be over."""
-    if qwen_encoder() is None:
-        return None
     quick = REPLY_TOKENS
     for message in messages:
         quick += MESSAGE_TOKENS
-        for kind, value in _parts(message.get("content")):
+        content = message.get("content")
+        if isinstance(content, str):  # the usual case, without the walk over parts
+            quick += len(content.encode("utf-8"))
+            continue
+        for kind, value in _parts(content):
             quick += len(value.encode("utf-8")) if kind == "text" else 2 * MEDIA_ESTIMATE
-    if quick <= limit:
+    if quick <= limit or qwen_encoder() is None:  # the tokenizer is loaded only when it is needed
         return None
     exact = count(messages)
     return exact if exact is not None and exact > limit else None

@@ -233,10 +233,7 @@ class Store(History, Batches):
             sql = f"INSERT INTO attempts ({', '.join(slim.ATTEMPT_COLUMNS)}) VALUES ({_marks(slim.ATTEMPT_COLUMNS)})"
             conn.executemany(sql, rows)
         if results:
-            names = ", ".join(slim.RESULT_COLUMNS)
-            sql = f"INSERT OR REPLACE INTO results ({names}) VALUES ({_marks(slim.RESULT_COLUMNS)})"
-            conn.executemany(sql, [encoder.result(r, answers.get(r.key, ())) for r in results])
-            conn.executemany(TOTAL_SQL, [[r.key] for r in results])
+            conn.executemany(_RESULT_SQL, [_totalled(encoder.result(r, answers.get(r.key, ()))) for r in results])
 
     def write(
         self,
@@ -353,6 +350,27 @@ class Store(History, Batches):
 
 def _marks(columns: Sequence[str]) -> str:
     return ", ".join("?" * len(columns))
+
+
+# A result's row with its total cost computed as it is written (what TOTAL_SQL would set
+# right after: every paid attempt of its request, else the row's own cost), in one statement.
+_TOTAL_AT = slim.RESULT_COLUMNS.index("total_cost_pusd")
+_KEY_AT = slim.RESULT_COLUMNS.index("key")
+_COST_AT = slim.RESULT_COLUMNS.index("cost_pusd")
+_RESULT_SQL = (
+    f"INSERT OR REPLACE INTO results ({', '.join(slim.RESULT_COLUMNS)}) VALUES ("
+    + ", ".join(
+        "(SELECT coalesce(sum(a.cost_pusd), ?) FROM attempts a WHERE a.key = ?)" if i == _TOTAL_AT else "?"
+        for i in range(len(slim.RESULT_COLUMNS))
+    )
+    + ")"
+)
+
+
+def _totalled(row: list[Any]) -> list[Any]:
+    """A result's row for _RESULT_SQL: its own cost and key in place of the total."""
+    row[_TOTAL_AT : _TOTAL_AT + 1] = [row[_COST_AT], row[_KEY_AT]]
+    return row
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

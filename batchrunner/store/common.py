@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+
+_second: tuple[int, str] = (-1, "")  # the last whole second `now` formatted, and its text
 
 
 def now() -> str:
-    """A UTC timestamp as stored (ISO 8601, milliseconds)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """A UTC timestamp as stored (ISO 8601, milliseconds): what
+    `datetime.now(UTC).isoformat(timespec="milliseconds")` gives, with the date and time of
+    day formatted once a second (it is taken several times for every request)."""
+    global _second
+    ns = time.time_ns()
+    second, ms = ns // 1_000_000_000, ns // 1_000_000 % 1000
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{ms:03d}+00:00"
 
 
 # A row's own total: every paid attempt of its request, across runs (the row's cost when no

@@ -25,9 +25,11 @@ their old order: they are what a person selects from.
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 import re
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +44,7 @@ USAGE_NAMES = (
     *((name, name) for name in USAGE_COLUMNS[2:]),
 )
 MAX_TEMPLATES = 1000  # beyond this many forms of usage, new forms are kept raw
+_NAMES = tuple((column, f'"{name}":') for name, column in USAGE_NAMES)
 
 # What a result holds only when its answer is not one of its attempts'.
 ANSWER_COLUMNS = ("http_status", *USAGE_COLUMNS, "usage", "request_id", *COST_COLUMNS)
@@ -86,10 +89,14 @@ _DIGIT = re.compile("[0-9]")
 def render_usage(template: str, tokens: Mapping[str, Any]) -> str:
     """A template with the row's token counts put back (what `usage_sql` does in SQL)."""
     text = template
-    for column in USAGE_COLUMNS:
-        value = tokens.get(column)
-        text = text.replace("{" + column + "}", "" if value is None else str(value))
+    for column, mark in _MARKS:
+        if mark in text:
+            value = tokens.get(column)
+            text = text.replace(mark, "" if value is None else str(value))
     return text
+
+
+_MARKS = tuple((column, "{" + column + "}") for column in USAGE_COLUMNS)
 
 
 def usage_template(usage: str | None, tokens: Mapping[str, Any]) -> str | None:
@@ -100,12 +107,14 @@ def usage_template(usage: str | None, tokens: Mapping[str, Any]) -> str | None:
     if not usage:
         return None
     text = usage
-    for name, column in USAGE_NAMES:
+    for column, quoted in _NAMES:
+        if quoted not in text:
+            continue
         value = tokens.get(column)
         if value is None:
             continue
         for end in (",", "}"):
-            text = text.replace(f'"{name}":{value}{end}', f'"{name}":{{{column}}}{end}')
+            text = text.replace(f"{quoted}{value}{end}", f"{quoted}{{{column}}}{end}")
     if _DIGIT.search(text) or render_usage(text, tokens) != usage:
         return None
     return text
@@ -127,18 +136,30 @@ def usage_sql(template: str, row: str) -> str:
 # ---------------------------------------------------------------------------- timestamps
 
 
+_seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> its milliseconds, for the texts iso_of writes
+
+
 def ms_of(text: str | None) -> int | str | None:
     """A stored timestamp: integer milliseconds since 1970 (UTC) when `iso_of` gives back the
     same text, else the text itself."""
     if text is None or len(text) != 29 or not text.endswith("+00:00"):
         return text
+    # The usual case: a second seen before, and three digits of milliseconds after it.
+    base = _seconds.get(text[:19])
+    if base is not None and text[19] == "." and text[20:23].isdigit() and text[20:23].isascii():
+        return base + int(text[20:23])
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return text
     delta = moment - _EPOCH
     ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-    return ms if ms >= 0 and iso_of(ms) == text else text
+    if ms < 0 or iso_of(ms) != text:
+        return text
+    if len(_seconds) >= 4096:
+        _seconds.clear()
+    _seconds[text[:19]] = ms - ms % 1000
+    return ms
 
 
 def iso_of(ms: int) -> str:
@@ -254,6 +275,25 @@ def attempts_view_sql() -> str:
 
 # ---------------------------------------------------------------------------- the writer's side
 
+_getters: dict[tuple[type, tuple[str, ...]], tuple[tuple[str, ...], Callable[[Any], Any]]] = {}
+
+
+def _fields(record: Any, columns: tuple[str, ...]) -> dict[str, Any]:
+    """{column: getattr(record, column, None)} in the order of `columns`; for a slotted
+    dataclass (records.Result, records.Attempt: every field always set) read in one C call."""
+    kind = type(record)
+    found = _getters.get((kind, columns))
+    if found is None:
+        if not (dataclasses.is_dataclass(kind) and hasattr(kind, "__slots__")):
+            return {c: getattr(record, c, None) for c in columns}
+        names = {f.name for f in dataclasses.fields(kind)}
+        present = tuple(c for c in columns if c in names)
+        found = _getters[(kind, columns)] = (present, operator.attrgetter(*present) if present else lambda r: ())
+    present, getter = found
+    values = dict.fromkeys(columns)
+    values.update(zip(present, getter(record), strict=True) if len(present) != 1 else [(present[0], getter(record))])
+    return values
+
 
 class Encoder:
     """Turns records.Result / records.Attempt values into rows of the slim tables, on the
@@ -324,7 +364,7 @@ class Encoder:
         rows: list[list[Any]] = []
         by_key: dict[str, list[tuple[int, Any]]] = {}
         for n, a in enumerate(attempts, start=int(top) + 1):
-            values = {c: getattr(a, c, None) for c in ATTEMPT_COLUMNS}
+            values = _fields(a, ATTEMPT_COLUMNS)
             values.update(id=n, started_at=ms_of(a.started_at), request_id=packed_id(a.request_id))
             values["shape"] = self.shape(None, a.mode, a.model, None, None, None, a.price_version)
             template = self.template(a.usage, values)
@@ -336,12 +376,12 @@ class Encoder:
 
     def result(self, r: Any, answers: Sequence[tuple[int, Any]]) -> list[Any]:
         """The row of one result; `answers` are the (id, attempt) written with it."""
-        values = {c: getattr(r, c, None) for c in RESULT_COLUMNS}
+        values = _fields(r, RESULT_COLUMNS)
         values.update(started_at=ms_of(r.started_at), finished_at=ms_of(r.finished_at), total_cost_pusd=None)
         values["shape"] = self.shape(r.job, r.mode, r.model, r.endpoint, r.parameters, r.seed, r.price_version)
-        mine = [getattr(r, c, None) for c in ANSWER_COLUMNS]
+        mine = _fields(r, ANSWER_COLUMNS)
         for attempt_id, a in reversed(answers):
-            if [getattr(a, c, None) for c in ANSWER_COLUMNS] == mine:
+            if _fields(a, ANSWER_COLUMNS) == mine:
                 values.update(dict.fromkeys(ANSWER_COLUMNS), answer=attempt_id)
                 break
         else:

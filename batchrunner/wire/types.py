@@ -16,6 +16,10 @@ class MalformedResponse(ValueError):
 
 
 def _int(value: Any) -> int:
+    if value is None:
+        return 0
+    if type(value) is int:  # the usual case, first
+        return value
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
@@ -38,22 +42,23 @@ class Usage:
     def from_wire(cls, usage: dict[str, Any] | None) -> Usage:
         """Read a `usage` object; cached tokens may sit in prompt_tokens_details or at top level."""
         u = usage or {}
-        prompt = u.get("prompt_tokens_details") or {}
-        out = u.get("output_tokens_details") or {}
-        in_details = u.get("input_tokens_details") or {}
-        inp = _int(u.get("input_tokens", u.get("prompt_tokens")))
-        outp = _int(u.get("output_tokens", u.get("completion_tokens")))
-        completion = u.get("completion_tokens_details") or {}
+        get = u.get
+        prompt = get("prompt_tokens_details") or {}
+        out = get("output_tokens_details") or {}
+        in_details = get("input_tokens_details") or {}
+        completion = get("completion_tokens_details") or {}
+        inp = _int(get("input_tokens", get("prompt_tokens")))
+        outp = _int(get("output_tokens", get("completion_tokens")))
         return cls(
             input_tokens=inp,
             output_tokens=outp,
-            total_tokens=_int(u.get("total_tokens")) or inp + outp,
-            cached_tokens=_int(prompt.get("cached_tokens")) or _int(u.get("cached_tokens")),
+            total_tokens=_int(get("total_tokens")) or inp + outp,
+            cached_tokens=_int(prompt.get("cached_tokens")) or _int(get("cached_tokens")),
             cache_creation_input_tokens=_int(prompt.get("cache_creation_input_tokens")),
             reasoning_tokens=_int(out.get("reasoning_tokens")) or _int(completion.get("reasoning_tokens")),
-            image_tokens=_int(u.get("image_tokens")) or _int(in_details.get("image_tokens")),
-            video_tokens=_int(u.get("video_tokens")) or _int(in_details.get("video_tokens")),
-            audio_tokens=_int(u.get("audio_tokens")) or _int(in_details.get("audio_tokens")),
+            image_tokens=_int(get("image_tokens")) or _int(in_details.get("image_tokens")),
+            video_tokens=_int(get("video_tokens")) or _int(in_details.get("video_tokens")),
+            audio_tokens=_int(get("audio_tokens")) or _int(in_details.get("audio_tokens")),
             raw=dict(u),
         )
 
@@ -128,6 +133,8 @@ def text_of(content: Any) -> str | None:
 def load_json(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
     """A JSON object from a body, or MalformedResponse."""
     try:
+        if isinstance(body, bytes) and body[:1] == b"{" and body[1:2] != b"\x00":
+            body = body.decode("utf-8", "surrogatepass")  # what json.loads detects for these bytes
         data = json.loads(body) if isinstance(body, bytes | str) else body
     except (ValueError, UnicodeDecodeError) as exc:
         msg = f"answer is not JSON: {exc}"
