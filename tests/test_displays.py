@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import io
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import Clock, write_job
+from helpers import Clock, read_table, write_job
 
 from batchrunner import Progress, pending, run_job
 from batchrunner.progress import BarProgress, LogProgress, fit
@@ -189,3 +190,17 @@ def test_log_lines_count_the_rows_done_before_the_run(
     assert lines.first_done == 46  # mid-run: the 45 rows of the first run, and this answer
     (last,) = [r for r in caplog.records if r.name == "batchrunner.progress"]  # the closing line
     assert last.getMessage().startswith("t: 200/200 rows done; this run ok 155, failed 0")
+
+
+@pytest.mark.sim(fail_rate=0.3, rng_seed=7)
+def test_the_output_table_has_each_rows_cost(tmp_path: Path, sim: ThreadHandle) -> None:
+    """`cost_usd`: everything paid for the row (all its paid attempts), as the store has it."""
+    summary = run_job(write_job(tmp_path))
+    table = read_table(summary.output_path)
+    assert "cost_usd" in table.columns and "currency" not in table.columns  # batchrunner counts in USD only
+    with sqlite3.connect(summary.db_path) as db:
+        paid = dict(db.execute("SELECT row_id, total_cost_pusd FROM results_view").fetchall())
+        spent = db.execute("SELECT sum(cost_pusd) FROM attempts_view").fetchone()[0]
+    costs = {r: float(c) for r, c in zip(table["id"].to_list(), table["cost_usd"].to_list(), strict=True)}  # CSV text
+    assert costs.keys() == paid.keys() and all(costs[r] == pytest.approx(paid[r] / 1e12) for r in costs)
+    assert all(c > 0 for c in costs.values()) and sum(costs.values()) == pytest.approx(spent / 1e12)
