@@ -23,8 +23,10 @@ pool of threads, each of which may get a malloc arena of its own).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from .records import Result, settled
 from .render import Request, Skipped
@@ -32,6 +34,20 @@ from .source import Source
 from .store import Store
 
 BATCH_ROWS = 5000
+log = logging.getLogger("batchrunner")
+
+
+@dataclass
+class Survey:
+    """Rows (requests) a run found needing nothing before it sent anything."""
+
+    settled: int = 0  # answered ok, or failed for a reason a rerun would not fix
+    skipped: int = 0  # rows the template skips
+    live: int = 0  # out in a batch that may still answer them
+
+    @property
+    def quiet(self) -> int:
+        return self.settled + self.skipped + self.live
 
 
 class Frontier:
@@ -94,6 +110,8 @@ class Pending:
         self.already_done = 0
         self.skipped = 0
         self.live = 0  # requests skipped because a batch may still answer them
+        self._credited: dict[int, int] = {}  # slice offset -> rows `survey` counted as needing nothing
+        self._surveyed = False
 
     def committed(self, results: Sequence[Result]) -> None:
         keys = [result.key for result in results]
@@ -118,14 +136,62 @@ class Pending:
             return start
         return 0
 
-    def _prepare(self, offset: int) -> tuple[list[Request | Skipped], dict[str, tuple[str, int]]]:
+    def _prepare(
+        self, offset: int, *, count_live: bool = True
+    ) -> tuple[list[Request | Skipped], dict[str, tuple[str, int]]]:
         items = list(self.source.requests(self.source.batch_at(offset, BATCH_ROWS)))
         keys = [i.key for i in items if isinstance(i, Request)]
         stored = self.store.lookup(keys)
         for key in self.store.live_keys(keys):  # out in a batch: neither done nor to send
-            self.live += 1
+            self.live += count_live
             stored[key] = ("live", 1)
         return items, stored
+
+    def survey(self, start: int) -> Survey:
+        """What a resumed run finds before it sends anything: the rows (requests, with `repeat`)
+        from the first on that are settled, skipped or out in a batch, so that its display can
+        start where the job is. The rows before `start` are settled (the resume point says so);
+        the rest of the input is read once more, a slice at a time, keeping one number per slice
+        (`requests` then reports only the rows beyond those). Blocking: call it off the loop."""
+        repeat = self.source.spec.job.repeat
+        found = Survey(settled=start * repeat)
+        for offset in range(start, self.source.n_rows, BATCH_ROWS):
+            items, stored = self._prepare(offset, count_live=False)
+            quiet = 0
+            for item in items:
+                if isinstance(item, Skipped):
+                    found.skipped += 1
+                    quiet += 1
+                    continue
+                status, retryable = stored.get(item.key, ("", 0))
+                if status == "live":
+                    found.live += 1
+                    quiet += 1
+                elif settled(status, retryable or self.retry_failed):
+                    found.settled += 1
+                    quiet += 1
+            self._credited[offset] = quiet
+        self._surveyed = True
+        return found
+
+    async def surveyed(self, start: int, rows_total: int) -> int:
+        """On a resume, `survey` (off the loop) and say what it found in one line; the rows
+        that need nothing. A first run (nothing settled in the store) reads nothing twice."""
+        if not self.store.any_settled(self.source.spec.job.name):
+            return 0
+        found = await asyncio.get_running_loop().run_in_executor(None, self.survey, start)
+        if found.settled:
+            left = max(0, rows_total - found.quiet)
+            also = [f"{n:,} {what}" for n, what in ((found.skipped, "skipped"), (found.live, "out in a batch")) if n]
+            log.info(
+                "%s: resuming: %s of %s rows already done, %s to send%s",
+                self.source.spec.job.name,
+                f"{found.settled:,}",
+                f"{rows_total:,}",
+                f"{left:,}",
+                f" ({', '.join(also)})" if also else "",
+            )
+        return found.quiet
 
     async def requests(
         self, frontier: Frontier, advance: Callable[[int], None] = lambda n: None
@@ -138,7 +204,8 @@ class Pending:
         repeat = self.source.spec.job.repeat
         if start:
             self.already_done += start * repeat  # settled when an earlier run read them
-            advance(start * repeat)
+            if not self._surveyed:
+                advance(start * repeat)
         sent = 0
         loop = asyncio.get_running_loop()
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrunner-read")
@@ -172,7 +239,7 @@ class Pending:
                     sent += 1
                     yield item
                 del items, stored
-                advance(quiet)
+                advance(max(0, quiet - self._credited.pop(offset, 0)))  # the surveyed ones were shown
                 frontier.read_through(min(offset + BATCH_ROWS, self.source.n_rows))
         finally:
             reader.shutdown(wait=False)

@@ -17,8 +17,8 @@ never zero. An answer is counted in `unpriced_requests` when it used tokens but 
 (its model had no price, or the store predates cost accounting): such answers are reported and
 never costed at zero. Columns a store lacks read as NULL, so older stores still report.
 
-Formats. `table`: for a terminal; money rounded to 6 decimals, short headers, columns that are
-zero everywhere left out. `markdown`: every column, money rounded to 6 decimals. `csv`: every
+Formats. Every format names a column the same way. `table`: for a terminal; money rounded to 6
+decimals, columns that are zero everywhere left out. `markdown`: every column, money rounded to 6 decimals. `csv`: every
 column, one line per group and no totals line (a spreadsheet's SUM gives it). `json`: an object
 with the group rows under "rows", the totals under "totals", and what was read (by, since,
 until, stores, price_versions). In csv and json, money is an exact decimal string with 12
@@ -261,11 +261,6 @@ def _cell(name: str, value: Any, *, markdown: bool) -> str:
     return text.replace("|", "\\|") if markdown else text
 
 
-def _short(column: str) -> str:
-    """The terminal table's header for a column: input_tokens -> input, output_cost_usd -> output_usd."""
-    return column.removesuffix("_tokens").removesuffix("_requests").replace("_cost_usd", "_usd")
-
-
 ALWAYS = ("requests", "ok", "failed", "input_tokens", "output_tokens", "cost_usd")
 
 
@@ -283,7 +278,7 @@ def _grid(report: Report, *, markdown: bool) -> str:
     if markdown:
         rule = ["---:" if n else "---" for n in numeric]
         return "".join(f"| {' | '.join(cells)} |\n" for cells in [[*labels, *columns], rule, *lines])
-    header = [*labels, *(_short(c) for c in columns)]
+    header = [*labels, *columns]  # the names csv and json use
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
 
     def fmt(cells: list[str]) -> str:

@@ -318,6 +318,7 @@ class _Run:
     ) -> tuple[Attempts, tuple[str, ExitCode, str]]:
         """Send what is pending; (the attempts, (status, exit code, message))."""
         spec, route = self.spec, self.route
+        done = await pending.surveyed(frontier.scanned, self.rows_total)  # a resume's display starts there
         async with _sender(spec, route, self.svc.api_key) as client:
             attempts = Attempts(
                 Policy.of(spec, route.prices, mode=route.mode),
@@ -333,7 +334,7 @@ class _Run:
             pool: Pool[Request] = Pool(
                 route.work(attempts.process), concurrency=spec.limits.concurrency, stop=self.stop
             )
-            self.progress.start(self.rows_total, attempts.counts)
+            self.progress.start(self.rows_total, attempts.counts, done=done)
             requests = writer.paced(pending.requests(frontier, self.progress.advance))
             self._task = task = asyncio.create_task(pool.run(requests))
             try:

@@ -41,7 +41,7 @@ log = logging.getLogger("batchrunner")
 ROW_GROUP_ROWS = 20_000  # rows per parquet row group of the output: what the sink buffers
 
 # (output column, dtype); the order here is the order in the output table. Output columns
-# are named as the store's columns.
+# are named as the store's columns, but for those in STORE_COLUMN.
 RESULT_COLUMNS: tuple[tuple[str, type[pl.DataType]], ...] = (
     ("content", pl.String),
     ("reasoning_content", pl.String),
@@ -58,7 +58,11 @@ RESULT_COLUMNS: tuple[tuple[str, type[pl.DataType]], ...] = (
     ("request_id", pl.String),
     ("attempts", pl.Int64),
     ("latency_ms", pl.Int64),
+    ("cost_usd", pl.Float64),
 )
+# Output column -> the results_view column it is read from. `cost_usd`: everything paid for
+# the row (every paid attempt, across runs), not only the answer kept; USD is the only currency.
+STORE_COLUMN = {"cost_usd": "total_cost_usd"}
 # Columns that appear only when the job uses the feature they describe.
 OPTIONAL_COLUMNS: tuple[tuple[str, type[pl.DataType]], ...] = (
     ("cache_creation_input_tokens", pl.Int64),
@@ -290,7 +294,8 @@ class _Table:
             (i.key, i.row_index, i.sample, None) if isinstance(i, Request) else ("", i.row_index, i.sample, i.reason)
             for i in self.source.requests(batch)
         ]
-        found = self.store.fetch([key for key, _, _, reason in items if reason is None], names)
+        stored = [STORE_COLUMN.get(name, name) for name in names]
+        found = self.store.fetch([key for key, _, _, reason in items if reason is None], stored)
         blank = (None,) * len(columns)
         # Column by column (a transpose in C) rather than a Python loop over every cell.
         values = [list(column) for column in zip(*(found.get(key, blank) for key, _, _, _ in items), strict=True)]

@@ -109,14 +109,17 @@ def run_cost(run: dict[str, Any]) -> str:
 
 
 def runs_text(runs: Sequence[dict[str, Any]], holder: dict[str, object] | None = None) -> str:
-    """The runs of a job as a table: what `batchrunner runs` shows (cost in USD)."""
+    """The runs of a job as a table: what `batchrunner runs` shows (cost in USD; `ended` is `-`
+    for a run still going, or one that died before it could record its end)."""
     lines = [
-        f"{'run':>4} {'status':<11} {'exit':>4} {'started':<29} {'sent':>7} {'ok':>7} {'failed':>6} {'cost_usd':>10}"
+        f"{'run':>4} {'status':<11} {'exit':>4} {'started':<29} {'ended':<29} {'sent':>7} {'ok':>7} {'failed':>6} "
+        f"{'cost_usd':>10}"
     ]
     for r in runs:
         exit_code = "-" if r["exit_code"] is None else r["exit_code"]
         lines.append(
-            f"{r['id']:>4} {shown_status(r, holder):<11} {exit_code:>4} {r['started_at']:<29} {r['sent'] or 0:>7} "
-            f"{r['ok'] or 0:>7} {r['failed'] or 0:>6} {run_cost(r):>10}"
+            f"{r['id']:>4} {shown_status(r, holder):<11} {exit_code:>4} {r['started_at']:<29} "
+            f"{r.get('ended_at') or '-':<29} {r['sent'] or 0:>7} {r['ok'] or 0:>7} {r['failed'] or 0:>6} "
+            f"{run_cost(r):>10}"
         )
     return "\n".join(lines) + "\n"

@@ -44,3 +44,14 @@ def test_readme_exit_code_table_matches_the_code() -> None:
     table = README.split("Exit codes of `run`:", 1)[1].split("\n## ", 1)[0]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.M)}
     assert documented == {int(code) for code in ExitCode}
+
+
+def test_license_file_matches_pyproject() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert project["license"] == {"text": "MIT"}
+    assert text.startswith("MIT License\n")
+    assert "Copyright (c) 2026 the batchrunner authors" in text
+    assert 'THE SOFTWARE IS PROVIDED "AS IS"' in text

@@ -94,7 +94,9 @@ def test_status_runs_and_retry(tmp_path: Path, sim: ThreadHandle) -> None:
         (2, "finished", 1, 1),
     ]
     table = invoke("runs", str(spec)).output.splitlines()
-    assert table[0].split()[:3] == ["run", "status", "exit"] and len(table) == 3
+    assert table[0].split()[:5] == ["run", "status", "exit", "started", "ended"] and len(table) == 3
+    for run, line in zip(runs, table[1:], strict=True):  # each run's end time, as the store has it
+        assert run["ended_at"] and line.split()[3:5] == [run["started_at"], run["ended_at"]]
 
 
 def test_json_log_file_and_plain_lines_off_a_terminal(tmp_path: Path, sim: ThreadHandle) -> None:

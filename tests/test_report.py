@@ -340,12 +340,24 @@ def test_unknown_group_key(stores: tuple[Path, Path]) -> None:
 # --------------------------------------------------------------------------- formats
 
 
+def test_every_format_names_the_columns_alike(stores: tuple[Path, Path]) -> None:
+    report = build(list(stores), ["model"])
+    csv_header = render(report, "csv").splitlines()[0].split(",")
+    json_columns = list(json.loads(render(report, "json"))["rows"][0])
+    markdown_header = [c.strip() for c in render(report, "markdown").splitlines()[0].strip("|").split("|")]
+    table_header = render(report, "table").splitlines()[0].split()
+    assert csv_header == json_columns == markdown_header
+    assert table_header == [c for c in csv_header if c in table_header]  # the same names, zero columns left out
+    assert "input_tokens" in table_header and "input_cost_usd" in table_header
+
+
 def test_table(stores: tuple[Path, Path]) -> None:
     text = render(build(list(stores), ["model"]), "table")
     lines = text.splitlines()
-    assert lines[0].split()[:6] == ["model", "requests", "ok", "failed", "input", "output"]
-    assert "image" not in lines[0] and "reasoning" not in lines[0]  # zero everywhere: hidden
-    assert "cache_hit_rate" in lines[0] and "cost_usd" in lines[0] and "unpriced" in lines[0]
+    header = lines[0].split()
+    assert header[:6] == ["model", "requests", "ok", "failed", "input_tokens", "output_tokens"]
+    assert "image_tokens" not in header and "reasoning_tokens" not in header  # zero everywhere: hidden
+    assert {"cache_hit_rate", "cost_usd", "output_cost_usd", "unpriced_requests"} <= set(header)
     assert any(line.startswith("qwen-plus ") and "0.001188" in line for line in lines)
     assert any(line.startswith("qwen3.6-plus ") and " - " in line for line in lines)
     total = next(line for line in lines if line.startswith("TOTAL"))

@@ -48,6 +48,7 @@ def test_end_to_end_row_by_row(tmp_path: Path, sim: ThreadHandle) -> None:
         "request_id",
         "attempts",
         "latency_ms",
+        "cost_usd",
     ]
     assert out["id"].to_list() == [r["id"] for r in ROWS]  # input order
     for row in out.iter_rows(named=True):

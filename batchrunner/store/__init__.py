@@ -317,6 +317,12 @@ class Store(History, Batches):
         sql = f"SELECT count(*) FROM results WHERE {SETTLED_SQL} AND {mine}"
         return int(self.conn.execute(sql, args).fetchone()[0])
 
+    def any_settled(self, job: str | None = None) -> bool:
+        """Whether any request (of `job`) is settled: a run that finds none has nothing to resume."""
+        mine, args = self._of_job(job)
+        sql = f"SELECT EXISTS (SELECT 1 FROM results WHERE {SETTLED_SQL} AND {mine})"
+        return bool(self.conn.execute(sql, args).fetchone()[0])
+
     def counts(self, job: str | None = None) -> dict[str, int]:
         """Stored requests (of `job`) by status."""
         mine, args = self._of_job(job)
