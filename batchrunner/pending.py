@@ -34,6 +34,7 @@ from .source import Source
 from .store import Store
 
 BATCH_ROWS = 5000
+SURVEY_SLICES = 2  # a resume looks this many slices past its resume point before it sends
 log = logging.getLogger("batchrunner")
 
 
@@ -44,6 +45,7 @@ class Survey:
     settled: int = 0  # answered ok, or failed for a reason a rerun would not fix
     skipped: int = 0  # rows the template skips
     live: int = 0  # out in a batch that may still answer them
+    partial: bool = False  # rows beyond the surveyed slices were not looked at
 
     @property
     def quiet(self) -> int:
@@ -151,11 +153,16 @@ class Pending:
         """What a resumed run finds before it sends anything: the rows (requests, with `repeat`)
         from the first on that are settled, skipped or out in a batch, so that its display can
         start where the job is. The rows before `start` are settled (the resume point says so);
-        the rest of the input is read once more, a slice at a time, keeping one number per slice
-        (`requests` then reports only the rows beyond those). Blocking: call it off the loop."""
+        the next SURVEY_SLICES slices are read once more, keeping one number per slice
+        (`requests` then reports only the rows beyond those). Further slices are counted as the
+        run reads them, so a resume of a huge table starts sending in about a second; the line
+        says "at least" when rows beyond the survey were not looked at. Blocking: call it off
+        the loop."""
         repeat = self.source.spec.job.repeat
         found = Survey(settled=start * repeat)
-        for offset in range(start, self.source.n_rows, BATCH_ROWS):
+        stop = min(self.source.n_rows, start + SURVEY_SLICES * BATCH_ROWS)
+        found.partial = stop < self.source.n_rows
+        for offset in range(start, stop, BATCH_ROWS):
             items, stored = self._prepare(offset, count_live=False)
             quiet = 0
             for item in items:
@@ -184,11 +191,12 @@ class Pending:
             left = max(0, rows_total - found.quiet)
             also = [f"{n:,} {what}" for n, what in ((found.skipped, "skipped"), (found.live, "out in a batch")) if n]
             log.info(
-                "%s: resuming: %s of %s rows already done, %s to send%s",
+                "%s: resuming: %s%s of %s rows already done, %s to send%s",
                 self.source.spec.job.name,
+                "at least " if found.partial else "",
                 f"{found.settled:,}",
                 f"{rows_total:,}",
-                f"{left:,}",
+                f"at most {left:,}" if found.partial else f"{left:,}",
                 f" ({', '.join(also)})" if also else "",
             )
         return found.quiet

@@ -134,19 +134,31 @@ class Recorder(Progress):
         self.moved += 1
 
 
-@pytest.mark.parametrize("slice_rows", [40, 5000])  # several slices (a resume point), one slice (none)
+@pytest.mark.parametrize(
+    ("slice_rows", "survey_slices", "done_before", "line"),
+    [
+        (40, 100, 170, "170 of 300 rows already done, 130 to send"),  # several slices: a resume point at 120
+        (5000, 2, 170, "170 of 300 rows already done, 130 to send"),  # one slice: no resume point
+        # The survey stops two slices past the resume point (rows 120..199): rows 250..299, which
+        # repeat rows 0..49, are counted when the run reads them.
+        (40, 2, 120, "at least 120 of 300 rows already done, at most 180 to send"),
+    ],
+)
 def test_a_resumed_run_starts_at_the_rows_already_done_and_says_so(
     tmp_path: Path,
     sim: ThreadHandle,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     slice_rows: int,
+    survey_slices: int,
+    done_before: int,
+    line: str,
 ) -> None:
     monkeypatch.setattr(pending, "BATCH_ROWS", slice_rows)
+    monkeypatch.setattr(pending, "SURVEY_SLICES", survey_slices)
     rows = [{"id": f"r{i}", "text": f"item number {i % 250}"} for i in range(300)]  # 50 duplicates
     spec = write_job(tmp_path, rows)
     assert run_job(spec, limit=120).counts.ok == 120
-    done_before = 120 + 50  # and rows 250..299, which repeat rows 0..49
     shown = Recorder()
     with caplog.at_level(logging.INFO, logger="batchrunner"):
         second = run_job(spec, progress=shown)
@@ -154,7 +166,7 @@ def test_a_resumed_run_starts_at_the_rows_already_done_and_says_so(
     assert shown.total == 300 and shown.started_at == done_before
     assert shown.started_at + shown.moved == 300  # no row counted twice, none missed
     said = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
-    assert said == [f"t: resuming: {done_before} of 300 rows already done, {300 - done_before} to send"]
+    assert said == [f"t: resuming: {line}"]
 
 
 def test_a_first_run_reads_nothing_twice_and_says_nothing_of_resuming(
