@@ -63,9 +63,10 @@ class Store(History, Batches):
 
     Opening checks the file before anything is read or written (StoreError, exit 2): it must be
     a batchrunner store (a foreign SQLite file gets no tables added), not damaged (`PRAGMA
-    quick_check`), and, to write, writable with its folder. A missing store is created whole (in
-    a temporary file renamed into place), so an empty file is never one of ours: a 0-byte file
-    (or a database without tables) is refused unless `new_store` allows starting afresh there.
+    quick_check`; of a big store, only the small tables whole, see files.damage), and, to write,
+    writable with its folder. A missing store is created whole (in a temporary file renamed into
+    place), so an empty file is never one of ours: a 0-byte file (or a database without tables)
+    is refused unless `new_store` allows starting afresh there.
     """
 
     def __init__(
@@ -120,10 +121,9 @@ class Store(History, Batches):
                 "its tables to another database. Point [job] db / --db at a new file or at this job's store"
             )
             raise StoreError(msg)
-        found = [str(row[0]) for row in self.conn.execute("PRAGMA quick_check(3)")]
-        if found != ["ok"]:
-            lines = [line for text in found for line in text.splitlines() if line and not line.startswith("***")]
-            raise StoreError(storefile.damaged(self.path, "; ".join(lines[:3])))
+        found = storefile.damage(self.conn, self.path)
+        if found:
+            raise StoreError(storefile.damaged(self.path, "; ".join(found)))
 
     @property
     def db(self) -> sqlite_utils.Database:
