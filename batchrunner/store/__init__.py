@@ -32,7 +32,7 @@ from . import slim
 from .batches import Batches
 from .common import TOTAL_SQL, now
 
-__all__ = ["SETTLED_SQL", "TOTAL_SQL", "Store", "now"]
+__all__ = ["SETTLED_SQL", "TOTAL_SQL", "Store", "checked_before", "now"]
 from .history import History
 from .migrations import migrate
 
@@ -56,6 +56,20 @@ def _connect(path: Path, *, readonly: bool, busy_timeout_ms: int = BUSY_TIMEOUT_
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     return conn
+
+
+def checked_before(path: Path, spec_digest: str, input_signature: str) -> bool:
+    """Whether the store at `path` has a run of the same spec over the same input file (by its
+    signature). A bare read, without the checks of opening a Store: False when it cannot tell."""
+    try:
+        conn = _connect(path, readonly=True)
+        try:
+            sql = "SELECT 1 FROM runs WHERE spec_digest = ? AND input_signature = ? LIMIT 1"
+            return conn.execute(sql, [spec_digest, input_signature]).fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
 
 
 class Store(History, Batches):
