@@ -133,7 +133,7 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
         if unknown:
             log.warning("%s: %s", spec.job.name, unknown)
     source = Source(spec)
-    source.check(reserved=sink.result_columns(spec))
+    source.check(reserved=sink.result_columns(spec), rows_checked=source.checked_before())
     sink.check_writable(spec.output.path)
     note = sink.conversion_note(spec.output.path, source.schema)
     if note:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from . import cells, inputfile, prompts
+from . import cells, inputfile, prompts, store
 from .cells import ROW_INDEX, row_numbers
 from .errors import InputError
 from .parameters import SEED_MAX, SeedColumn
@@ -90,11 +90,13 @@ class Source:
 
     # ------------------------------------------------------------------ checks
 
-    def check(self, reserved: Sequence[str] = ()) -> None:
+    def check(self, reserved: Sequence[str] = (), *, rows_checked: bool = False) -> None:
         """Open the table and check it against the spec. Raises InputError.
 
         `reserved` names the columns the output table adds (an input column may not have one
-        of those names)."""
+        of those names). `rows_checked`: this spec's checks of every row (ids, cells) passed
+        on this very file before (see `checked_before`), so they are not made again, but for
+        those that read other files (media, a context file), which may have changed apart."""
         spec = self.spec
         where = spec.input.path
         if not where.is_file():
@@ -115,10 +117,14 @@ class Source:
         self._check_columns(reserved)
         self._lazy = lazy.with_row_index(ROW_INDEX)
         try:
-            if spec.input.table_format == "csv":  # every field parsed once: a ragged line shows now
-                lazy.select(pl.all().null_count()).collect(engine="streaming")
-            self._check_ids()
-            self._check_cells()
+            if rows_checked:
+                cells.check_media(self)
+                cells.check_json_word(self)  # a context file may have changed apart from the table
+            else:
+                if spec.input.table_format == "csv":  # every field parsed once: a ragged line shows now
+                    lazy.select(pl.all().null_count()).collect(engine="streaming")
+                self._check_ids()
+                self._check_cells()
             self._note_replaced()
         except pl.exceptions.PolarsError as exc:
             raise _explain(spec, exc, self.file) from None
@@ -345,6 +351,13 @@ class Source:
         """Identifies the input file's content cheaply: path, size and modification time."""
         stat = self.spec.input.path.stat()
         return f"{self.spec.input.path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+    def checked_before(self) -> bool:
+        """Whether a run of this very spec (its digest) over this very file (its signature) is
+        in the job's store: runs start only once `check` passed, so its checks of every row
+        hold (at 10M rows they take seconds, which a resume need not spend again)."""
+        db, data = self.spec.db_path, self.spec.input.path
+        return db.is_file() and data.is_file() and store.checked_before(db, self.spec.digest, self.signature())
 
     def row_id(self, row: dict[str, Any]) -> str:
         id_column = self.spec.input.id_column

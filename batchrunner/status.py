@@ -14,13 +14,13 @@ from typing import Any
 from .store import Store
 
 
-def _rate_line(store: Store, last: dict[str, Any], job: str) -> str:
-    """Rate and ETA of the last run, from its rows in the store."""
+def _rate_line(last: dict[str, Any], finished: int, settled: int) -> str:
+    """Rate and ETA of the last run: `finished` requests in it, `settled` in the job."""
     start = datetime.fromisoformat(last["started_at"])
     end = datetime.fromisoformat(last["ended_at"]) if last["ended_at"] else datetime.now(UTC)
     seconds = max((end - start).total_seconds(), 1e-9)
-    rate = store.finished_in_run(last["id"]) / seconds
-    left = max(0, (last["rows_total"] or 0) - store.settled_count(job))
+    rate = finished / seconds
+    left = max(0, (last["rows_total"] or 0) - settled)
     eta = "-" if not left or not rate else f"{left / rate / 60:.1f} min for about {left} requests left"
     return f"rate {rate:.2f} rows/s over {seconds:.0f}s; ETA {eta}"
 
@@ -32,45 +32,51 @@ def shown_status(run: dict[str, Any], holder: dict[str, object] | None) -> str:
     return str(run["status"])
 
 
-def _results_line(store: Store, job: str) -> str:
-    counts = store.counts(job)
-    queued = store.queued_count(job)
+def _results_line(counts: dict[str, int], queued: int) -> str:
     parts = [f"{k} {v}" for k, v in sorted(counts.items())]
     if queued:
         parts.append(f"{queued} of the failed queued for the next run")
     return "results: " + (", ".join(parts) or "none yet")
 
 
-def _last_run(store: Store, last: dict[str, Any], holder: dict[str, object] | None, job: str) -> list[str]:
+def _last_run(store: Store, last: dict[str, Any], holder: dict[str, object] | None, settled: int) -> list[str]:
+    """The last run's line and its rate. The requests it finished are counted in `results` only
+    while it runs (or when it was killed before it recorded them): a count that reads the whole
+    table, seconds at 10M rows."""
     status = shown_status(last, holder)
     mode = f" ({last['mode']})" if last.get("mode") not in (None, "online") else ""
     if status == "running":
         tally = store.run_tally(last["id"])
+        finished = sum(tally.values())
         who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
         head = (
             f"run #{last['id']}{mode} is running ({who}), started {last['started_at']}; so far "
             f"ok {tally.get('ok', 0)}, failed {tally.get('failed', 0)}"
         )
     else:
+        recorded = last["ended_at"] is not None and last["ok"] is not None and last["failed"] is not None
+        finished = last["ok"] + last["failed"] if recorded else store.finished_in_run(last["id"])
         exit_code = "-" if last["exit_code"] is None else last["exit_code"]
         head = (
             f"last run #{last['id']}{mode}: {status}, exit {exit_code}, "
             f"started {last['started_at']}, ended {last['ended_at'] or '-'}, "
             f"sent {last['sent'] or 0}, ok {last['ok'] or 0}, failed {last['failed'] or 0}"
         )
-    return [head, "  " + _rate_line(store, last, job)]
+    return [head, "  " + _rate_line(last, finished, settled)]
 
 
 def status_text(job: str, store: Store, holder: dict[str, object] | None = None) -> str:
     """Rows by status, failures by error code, and the last (or live) run: `batchrunner status`.
     Only the rows and runs of `job` count (specs may share one store). `holder` is who holds
     the job's lock now (lock.live_holder), None when no run is going."""
-    lines = [f"job {job}  store {store.path}", _results_line(store, job)]
+    counts, queued = store.counts(job), store.queued_count(job)
+    lines = [f"job {job}  store {store.path}", _results_line(counts, queued)]
     lines += [f"  failed with {code}: {n}" for code, n in store.error_counts(job)]
     lines += _batches(store, job)
-    runs = store.runs(job)
-    if runs:
-        lines += _last_run(store, runs[-1], holder, job)
+    last = store.last_run(job)
+    if last is not None:
+        settled = counts.get("ok", 0) + counts.get("failed", 0) - queued  # records.settled
+        lines += _last_run(store, last, holder, settled)
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,8 @@
 """The performance benchmark: batchrunner against a simulator in another process, side by side
 with the official dashscope SDK, printed as one table (and written as JSON).
 
-    python -m benchmarks.bench [--quick] [--only S1,S2,S2b,S3,startup] [--rows-s3 N] [--json PATH]
+    python -m benchmarks.bench [--quick] [--only S1,S2,S2b,S3,S4,startup] [--rows-s3 N] [--rows-s4 N]
+        [--json PATH]
 
 Every scenario starts `python -m batchrunner simulate` on 127.0.0.1 in its own process and
 runs each job (and the SDK baseline) in a fresh child process, whose own CPU time and peak
@@ -10,11 +11,13 @@ noisy, so the figures that matter are ratios measured in the same run. Targets (
 performance issue) are printed beside the figures and marked PASS or MISS; a missed target
 does not make the command fail, an error in a scenario does (exit code 1).
 
-The default run's length is dominated by S3's million rows, so it follows the job's own
-speed: about 19 minutes on two cores at ~1,800 rows/s (S1-S2b take about 3 of them); it
-fits the 15-minute budget once rows/s and resume start-up meet their targets. `--quick`
-shrinks every scenario to seconds (the test uses it); `--rows-s3` shrinks S3 alone. The
-`startup` scenario (CPU of short CLI commands over a bare interpreter) takes under a minute.
+Without S4, the default run's length is dominated by S3's million rows, so it follows the
+job's own speed: about 19 minutes on two cores at ~1,800 rows/s (S1-S2b take about 3 of
+them). S4 (10 million rows, made without HTTP, see `bigstore`) adds about half an hour on two
+cores: making the job takes 7 minutes on idle cores (16 on cores shared with other work), and
+its `report` and `export` read the whole store. `--quick` shrinks every scenario to seconds
+(the test uses it); `--rows-s3` and `--rows-s4` shrink S3 or S4 alone. The `startup` scenario
+(CPU of short CLI commands over a bare interpreter) takes under a minute.
 Run it from a checkout's root (where `benchmarks` is importable); the children it starts get
 that root on their PYTHONPATH.
 """
@@ -35,12 +38,24 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .bigstore import s4
 from .harness import Harness, Sizes
 from .proc import BenchError
 from .scale import s3
 from .scenarios import s1, s2, s2b
 from .startup import startup
-from .table import COLUMNS, Line, error_line, render_table, s1_lines, s2_lines, s2b_lines, s3_lines, startup_lines
+from .table import (
+    COLUMNS,
+    Line,
+    error_line,
+    render_table,
+    s1_lines,
+    s2_lines,
+    s2b_lines,
+    s3_lines,
+    s4_lines,
+    startup_lines,
+)
 
 Scenario = Callable[[Harness], dict[str, Any]]
 Render = Callable[[dict[str, Any]], list[Line]]
@@ -50,6 +65,7 @@ SCENARIOS: dict[str, tuple[Scenario, Render]] = {
     "S2": (s2, s2_lines),
     "S2b": (s2b, s2b_lines),
     "S3": (s3, s3_lines),
+    "S4": (s4, s4_lines),
     "startup": (startup, startup_lines),
 }
 
@@ -67,10 +83,16 @@ def parse_only(value: str | None) -> list[str]:
 
 
 def run_bench(
-    only: list[str], *, quick: bool, rows_s3: int | None, workdir: Path, say: Callable[[str], None]
+    only: list[str],
+    *,
+    quick: bool,
+    rows_s3: int | None,
+    workdir: Path,
+    say: Callable[[str], None],
+    rows_s4: int | None = None,
 ) -> dict[str, Any]:
     """Run the chosen scenarios; returns the whole report (meta, scenarios, table lines)."""
-    sizes = Sizes.for_run(quick=quick, rows_s3=rows_s3)
+    sizes = Sizes.for_run(quick=quick, rows_s3=rows_s3, rows_s4=rows_s4)
     harness = Harness(workdir, sizes, log=say)
     started = time.monotonic()
     results: dict[str, Any] = {}
@@ -122,17 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shrink every scenario (for the test)")
     parser.add_argument("--only", type=parse_only, default=None, help="comma-separated: " + ",".join(SCENARIOS))
     parser.add_argument("--rows-s3", type=int, default=None, help="S3 row count (default 1,000,000; quick 20,000)")
+    parser.add_argument("--rows-s4", type=int, default=None, help="S4 row count (default 10,000,000; quick 20,000)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     parser.add_argument("--workdir", type=Path, default=None, help="work folder (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (inputs, stores, logs)")
     args = parser.parse_args(argv)
     if args.rows_s3 is not None and args.rows_s3 < 100:
         parser.error("--rows-s3 must be at least 100")
+    if args.rows_s4 is not None and args.rows_s4 < 100:
+        parser.error("--rows-s4 must be at least 100")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     only: list[str] = args.only or list(SCENARIOS)
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="batchrunner-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    report = run_bench(only, quick=args.quick, rows_s3=args.rows_s3, workdir=workdir, say=_say)
+    report = run_bench(only, quick=args.quick, rows_s3=args.rows_s3, rows_s4=args.rows_s4, workdir=workdir, say=_say)
     errors = [name for name, r in report["scenarios"].items() if "error" in r]
     print(report["table_text"], flush=True)
     if args.json is not None:

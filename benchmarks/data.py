@@ -128,12 +128,24 @@ def prompt_table(n_rows: int, seed: int = SEED) -> pl.DataFrame:
 
     rng = random.Random(seed)
     pool = _sentence_pool(rng)
+    ids, categories, texts = prompt_rows(rng, pool, 0, n_rows)
+    return pl.DataFrame({"id": ids, "category": categories, "text": texts})
+
+
+def sentence_pool(seed: int = SEED) -> list[str]:
+    """The sentences every table of `seed` is made of (what `prompt_table` draws from)."""
+    return _sentence_pool(random.Random(seed))
+
+
+def prompt_rows(rng: random.Random, pool: list[str], start: int, n_rows: int) -> tuple[list[str], list[str], list[str]]:
+    """Rows `start` .. `start + n_rows - 1` drawn from `rng`: (ids, categories, texts). Each
+    text opens with the row's own ticket number, so no two rows of one table are equal."""
     n_pool = len(pool)
     ids: list[str] = []
     categories: list[str] = []
     texts: list[str] = []
     randrange = rng.randrange
-    for i in range(n_rows):
+    for i in range(start, start + n_rows):
         target = MIN_CHARS + randrange(MAX_CHARS - MIN_CHARS + 1)
         parts = [f"Ticket {i + 1}:"]
         length = len(parts[0])
@@ -147,7 +159,7 @@ def prompt_table(n_rows: int, seed: int = SEED) -> pl.DataFrame:
         ids.append(f"t{i + 1:08d}")
         categories.append(CATEGORIES[randrange(len(CATEGORIES))])
         texts.append(text)
-    return pl.DataFrame({"id": ids, "category": categories, "text": texts})
+    return ids, categories, texts
 
 
 def write_table(frame: pl.DataFrame, path: Path) -> Path:

@@ -1,7 +1,7 @@
 """What every scenario works with: the run's sizes, its work folder, its input tables, and
 batchrunner / SDK child processes measured against a simulator process.
 
-The scenario modules (`scenarios`, `scale`, `startup`) import this one and never each other.
+The scenario modules (`scenarios`, `scale`, `bigstore`, `startup`) import this one and never each other.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ class Sizes:
     s2b_seconds: int  # rows = concurrency * this (1 s per call)
     s3_rows: int
     startup_repeats: int  # runs of each command in the start-up scenario
+    s4_rows: int = 10_000_000
 
     @classmethod
-    def for_run(cls, *, quick: bool, rows_s3: int | None) -> Sizes:
+    def for_run(cls, *, quick: bool, rows_s3: int | None, rows_s4: int | None = None) -> Sizes:
         if quick:
-            return cls(2_000, (3_000, 30_000), 1 / 30, (16, 64, 256), 3, rows_s3 or 20_000, 3)
-        return cls(20_000, (3_000, 30_000), 1 / 3, (64, 500, 2_000), 8, rows_s3 or 1_000_000, 7)
+            return cls(2_000, (3_000, 30_000), 1 / 30, (16, 64, 256), 3, rows_s3 or 20_000, 3, rows_s4 or 20_000)
+        return cls(20_000, (3_000, 30_000), 1 / 3, (64, 500, 2_000), 8, rows_s3 or 1_000_000, 7, rows_s4 or 10_000_000)
 
 
 @dataclass(frozen=True)

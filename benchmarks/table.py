@@ -190,6 +190,40 @@ def s3_lines(r: dict[str, Any]) -> list[Line]:
     return lines
 
 
+def s4_lines(r: dict[str, Any]) -> list[Line]:
+    """S4: the fabricated job, the resume start-up, then status, report and export."""
+    n, f, res = r["rows"], r["fabricate"], r["resume"]
+    start = res["startup_s"]
+    lines = [
+        Line(
+            f"S4 fabricate {n:,} rows, {r['done']:,} done (no HTTP)",
+            f"{f['wall_s']:.0f} s with {f['workers']} workers, input {f['input_mb']:,.0f} MB, "
+            f"store {f['store_mb']:,.0f} MB",
+            target="(minutes)",
+        ),
+        Line(
+            f"S4 resume start-up at {r['done'] / n:.0%} of {n:,}",
+            ("no request within the cap" if start is None else f"first request after {start:.2f} s")
+            + f", peak RSS {res['peak_rss_mb']:.0f} MB (stopped after {res['requests']:,} requests; "
+            f"found {res['already_done']:,} done)",
+            target="<= 3 s, <= 600 MB",
+            verdict=_verdict(res["pass"]),
+        ),
+    ]
+    for name in ("status", "report", "export"):
+        c = r[name]
+        lines.append(
+            Line(
+                f"S4 `{name}` at {n:,} rows",
+                f"{c['wall_s']:.2f} s, {c['cpu_s']:.2f} CPU-s, peak RSS {c['peak_rss_mb']:.0f} MB"
+                + (f", ok {c['ok_rows']:,}" if "ok_rows" in c else ""),
+                target="<= 600 MB" if name == "export" else "<= 5 s, <= 600 MB",
+                verdict=_verdict(c["pass"]),
+            )
+        )
+    return lines
+
+
 def startup_lines(r: dict[str, Any]) -> list[Line]:
     """Start-up: CPU of each short CLI command over a bare interpreter, in CPU-seconds."""
     commands = {label: f for label, f in r["commands"].items() if label != r["baseline"]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,8 +20,11 @@ from typing import Any
 
 import pytest
 
+from batchrunner import run_job
+from batchrunner.simulator import ThreadHandle
 from benchmarks.bench import SCENARIOS, parse_only
 from benchmarks.data import prompt_table
+from benchmarks.fabricate import fabricate
 from benchmarks.sample import Sample, steady_window
 from benchmarks.table import Line, render_table
 
@@ -73,18 +77,19 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
 @pytest.mark.slow
 def test_quick_bench_prints_table_and_writes_json(spawn: Spawn, tmp_path: Path) -> None:
     out, log = tmp_path / "bench.json", tmp_path / "bench.out"
-    args = ["-m", "benchmarks.bench", "--quick", "--only", "S1,S2b,startup", "--json", str(out)]
+    args = ["-m", "benchmarks.bench", "--quick", "--only", "S1,S2b,S4,startup", "--json", str(out)]
     proc = spawn([*args, "--workdir", str(tmp_path / "work")], log)
     code = proc.wait(timeout=BENCH_TIMEOUT_S)
     stderr = log.with_suffix(".err").read_text(encoding="utf-8", errors="replace")
     assert code == 0, stderr[-3000:]
     table = log.read_text(encoding="utf-8")
-    for label in ("S1 overhead-bound", "S2b 1 s latency", "S2b steady CPU per request", "CLI start-up CPU"):
+    labels = ("S1 overhead-bound", "S2b 1 s latency", "S2b steady CPU per request", "CLI start-up CPU")
+    for label in (*labels, "S4 fabricate", "S4 resume start-up", "S4 `status`", "S4 `report`", "S4 `export`"):
         assert label in table
 
     report: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     assert report["meta"]["quick"] is True
-    assert report["meta"]["scenarios"] == ["S1", "S2b", "startup"]
+    assert report["meta"]["scenarios"] == ["S1", "S2b", "S4", "startup"]
     assert report["table_text"] == table.rstrip("\n")
 
     s1 = report["scenarios"]["S1"]
@@ -111,6 +116,15 @@ def test_quick_bench_prints_table_and_writes_json(spawn: Spawn, tmp_path: Path) 
         # blur on a busy machine)
         assert 0 < figures["rate_ratio"] <= 1.5
         assert figures["cpu_ms_per_request"] > 0
+
+    s4 = report["scenarios"]["S4"]
+    assert (s4["rows"], s4["done"]) == (20_000, 18_000)
+    resumed = s4["resume"]
+    assert resumed["startup_s"] is not None and resumed["already_done"] == 18_000  # the fabricated rows are done
+    assert resumed["requests"] >= 1_000 and resumed["exit_code"] == 130  # stopped by SIGTERM after 1,000 requests
+    for name in ("status", "report", "export"):
+        assert s4[name]["exit_code"] == 0 and s4[name]["peak_rss_mb"] > 0
+    assert s4["export"]["ok_rows"] >= 19_000  # and the 1,000 it answered are in the store
 
     start = report["scenarios"]["startup"]
     assert start["repeats"] == 3
@@ -147,7 +161,7 @@ def test_steady_window_continuous_and_waves() -> None:
 def test_only_and_table() -> None:
     assert parse_only("s2b,S1") == ["S1", "S2b"]
     assert parse_only("STARTUP") == ["startup"]
-    assert parse_only(None) == list(SCENARIOS) == ["S1", "S2", "S2b", "S3", "startup"]
+    assert parse_only(None) == list(SCENARIOS) == ["S1", "S2", "S2b", "S3", "S4", "startup"]
     with pytest.raises(Exception, match="unknown"):
         parse_only("S9")
     text = render_table([Line("S1 x", "1 rows/s", verdict="PASS"), Line("S2 longer name", "7 rows/s")])
@@ -155,3 +169,40 @@ def test_only_and_table() -> None:
     assert header.startswith("scenario") and set(rule) == {"-", " "}
     assert first.index("1 rows/s") == second.index("7 rows/s") == header.index("batchrunner")
     assert first.endswith("PASS")
+
+
+def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_fabricated_job_is_what_a_run_leaves(tmp_path: Path, sim: ThreadHandle) -> None:
+    """S4's store, made without HTTP, equals the store of a real run of its spec with `--limit`
+    against the simulator (but for times, latencies, request ids and the run's own host); and
+    a run of the spec then finds those rows done and sends only the rest."""
+    figures = fabricate(tmp_path / "made", rows=300, done=270, workers=0)
+    spec, made = Path(figures["spec"]), Path(figures["store"])
+    real = tmp_path / "real.sqlite"
+    first = run_job(spec, db=real, output=tmp_path / "real.parquet", limit=270)
+    assert (first.exit_code, first.counts.ok) == (0, 270)
+
+    volatile = {"results_view": {"latency_ms", "started_at", "finished_at", "request_id"}}
+    volatile["attempts_view"] = {"id", "started_at", "latency_ms", "request_id"}
+    volatile["runs"] = {"id", "base_url", "pid", "host", "started_at", "ended_at"}
+    for table, skip in volatile.items():
+        columns = [str(row[1]) for row in _rows(made, f"PRAGMA table_info({table})") if row[1] not in skip]
+        assert columns == [str(row[1]) for row in _rows(real, f"PRAGMA table_info({table})") if row[1] not in skip]
+        sql = f"SELECT {', '.join(f'[{c}]' for c in columns)} FROM {table} ORDER BY 1, 2"
+        ours, theirs = _rows(made, sql), _rows(real, sql)
+        assert len(ours) == len(theirs) == (1 if table == "runs" else 270)
+        assert ours == theirs, table
+    for sql in ("SELECT * FROM shapes", "SELECT * FROM usage_templates", "SELECT name FROM _batchrunner_migrations"):
+        assert _rows(made, sql + " ORDER BY 1") == _rows(real, sql + " ORDER BY 1")
+    assert _rows(made, "PRAGMA journal_mode") == [("wal",)]
+
+    resumed = run_job(spec)
+    assert resumed.exit_code == 0
+    assert (resumed.already_done, resumed.counts.sent) == (270, 30)

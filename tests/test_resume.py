@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import read_table, write_job
+from helpers import merged, read_table, spec_text, write_job
 
 from batchrunner import Progress, pending, run_job
+from batchrunner.errors import InputError
 from batchrunner.records import Result
 from batchrunner.simulator import ThreadHandle
+from batchrunner.source import Source
 from batchrunner.store import Store
 
 ROWS = [{"id": f"r{i}", "text": f"item number {i}"} for i in range(300)]
@@ -65,3 +67,33 @@ def test_rows_added_to_the_input_during_the_run_make_it_exit_1(tmp_path: Path, s
     assert summary.exit_code == 1
     assert "5 row(s) are still pending" in summary.message
     assert run_job(spec).exit_code == 0  # the next run picks them up
+
+
+def test_a_resume_over_the_same_file_does_not_check_every_row_again(
+    tmp_path: Path, sim: ThreadHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks that read every row (ids, empty cells) passed when a run of the same spec
+    started over the same file (path, size, modification time): a resume skips them, which
+    at 10M rows saves seconds of its start-up. Another file, or another spec, is checked."""
+    checked: list[str] = []
+    real = Source._check_ids
+
+    def counted(self: Source) -> None:
+        checked.append(self.signature())
+        real(self)
+
+    monkeypatch.setattr(Source, "_check_ids", counted)
+    limits = {"requests_per_minute": 600_000, "concurrency": 64}
+    spec = write_job(tmp_path, ROWS, {"limits": limits})
+    assert run_job(spec, limit=100).exit_code == 0
+    assert len(checked) == 1
+    assert run_job(spec).exit_code == 0  # the resume: no check of every row
+    assert len(checked) == 1
+    spec.write_text(spec_text(merged({"limits": limits, "parameters": {"temperature": 0.9}})), encoding="utf-8")
+    assert run_job(spec).exit_code == 0  # another spec over the same file: checked
+    assert len(checked) == 2
+    data = tmp_path / "data.csv"
+    data.write_text(data.read_text(encoding="utf-8") + "r0,a second row with the first row's id\n", encoding="utf-8")
+    with pytest.raises(InputError, match="duplicates"):  # a changed file: checked
+        run_job(spec)
+    assert len(checked) == 3

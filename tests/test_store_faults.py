@@ -24,6 +24,7 @@ import pytest
 from helpers import invoke_cli, read_table, small_tmpfs, write_job
 
 from batchrunner.simulator import ThreadHandle
+from batchrunner.store import files as storefiles
 
 KEY = "sk-test-store-faults-0123456789"
 ROWS = [{"id": f"r{i}", "text": f"row {i} " + "words " * 40} for i in range(300)]
@@ -62,8 +63,13 @@ def corrupt(db: Path, table: str) -> None:
 # --------------------------------------------------------------------------- damaged stores
 
 
+@pytest.mark.parametrize("whole", [True, False], ids=["checked-whole", "big-store-checked-by-table"])
 @pytest.mark.parametrize("table", ["results", "attempts"])
-def test_a_damaged_store_is_reported_by_every_command(tmp_path: Path, sim: ThreadHandle, table: str) -> None:
+def test_a_damaged_store_is_reported_by_every_command(
+    tmp_path: Path, sim: ThreadHandle, table: str, whole: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not whole:  # as if the store were too big to be read whole on each open
+        monkeypatch.setattr(storefiles, "WHOLE_CHECK_BYTES", 0)
     spec = finished_job(tmp_path, sim)
     db = tmp_path / "out" / "t.sqlite"
     corrupt(db, table)

@@ -32,7 +32,7 @@ from . import slim
 from .batches import Batches
 from .common import TOTAL_SQL, now
 
-__all__ = ["SETTLED_SQL", "TOTAL_SQL", "Store", "now"]
+__all__ = ["SETTLED_SQL", "TOTAL_SQL", "Store", "checked_before", "now"]
 from .history import History
 from .migrations import migrate
 
@@ -58,14 +58,29 @@ def _connect(path: Path, *, readonly: bool, busy_timeout_ms: int = BUSY_TIMEOUT_
     return conn
 
 
+def checked_before(path: Path, spec_digest: str, input_signature: str) -> bool:
+    """Whether the store at `path` has a run of the same spec over the same input file (by its
+    signature). A bare read, without the checks of opening a Store: False when it cannot tell."""
+    try:
+        conn = _connect(path, readonly=True)
+        try:
+            sql = "SELECT 1 FROM runs WHERE spec_digest = ? AND input_signature = ? LIMIT 1"
+            return conn.execute(sql, [spec_digest, input_signature]).fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+
+
 class Store(History, Batches):
     """A job's SQLite checkpoint. One writer connection; reads may use a second one.
 
     Opening checks the file before anything is read or written (StoreError, exit 2): it must be
     a batchrunner store (a foreign SQLite file gets no tables added), not damaged (`PRAGMA
-    quick_check`), and, to write, writable with its folder. A missing store is created whole (in
-    a temporary file renamed into place), so an empty file is never one of ours: a 0-byte file
-    (or a database without tables) is refused unless `new_store` allows starting afresh there.
+    quick_check`; of a big store, only the small tables whole, see files.damage), and, to write,
+    writable with its folder. A missing store is created whole (in a temporary file renamed into
+    place), so an empty file is never one of ours: a 0-byte file (or a database without tables)
+    is refused unless `new_store` allows starting afresh there.
     """
 
     def __init__(
@@ -120,10 +135,9 @@ class Store(History, Batches):
                 "its tables to another database. Point [job] db / --db at a new file or at this job's store"
             )
             raise StoreError(msg)
-        found = [str(row[0]) for row in self.conn.execute("PRAGMA quick_check(3)")]
-        if found != ["ok"]:
-            lines = [line for text in found for line in text.splitlines() if line and not line.startswith("***")]
-            raise StoreError(storefile.damaged(self.path, "; ".join(lines[:3])))
+        found = storefile.damage(self.conn, self.path)
+        if found:
+            raise StoreError(storefile.damaged(self.path, "; ".join(found)))
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -213,6 +227,14 @@ class Store(History, Batches):
         cursor = self.conn.execute(sql + where + " ORDER BY runs.id", args)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def last_run(self, job: str | None = None) -> dict[str, Any] | None:
+        """The latest run (of `job`, when given) as `runs` gives it, but without its cost (the
+        sums over `attempts` read every attempt: seconds at 10M rows)."""
+        where, args = (" WHERE job = ?", [job]) if job is not None else ("", [])
+        cursor = self.conn.execute(f"SELECT * FROM runs{where} ORDER BY id DESC LIMIT 1", args)
+        row = cursor.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cursor.description], row, strict=True))
 
     def job_name(self) -> str:
         """The job name of the latest run, or the file's stem when it has none."""
@@ -310,12 +332,6 @@ class Store(History, Batches):
         if "job" in self._columns("runs"):  # a store older than the results' job column (read-only)
             return "run_id IN (SELECT id FROM runs WHERE job = ?)", [job]
         return "1", []
-
-    def settled_count(self, job: str | None = None) -> int:
-        """Requests (of `job`) that no run will send again (see records.settled)."""
-        mine, args = self._of_job(job)
-        sql = f"SELECT count(*) FROM results WHERE {SETTLED_SQL} AND {mine}"
-        return int(self.conn.execute(sql, args).fetchone()[0])
 
     def any_settled(self, job: str | None = None) -> bool:
         """Whether any request (of `job`) is settled: a run that finds none has nothing to resume."""

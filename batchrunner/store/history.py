@@ -93,6 +93,31 @@ class History:
         own. Job: the row's, else its run's. Mode: online, batch or batch-chat; online where it
         is not recorded (rows from before the column). Missing columns read as NULL; money sums
         are NULL when nothing in the group has a cost, never 0."""
+        results = self._view("results")
+        if results == "results_view" and "shape" in self._columns("results"):
+            parts, keys = _slim_usage_parts(tokens, money), 5
+        else:
+            parts, keys = self._usage_parts(tokens, money)
+        selects, args = [], []
+        for columns, source, day in parts:
+            bounds = [(f" AND {day} >= ?", since), (f" AND {day} <= ?", until)]
+            named = ", ".join(f"{c} AS c{i}" for i, c in enumerate(columns))
+            selects.append(f"SELECT {named} {source}" + "".join(sql for sql, v in bounds if v is not None))
+            args += [v.isoformat() for _, v in bounds if v is not None]
+        columns = parts[0][0]
+        counts = range(keys, keys + 4 + len(tokens))
+        sums = [*(f"coalesce(sum(c{i}), 0)" for i in counts), *(f"sum(c{i})" for i in range(counts.stop, len(columns)))]
+        grouped = ", ".join(f"c{i}" for i in range(keys))
+        sql = f"SELECT {grouped}, {', '.join(sums)} FROM ({' UNION ALL '.join(selects)}) GROUP BY {grouped}"
+        try:
+            return list(self.conn.execute(sql, args).fetchall())
+        except sqlite3.DatabaseError as exc:
+            msg = f"{self.path}: cannot read the store: {exc}"
+            raise StoreError(msg) from None
+
+    def _usage_parts(self, tokens: Sequence[str], money: Sequence[str]) -> tuple[list[tuple[list[str], str, str]], int]:
+        """`usage_sums`' selects (columns, FROM ..., the day) over the views, or over the tables
+        of a store older than them; and how many of the columns are group keys."""
         results, attempts = self._view("results"), self._view("attempts")
         have = {"r": self._columns(results), "a": self._columns(attempts)}
 
@@ -128,22 +153,7 @@ class History:
             parts.append(([*columns, "0", "0", "0", *paid("a")], answered, "date(a.started_at)"))
             own += " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = r.key AND a.input_tokens IS NOT NULL)"
         parts.append(([*row_keys, "0", "0", "0", *paid("r")], own, finished))
-        selects, args = [], []
-        for columns, source, day in parts:
-            bounds = [(f" AND {day} >= ?", since), (f" AND {day} <= ?", until)]
-            named = ", ".join(f"{c} AS c{i}" for i, c in enumerate(columns))
-            selects.append(f"SELECT {named} {source}" + "".join(sql for sql, v in bounds if v is not None))
-            args += [v.isoformat() for _, v in bounds if v is not None]
-        keys = len(row_keys)
-        counts = range(keys, keys + 4 + len(tokens))
-        sums = [*(f"coalesce(sum(c{i}), 0)" for i in counts), *(f"sum(c{i})" for i in range(counts.stop, len(columns)))]
-        grouped = ", ".join(f"c{i}" for i in range(keys))
-        sql = f"SELECT {grouped}, {', '.join(sums)} FROM ({' UNION ALL '.join(selects)}) GROUP BY {grouped}"
-        try:
-            return list(self.conn.execute(sql, args).fetchall())
-        except sqlite3.DatabaseError as exc:
-            msg = f"{self.path}: cannot read the store: {exc}"
-            raise StoreError(msg) from None
+        return parts, len(row_keys)
 
     def distinct_row_count(self) -> int:
         """Input row ids with a stored result (fewer than the results when a row was stored
@@ -187,3 +197,49 @@ class History:
             "NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = r.key AND a.cost_pusd IS NOT NULL))"
         )
         return int(self._reader.execute(sql, args).fetchone()[0])
+
+
+def _day(column: str) -> str:
+    """The UTC day of a stored timestamp (milliseconds, or text as it came), as the views'
+    text gives it, without making that text."""
+    return f"CASE WHEN typeof({column}) = 'integer' THEN date({column} / 1000, 'unixepoch') ELSE date({column}) END"
+
+
+def _slim_usage_parts(tokens: Sequence[str], money: Sequence[str]) -> list[tuple[list[str], str, str]]:
+    """`usage_sums`' selects over the slim tables themselves, with what `_usage_parts` reads
+    from the views. Not through the views: SQLite copies a view that is a join whole into a
+    temporary table when it is the right side of a LEFT JOIN (the attempts' rows: gigabytes and
+    minutes at 10M rows), and the views' timestamps are text made row by row. A row whose answer
+    is an attempt (`answer` set) has that attempt's usage on record, so only the others are
+    looked at for usage of their own."""
+    run_job = "(SELECT runs.job FROM runs WHERE runs.id = {}.run_id)"
+
+    def paid(alias: str) -> list[str]:
+        used = f"coalesce({alias}.input_tokens, 0) + coalesce({alias}.output_tokens, 0) > 0"
+        return [*(f"{alias}.[{t}]" for t in tokens), f"{alias}.cost_pusd IS NULL AND {used}"] + [
+            f"{alias}.[{m}]" for m in money
+        ]
+
+    finished, started = _day("r.finished_at"), _day("a.started_at")
+    row_keys = [
+        "s.model",
+        "r.status",
+        finished,
+        f"coalesce(s.job, {run_job.format('r')})",
+        "coalesce(s.mode, 'online')",
+    ]
+    counted = ["1", "r.status = 'ok'", "r.status = 'failed'", *["0"] * (len(tokens) + 1), *["NULL"] * len(money)]
+    rows = "FROM results r LEFT JOIN shapes s ON s.id = r.shape WHERE 1"
+    attempt_keys = ["coalesce(sa.model, s.model)", "coalesce(r.status, 'pending')", started]
+    attempt_keys += [f"coalesce(s.job, {run_job.format('a')})", "coalesce(sa.mode, 'online')"]
+    answered = (
+        "FROM attempts a LEFT JOIN shapes sa ON sa.id = a.shape LEFT JOIN results r ON r.key = a.key "
+        "LEFT JOIN shapes s ON s.id = r.shape WHERE a.input_tokens IS NOT NULL"
+    )
+    own = f"{rows} AND r.answer IS NULL AND NOT EXISTS (SELECT 1 FROM attempts x WHERE x.key = r.key AND "
+    own += "x.input_tokens IS NOT NULL)"
+    return [
+        ([*row_keys, *counted], rows, finished),
+        ([*attempt_keys, "0", "0", "0", *paid("a")], answered, started),
+        ([*row_keys, "0", "0", "0", *paid("r")], own, finished),
+    ]
