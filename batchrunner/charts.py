@@ -63,7 +63,7 @@ def cost_by_day(data: Mapping[str, Any]) -> Any:
         _base(data["daily"], f"Cost by day ({data['cards']['currency']})")
         .mark_bar()
         .encode(
-            x=alt.X("day:O", title="Day (UTC)"),
+            x=alt.X("day:O", title="Day (UTC)", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("sum(cost):Q", title=f"Cost ({data['cards']['currency']})", stack="zero"),
             color=alt.Color("series:N", title="Model · mode", scale=_scale(data["series"])),
             tooltip=["day:O", "series:N", alt.Tooltip("sum(cost):Q", title="cost", format=",.6f")],
@@ -77,7 +77,7 @@ def tokens_by_day(data: Mapping[str, Any]) -> Any:
         _base(data["daily"], "Tokens by day (input + output)")
         .mark_bar()
         .encode(
-            x=alt.X("day:O", title="Day (UTC)"),
+            x=alt.X("day:O", title="Day (UTC)", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("sum(tokens):Q", title="Tokens", stack="zero"),
             color=alt.Color("series:N", title="Model · mode", scale=_scale(data["series"])),
             tooltip=["day:O", "series:N", alt.Tooltip("sum(input_tokens):Q", title="input", format=","),
@@ -93,7 +93,7 @@ def _run_line(data: Mapping[str, Any], field: str, title: str, axis: str) -> Any
         _base(data["timeline"], title)
         .mark_line(interpolate="step-after", strokeWidth=1.6)
         .encode(
-            x=alt.X("t:Q", title="Seconds since the run started"),
+            x=alt.X("t:Q", title="Seconds since the run started", scale=alt.Scale(zero=True)),
             y=alt.Y(f"{field}:Q", title=axis),
             color=alt.Color("run:N", title="Run", scale=_scale(data["run_labels"])),
             tooltip=["run:N", alt.Tooltip("t:Q", title="s"), alt.Tooltip(f"{field}:Q", format=",.2f")],
@@ -118,7 +118,7 @@ def run_throttling(data: Mapping[str, Any]) -> Any:
         _base(data["throttling"], "Each run: 429 answers and retries per minute")
         .mark_line(interpolate="step-after", strokeWidth=1.6)
         .encode(
-            x=alt.X("t:Q", title="Seconds since the run started"),
+            x=alt.X("t:Q", title="Seconds since the run started", scale=alt.Scale(zero=True)),
             y=alt.Y("per_min:Q", title="Per minute"),
             color=alt.Color("run:N", title="Run", scale=_scale(data["run_labels"])),
             strokeDash=alt.StrokeDash("what:N", title="Counted"),
@@ -146,7 +146,7 @@ def latency(data: Mapping[str, Any]) -> Any:
     marks = alt.Chart(alt.Data(values=data["latency_marks"]))
     rules = marks.mark_rule(color="#e45756", strokeWidth=1.5).encode(x="ms:Q", tooltip=["label:N", "ms:Q"])
     text = marks.mark_text(align="left", dx=3, dy=-4, color="#e45756", fontSize=11).encode(
-        x="ms:Q", y=alt.value(8), text="label:N"
+        x="ms:Q", y=alt.Y("y:Q", scale=None), text="label:N"
     )
     return alt.layer(bars, rules, text)
 

@@ -34,7 +34,7 @@ h2 { font-size: 16px; margin: 28px 32px 12px; font-weight: 600; }
 .card .label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .card .value { font-size: 22px; font-weight: 650; margin-top: 4px; font-variant-numeric: tabular-nums; }
 .card .note { color: var(--muted); font-size: 12px; margin-top: 2px; }
-.card.money .value { color: var(--accent); }
+.card.money .value { color: var(--accent); font-size: 19px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr)); gap: 16px; padding: 0 32px; }
 .panel { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 14px; overflow-x: auto; }
 .empty { color: var(--muted); padding: 24px 4px; }
@@ -124,7 +124,7 @@ def cards_html(data: Mapping[str, Any]) -> str:
     }
     labels = {"cost_usd": "Money spent", "cache_saved_usd": "Cache saved", "batch_saved_usd": "Batch mode saved"}
     for key, label in labels.items():
-        value = "—" if shown[key] is None else f"{shown[key]} {cur}"
+        value = "—" if shown[key] is None else f"{shown[key]} {cur}"  # the currency: smaller, by CSS
         parts.append(_card(key, label, value, "" if exact[key] is None else exact[key], notes[key], money=True))
     versions = ", ".join(c["price_versions"]) or "—"
     parts.append(_card("price_versions", "Price table", versions, versions))

@@ -78,7 +78,7 @@ def _series(model: Any, mode: Any) -> str:
 # --------------------------------------------------------------------------- cards
 
 
-def cards(paths: Sequence[Path], built: reporting.Report, by_mode: reporting.Report) -> dict[str, Any]:
+def cards(built: reporting.Report) -> dict[str, Any]:
     """The summary figures: the text report's totals (exact strings in `exact`), plus pending
     and skipped rows (each job's latest run) and what batch mode saved."""
     t = built.totals
@@ -92,7 +92,8 @@ def cards(paths: Sequence[Path], built: reporting.Report, by_mode: reporting.Rep
                 skipped += run["skipped"]
                 pending += max(0, run["rows_total"] - run["skipped"] - done.get(run["job"], 0))
     discount = PriceTable.load().meta.batch_discount
-    batch_paid = sum((r.cost_pusd or 0) for r in by_mode.rows if r.group[0] in BATCH_MODES)
+    mode_at = built.by.index("mode")
+    batch_paid = sum((r.cost_pusd or 0) for r in built.rows if r.group[mode_at] in BATCH_MODES)
     batch_saved = round(Decimal(batch_paid) * (1 / Decimal(discount) - 1)) if discount else 0
     money = {"cost_usd": t.cost_pusd, "cache_saved_usd": t.saved_pusd, "batch_saved_usd": batch_paid and batch_saved}
     return {
@@ -158,11 +159,13 @@ def _latency(stores: Sequence[Store]) -> tuple[list[dict[str, Any]], list[dict[s
     if not counts:
         return [], []
     total = sum(counts.values())
-    marks, seen, wanted = [], 0, [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")]
+    marks: list[dict[str, Any]] = []
+    seen, wanted = 0, [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")]
     for ms in sorted(counts):
         seen += counts[ms]
         while wanted and seen >= wanted[0][0] * total:
-            marks.append({"label": f"{wanted[0][1]} {ms:,} ms", "ms": ms, "q": wanted.pop(0)[1]})
+            name = wanted.pop(0)[1]
+            marks.append({"label": f"{name} {ms:,} ms", "ms": ms, "q": name, "y": 10 + 14 * len(marks)})
     width = nice(max(counts) / BINS)
     bins: dict[int, int] = {}
     for ms, n in counts.items():
@@ -171,9 +174,13 @@ def _latency(stores: Sequence[Store]) -> tuple[list[dict[str, Any]], list[dict[s
 
 
 def _token_bins(stores: Sequence[Store]) -> list[dict[str, Any]]:
-    tops = [queries.token_range(s.conn) for s in stores]
-    w_in = nice(max((t[0] for t in tops), default=0) / BINS)
-    w_out = nice(max((t[1] for t in tops), default=0) / BINS)
+    ranges = [queries.token_range(s.conn) for s in stores]
+
+    def width(low: int, high: int) -> int:
+        lows = [r[low] for r in ranges]
+        return nice((max((r[high] for r in ranges), default=0) - min(lows, default=0)) / BINS)
+
+    w_in, w_out = width(0, 1), width(2, 3)
     merged: dict[tuple[str, int], int] = {}
     for store in stores:
         for row in queries.token_bins(store.conn, w_in, w_out):
@@ -216,14 +223,13 @@ def _unique(rows: list[dict[str, Any]]) -> None:
 
 def gather(paths: Sequence[Path], since: date | None = None, until: date | None = None) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready values (see the module docstring)."""
-    built = reporting.build(paths, (), since, until)
-    by_mode = reporting.build(paths, ("mode",), since, until)
-    daily_report = reporting.build(paths, ("day", "model", "mode"), since, until)
-    data: dict[str, Any] = {"cards": cards(paths, built, by_mode), "stores": [str(p) for p in built.stores]}
+    # One pass over the stores (report.build is the slow part): its totals do not depend on the grouping.
+    built = reporting.build(paths, ("day", "model", "mode"), since, until)
+    data: dict[str, Any] = {"cards": cards(built), "stores": [str(p) for p in built.stores]}
     data["since"] = since.isoformat() if since else None
     data["until"] = until.isoformat() if until else None
     daily = []
-    for row in daily_report.rows:
+    for row in built.rows:
         day, model, mode = row.group
         daily.append({"day": day or "?", "series": _series(model, mode), "cost": (row.cost_pusd or 0) / 1e12,
                       "tokens": row.input_tokens + row.output_tokens, "input_tokens": row.input_tokens,

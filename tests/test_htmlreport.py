@@ -27,11 +27,19 @@ from batchrunner.simulator import FaultRule
 from benchmarks.browser import dump_dom, find_chromium, screenshot
 
 ODD_ID = "x</script><b>9"
-ROWS = [
-    {"id": ODD_ID if i == 9 else f"r{i}", "text": ("bad " if i % 9 == 0 else "flaky " if i % 5 == 0 else "") + f"n{i}"}
-    for i in range(30)
-]
-FAULTS = (FaultRule("bad ", ("always:DataInspectionFailed",)), FaultRule("flaky ", (429, 500)))
+
+
+def _text(i: int) -> str:
+    return ("bad " if i % 9 == 0 else "limited " if i == 7 else "flaky " if i % 5 == 0 else "") + f"n{i}"
+
+
+ROWS = [{"id": ODD_ID if i == 9 else f"r{i}", "text": _text(i)} for i in range(30)]
+# One 429 only: the pacer slows the run after each (pacing.py), and a test should stay quick.
+FAULTS = (
+    FaultRule("bad ", ("always:DataInspectionFailed",)),
+    FaultRule("limited ", (429,)),
+    FaultRule("flaky ", (500, 503)),
+)
 SYSTEM = "You answer briefly and carefully. " * 60  # >= 256 tokens: implicit cache hits
 pytestmark = pytest.mark.sim(faults=FAULTS)
 
@@ -169,17 +177,23 @@ def test_a_store_without_failures_says_so_where_their_charts_would_be(chromium: 
     assert int(dom.cards["ok"]["exact"]) == summary.counts.ok == 5
 
 
-def test_html_needs_an_output_file(tmp_path: Path, store: Path) -> None:
-    done = invoke_cli("report", str(store), "--format", "html")
+@pytest.fixture
+def small_store(tmp_path: Path, sim: Any) -> Path:
+    spec = write_job(tmp_path / "small", [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}])
+    return run_job(spec, handle_signals=False).db_path
+
+
+def test_html_needs_an_output_file(small_store: Path) -> None:
+    done = invoke_cli("report", str(small_store), "--format", "html")
     assert done.exit_code == 2 and "--output" in done.output
 
 
 def test_without_the_extra_it_names_it_and_writes_nothing(
-    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, small_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(htmlreport, "_has", lambda module: module != "vl_convert")
     page = tmp_path / "report.html"
-    done = invoke_cli("report", str(store), "--format", "html", "--output", str(page))
+    done = invoke_cli("report", str(small_store), "--format", "html", "--output", str(page))
     assert done.exit_code == 2
     assert "vl-convert-python" in done.output and "pip install 'batchrunner[html]'" in done.output
     assert not page.exists()

@@ -78,7 +78,8 @@ def run_timelines(conn: sqlite3.Connection, runs_: list[dict[str, Any]]) -> list
     s = f"({_ms('a.started_at')} - p.t0)"
     e = f"({s} + coalesce(a.latency_ms, 0))"
     spans = (
-        f"spans AS (SELECT a.run_id AS id, p.b AS b, {s} AS s, {e} AS e, {s} / p.b AS fb, {e} / p.b AS lb "
+        f"spans AS MATERIALIZED (SELECT a.run_id AS id, p.b AS b, {s} AS s, {e} AS e, {s} / p.b AS fb, "
+        f"{e} / p.b AS lb "
         f"FROM attempts a JOIN p ON p.id = a.run_id WHERE {s} >= 0)"
     )
     long = (
@@ -113,14 +114,11 @@ def latency_counts(conn: sqlite3.Connection) -> list[tuple[int, int]]:
 _ANSWER = "FROM results r LEFT JOIN attempts a ON a.id = r.answer WHERE r.status = 'ok'"
 
 
-def token_range(conn: sqlite3.Connection) -> tuple[int, int]:
-    """The largest input and output token counts of an answered row."""
-    sql = (
-        "SELECT coalesce(max(coalesce(r.input_tokens, a.input_tokens)), 0), "
-        f"coalesce(max(coalesce(r.output_tokens, a.output_tokens)), 0) {_ANSWER}"
-    )
-    top_in, top_out = conn.execute(sql).fetchone()
-    return int(top_in), int(top_out)
+def token_range(conn: sqlite3.Connection) -> tuple[int, int, int, int]:
+    """The smallest and largest input, then output, token counts of an answered row."""
+    tin, tout = "coalesce(r.input_tokens, a.input_tokens)", "coalesce(r.output_tokens, a.output_tokens)"
+    sql = f"SELECT min({tin}), max({tin}), min({tout}), max({tout}) {_ANSWER}"
+    return tuple(int(v or 0) for v in conn.execute(sql).fetchone())  # type: ignore[return-value]
 
 
 def token_bins(conn: sqlite3.Connection, input_width: int, output_width: int) -> list[dict[str, Any]]:
