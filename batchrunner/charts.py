@@ -155,11 +155,14 @@ def _tokens_hist(kind: str) -> Builder:
     def build(data: Mapping[str, Any]) -> Any:
         alt = _alt()
         rows = [r for r in data["token_bins"] if r["kind"] == kind]
+        low, high = min(r["start"] for r in rows), max(r["end"] for r in rows)
+        pad = 5 * (high - low) if len(rows) < 3 else 0  # one or two bins: show them as bars, not a wall
+        scale = alt.Scale(domain=[max(0, low - pad), high + pad]) if pad else alt.Scale(zero=False)
         return (
             _base(rows, f"{kind.capitalize()} tokens per answered row")
             .mark_bar(color=PALETTE[0 if kind == "input" else 1], binSpacing=0)
             .encode(
-                x=alt.X("start:Q", bin="binned", title=f"{kind.capitalize()} tokens"),
+                x=alt.X("start:Q", bin="binned", title=f"{kind.capitalize()} tokens", scale=scale),
                 x2="end:Q",
                 y=alt.Y("rows:Q", title="Rows"),
                 tooltip=[alt.Tooltip("start:Q", title="from"), alt.Tooltip("end:Q", title="to"), "rows:Q"],
@@ -175,7 +178,7 @@ def errors_by_code(data: Mapping[str, Any]) -> Any:
         _base(data["errors"], f"Errors by code over time ({data['errors_step']} steps)")
         .mark_bar()
         .encode(
-            x=alt.X("t:T", title="Time (UTC)"),
+            x=alt.X("t:T", title="Time (UTC)", axis=alt.Axis(format="%m-%d %H:%M:%S", labelOverlap=True)),
             y=alt.Y("n:Q", title="Failed attempts", stack="zero"),
             color=alt.Color("code:N", title="Error code", scale=_scale(data["codes"])),
             tooltip=[alt.Tooltip("t:T", format="%Y-%m-%d %H:%M:%S"), "code:N", "n:Q"],
@@ -203,7 +206,7 @@ def cache_hit_rate(data: Mapping[str, Any]) -> Any:
         _base(data["cache"], f"Cache hit rate over time ({data['cache_step']} steps)")
         .mark_line(point=True, color=PALETTE[2])
         .encode(
-            x=alt.X("t:T", title="Time (UTC)"),
+            x=alt.X("t:T", title="Time (UTC)", axis=alt.Axis(format="%m-%d %H:%M:%S", labelOverlap=True)),
             y=alt.Y("rate:Q", title="Cached / input tokens", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
             tooltip=[alt.Tooltip("t:T", format="%Y-%m-%d %H:%M:%S"), alt.Tooltip("rate:Q", format=".1%"),
                      alt.Tooltip("input_tokens:Q", format=","), alt.Tooltip("cached_tokens:Q", format=",")],
