@@ -278,25 +278,44 @@ def estimate(job: Path, db: Path | None, prices: Path | None, fmt: str) -> None:
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC) to include.")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day (UTC) to include.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "markdown", "html"]),
+    default="table",
+    show_default=True,
+    help="html: one self-contained page of cards and charts (needs --output and the html extra).",
+)
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to this file (html: required)."
 )
 @_reports_errors
-def report(paths: tuple[Path, ...], by: str, since: Any, until: Any, fmt: str) -> None:
+def report(paths: tuple[Path, ...], by: str, since: Any, until: Any, fmt: str, output: Path | None) -> None:
     """Usage and cost of one or more jobs: specs, store files or folders of stores.
 
     \b
     Example:
         batchrunner report jobs/ --by model,day --since 2026-11-01 --format csv
         batchrunner report jobs/ --by mode
+        batchrunner report jobs/ --format html --output report.html
     """
     from . import report as reporting
+
+    if fmt == "html":
+        from .htmlreport import from_cli
+
+        click.echo(from_cli(list(paths), output, since.date() if since else None, until.date() if until else None))
+        return
 
     groups = [g.strip() for g in by.split(",") if g.strip()]
     unknown = sorted(set(groups) - set(reporting.BY_KEYS))
     if unknown:
         raise click.BadParameter(f"unknown group(s) {unknown}; use {', '.join(reporting.BY_KEYS)}", param_hint="--by")
     built = reporting.build(list(paths), groups, since.date() if since else None, until.date() if until else None)
-    click.echo(reporting.render(built, reporting.as_format(fmt)), nl=False)
+    text = reporting.render(built, reporting.as_format(fmt))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
 
 
 _COUNT = click.IntRange(min=0)
