@@ -346,6 +346,10 @@ class Source:
         stat = self.spec.input.path.stat()
         return f"{self.spec.input.path}:{stat.st_size}:{stat.st_mtime_ns}"
 
+    def render_context(self) -> str | None:
+        """The digest of what turns this file's rows into requests (see `Renderer.render_context`)."""
+        return self.renderer.render_context(self.signature())
+
     def row_id(self, row: dict[str, Any]) -> str:
         id_column = self.spec.input.id_column
         return str(row[id_column]) if id_column else str(int(row[ROW_INDEX]) + 1)

@@ -35,6 +35,7 @@ from .common import TOTAL_SQL, now
 __all__ = ["SETTLED_SQL", "TOTAL_SQL", "Store", "now"]
 from .history import History
 from .migrations import migrate
+from .placed import Placed
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -58,7 +59,7 @@ def _connect(path: Path, *, readonly: bool, busy_timeout_ms: int = BUSY_TIMEOUT_
     return conn
 
 
-class Store(History, Batches):
+class Store(History, Batches, Placed):
     """A job's SQLite checkpoint. One writer connection; reads may use a second one.
 
     Opening checks the file before anything is read or written (StoreError, exit 2): it must be
@@ -156,6 +157,7 @@ class Store(History, Batches):
         rows_total: int = 0,
         input_signature: str | None = None,
         mode: str = "online",
+        render_context: str | None = None,
     ) -> int:
         with self.db.atomic():
             row = self.db.table("runs").insert(
@@ -171,6 +173,7 @@ class Store(History, Batches):
                     "rows_total": rows_total,
                     "input_signature": input_signature,
                     "mode": mode,
+                    "render_context": render_context,
                 }
             )
         assert row.last_pk is not None

@@ -351,3 +351,13 @@ def m008_slim_store(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_results_status_shape ON results (status, shape)")
     db.execute(slim.results_view_sql())
     db.execute(slim.attempts_view_sql())
+
+
+@migration
+def m009_row_positions(db: sqlite_utils.Database) -> None:
+    """Results found by their input row: per run, the digest of its render context (what turns
+    row i of its input into its requests, render.Renderer.render_context), and an index on the
+    results' row_index. An export reads the results of the runs made in its own context in
+    input order, instead of rendering every row again to find its key."""
+    db.table("runs").add_column("render_context", str)
+    db.execute("CREATE INDEX idx_results_row_index ON results (row_index)")

@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import polars as pl
+
 from .common import COST_COLUMNS, USAGE_COLUMNS
 
 # How a usage JSON may name each typed column (the text, multimodal and OpenAI shapes).
@@ -178,6 +180,14 @@ def request_id_sql(column: str) -> str:
     return f"CASE WHEN typeof({column}) = 'blob' THEN {parts} ELSE {column} END"
 
 
+def request_id_expr(packed: str, text: str) -> pl.Expr:
+    """`request_id_sql` for a column of polars: the UUID form of the 16 bytes in `packed`, else
+    the text in `text` (named `text`)."""
+    h = pl.col(packed).bin.encode("hex")
+    parts = [h.str.slice(0, 8), h.str.slice(8, 4), h.str.slice(12, 4), h.str.slice(16, 4), h.str.slice(20, 12)]
+    return pl.coalesce(pl.concat_str(parts, separator="-"), pl.col(text)).alias(text)
+
+
 # ---------------------------------------------------------------------------- parameters
 
 
@@ -214,8 +224,18 @@ def seeded_sql(row: str) -> str:
 # ---------------------------------------------------------------------------- the views
 
 
-def results_view_sql() -> str:
-    """The results as they were, one row each, under the old column names."""
+# What `result_exprs` reads from.
+RESULTS_FROM = (
+    "FROM results r\n"
+    "LEFT JOIN shapes s ON s.id = r.shape\n"
+    "LEFT JOIN usage_templates ru ON ru.id = r.usage_template\n"
+    "LEFT JOIN attempts a ON a.id = r.answer\n"
+    "LEFT JOIN usage_templates au ON au.id = a.usage_template"
+)
+
+
+def result_exprs() -> dict[str, str]:
+    """Each column of `results_view` (the old column names, in order) as SQL over `RESULTS_FROM`."""
     own = usage_sql("ru.template", "r")
     theirs = usage_sql("au.template", "a")
     picked: dict[str, str] = {c: f"r.{c}" for c in RESULT_VIEW_COLUMNS}
@@ -227,14 +247,13 @@ def results_view_sql() -> str:
     picked.update(model="s.model", endpoint="s.endpoint", parameters=parameters_sql("s", "r"))
     picked.update(price_version="s.price_version", job="s.job", mode="s.mode")
     picked.update(cost_usd="coalesce(r.cost_pusd, a.cost_pusd) / 1e12", total_cost_usd="r.total_cost_pusd / 1e12")
-    columns = ",\n  ".join(f"{sql} AS [{name}]" for name, sql in picked.items())
-    return (
-        f"CREATE VIEW results_view AS SELECT\n  {columns}\nFROM results r\n"
-        "LEFT JOIN shapes s ON s.id = r.shape\n"
-        "LEFT JOIN usage_templates ru ON ru.id = r.usage_template\n"
-        "LEFT JOIN attempts a ON a.id = r.answer\n"
-        "LEFT JOIN usage_templates au ON au.id = a.usage_template"
-    )
+    return picked
+
+
+def results_view_sql() -> str:
+    """The results as they were, one row each, under the old column names."""
+    columns = ",\n  ".join(f"{sql} AS [{name}]" for name, sql in result_exprs().items())
+    return f"CREATE VIEW results_view AS SELECT\n  {columns}\n{RESULTS_FROM}"
 
 
 def attempts_view_sql() -> str:
