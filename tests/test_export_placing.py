@@ -180,7 +180,7 @@ def test_a_row_index_that_does_not_line_up_is_not_trusted(tmp_path: Path, caplog
     assert table["content"][20] == "answer to r20/0" and tally == {"ok": 17, "pending": 23}
     caplog.clear()
     with Store(spec.db_path) as store:  # without row 0's stray result, rows 5..19 are placed
-        store.conn.execute("DELETE FROM results WHERE key = ?", ["e" * 32])
+        store.conn.execute("DELETE FROM results WHERE row_index = 0")
     table, tally, placed, rendered = both(spec, tmp_path, batch_rows=40)
     assert placed == 15 and "do not line up" not in caplog.text  # rows 5..19 (row 20 has two results)
     assert table["content"][4] is None and table["status"][20] == "ok"

@@ -239,7 +239,7 @@ class Store(History, Batches, Placed):
             names = ", ".join(slim.RESULT_COLUMNS)
             sql = f"INSERT OR REPLACE INTO results ({names}) VALUES ({_marks(slim.RESULT_COLUMNS)})"
             conn.executemany(sql, [encoder.result(r, answers.get(r.key, ())) for r in results])
-            conn.executemany(TOTAL_SQL, [[r.key] for r in results])
+            conn.executemany(TOTAL_SQL, [[k] for k in self._stored_keys([r.key for r in results])])
 
     def write(
         self,
@@ -278,7 +278,7 @@ class Store(History, Batches, Placed):
             # Lines that batches returned without a verdict start their count of tries again.
             self.db.execute(
                 "UPDATE batch_lines SET outcome = 'retried' WHERE outcome = 'resubmit' AND key IN "
-                "(SELECT key FROM results WHERE status = 'failed' AND retryable = 1)"
+                f"(SELECT {slim.key_sql('key')} FROM results WHERE status = 'failed' AND retryable = 1)"
             )
         return int(changed)
 
@@ -287,21 +287,24 @@ class Store(History, Batches, Placed):
     def lookup(self, keys: list[str]) -> dict[str, tuple[str, int]]:
         """For the keys already stored: (status, retryable)."""
         found: dict[str, tuple[str, int]] = {}
-        for chunk in _chunks(keys, 900):
+        for chunk in _chunks(self._stored_keys(keys), 900):
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT key, status, retryable FROM results WHERE key IN ({marks})"
             for key, status, retryable in self._reader.execute(sql, chunk):
-                found[key] = (status, retryable or 0)
+                found[slim.key_text(key)] = (status, retryable or 0)
         return found
 
     def fetch(self, keys: list[str], columns: Iterable[str]) -> dict[str, tuple[Any, ...]]:
-        """The named result columns for the keys that are stored."""
-        cols = ", ".join(f"[{c}]" for c in columns)
+        """The named result columns (of `results_view`) for the keys that are stored."""
+        if self._keys_packed():  # the view's key is text: ask the tables, by their own key
+            exprs = slim.result_exprs()
+            picked = ", ".join(exprs[c] for c in ("key", *columns))
+            select, key = f"SELECT {picked} {slim.RESULTS_FROM}", "r.key"
+        else:
+            select, key = f"SELECT key, {', '.join(f'[{c}]' for c in columns)} FROM {self._view('results')}", "key"
         found: dict[str, tuple[Any, ...]] = {}
-        for chunk in _chunks(keys, 900):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT key, {cols} FROM {self._view('results')} WHERE key IN ({marks})"
-            for row in self._reader.execute(sql, chunk):
+        for chunk in _chunks(self._stored_keys(keys), 900):
+            for row in self._reader.execute(f"{select} WHERE {key} IN ({','.join('?' * len(chunk))})", chunk):
                 found[row[0]] = tuple(row[1:])
         return found
 
@@ -358,6 +361,6 @@ def _marks(columns: Sequence[str]) -> str:
     return ", ".join("?" * len(columns))
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]

@@ -70,7 +70,7 @@ class Placed:
             [pl.Series(name, v, dtype=dtype) for (name, (_, dtype)), v in zip(picked.items(), values, strict=True)]
         )
         if _PACKED in picked:
-            frame = frame.with_columns(slim.request_id_expr(_PACKED, "request_id")).drop(_PACKED)
+            frame = frame.with_columns(_request_id(_PACKED, "request_id")).drop(_PACKED)
         return frame
 
     def placed_keys(self, context: str, row_index: int, row_id: str) -> dict[int, str]:
@@ -82,3 +82,11 @@ class Placed:
         )
         rows = self.conn.execute(sql, [row_index, row_id, context]).fetchall()
         return {int(sample): key.hex() if isinstance(key, bytes) else str(key) for sample, key in rows}
+
+
+def _request_id(packed: str, text: str) -> pl.Expr:
+    """slim.request_id_sql for a column of polars: the UUID form of the 16 bytes in `packed`,
+    else the text in `text` (named `text`)."""
+    h = pl.col(packed).bin.encode("hex")
+    parts = [h.str.slice(0, 8), h.str.slice(8, 4), h.str.slice(12, 4), h.str.slice(16, 4), h.str.slice(20, 12)]
+    return pl.coalesce(pl.concat_str(parts, separator="-"), pl.col(text)).alias(text)

@@ -31,8 +31,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import polars as pl
-
 from .common import COST_COLUMNS, USAGE_COLUMNS
 
 # How a usage JSON may name each typed column (the text, multimodal and OpenAI shapes).
@@ -160,6 +158,29 @@ def ms_sql(column: str) -> str:
     return f"CASE WHEN {exact} THEN {ms} ELSE {column} END"
 
 
+# ---------------------------------------------------------------------------- request keys
+
+_HEX_KEY = re.compile("[0-9a-f]{32}")
+
+
+def packed_key(key: Any) -> Any:
+    """A request key as stored: the 16 bytes of the 32 lower-case hex digits render.key_of
+    writes (`key_sql` gives back the very same text), else as it came."""
+    if isinstance(key, str) and len(key) == 32 and _HEX_KEY.fullmatch(key):
+        return bytes.fromhex(key)
+    return key
+
+
+def key_text(stored: Any) -> Any:
+    """A stored request key as its text (what `key_sql` does, in Python)."""
+    return stored.hex() if isinstance(stored, bytes) else stored
+
+
+def key_sql(column: str) -> str:
+    """A stored request key as its text."""
+    return f"CASE WHEN typeof({column}) = 'blob' THEN lower(hex({column})) ELSE {column} END"
+
+
 # ---------------------------------------------------------------------------- request ids
 
 _UUID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -178,14 +199,6 @@ def request_id_sql(column: str) -> str:
     h = f"lower(hex({column}))"
     parts = " || '-' || ".join(f"substr({h}, {a}, {n})" for a, n in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12)))
     return f"CASE WHEN typeof({column}) = 'blob' THEN {parts} ELSE {column} END"
-
-
-def request_id_expr(packed: str, text: str) -> pl.Expr:
-    """`request_id_sql` for a column of polars: the UUID form of the 16 bytes in `packed`, else
-    the text in `text` (named `text`)."""
-    h = pl.col(packed).bin.encode("hex")
-    parts = [h.str.slice(0, 8), h.str.slice(8, 4), h.str.slice(12, 4), h.str.slice(16, 4), h.str.slice(20, 12)]
-    return pl.coalesce(pl.concat_str(parts, separator="-"), pl.col(text)).alias(text)
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -239,6 +252,7 @@ def result_exprs() -> dict[str, str]:
     own = usage_sql("ru.template", "r")
     theirs = usage_sql("au.template", "a")
     picked: dict[str, str] = {c: f"r.{c}" for c in RESULT_VIEW_COLUMNS}
+    picked["key"] = key_sql("r.key")
     for column in ANSWER_COLUMNS:
         picked[column] = f"coalesce(r.{column}, a.{column})"
     picked["usage"] = f"coalesce(r.usage, {own}, a.usage, {theirs})"
@@ -259,6 +273,7 @@ def results_view_sql() -> str:
 def attempts_view_sql() -> str:
     """Every attempt as it was, under the old column names."""
     picked: dict[str, str] = {c: f"a.{c}" for c in ATTEMPT_VIEW_COLUMNS}
+    picked["key"] = key_sql("a.key")
     picked["started_at"] = iso_sql("a.started_at")
     picked["request_id"] = request_id_sql("a.request_id")
     picked["usage"] = f"coalesce(a.usage, {usage_sql('u.template', 'a')})"
@@ -344,7 +359,9 @@ class Encoder:
         by_key: dict[str, list[tuple[int, Any]]] = {}
         for n, a in enumerate(attempts, start=int(top) + 1):
             values = {c: getattr(a, c, None) for c in ATTEMPT_COLUMNS}
-            values.update(id=n, started_at=ms_of(a.started_at), request_id=packed_id(a.request_id))
+            values.update(
+                id=n, key=packed_key(a.key), started_at=ms_of(a.started_at), request_id=packed_id(a.request_id)
+            )
             values["shape"] = self.shape(None, a.mode, a.model, None, None, None, a.price_version)
             template = self.template(a.usage, values)
             if template is not None:
@@ -356,7 +373,8 @@ class Encoder:
     def result(self, r: Any, answers: Sequence[tuple[int, Any]]) -> list[Any]:
         """The row of one result; `answers` are the (id, attempt) written with it."""
         values = {c: getattr(r, c, None) for c in RESULT_COLUMNS}
-        values.update(started_at=ms_of(r.started_at), finished_at=ms_of(r.finished_at), total_cost_pusd=None)
+        values.update(key=packed_key(r.key), started_at=ms_of(r.started_at), finished_at=ms_of(r.finished_at))
+        values["total_cost_pusd"] = None
         values["shape"] = self.shape(r.job, r.mode, r.model, r.endpoint, r.parameters, r.seed, r.price_version)
         mine = [getattr(r, c, None) for c in ANSWER_COLUMNS]
         for attempt_id, a in reversed(answers):
