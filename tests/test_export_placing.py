@@ -18,7 +18,7 @@ from helpers import invoke_cli, query, read_table, write_job
 
 from batchrunner import placing, sink
 from batchrunner.records import Result
-from batchrunner.render import Request
+from batchrunner.render import RENDER_VERSION, Request
 from batchrunner.simulator import ThreadHandle
 from batchrunner.source import Source
 from batchrunner.spec import JobSpec, load
@@ -206,3 +206,11 @@ def test_a_run_records_its_render_context_and_its_export_places_every_row(tmp_pa
     table, tally, placed, rendered = both(spec, tmp_path)
     assert tally == {"ok": 25} and placed == 25 and rendered == 0
     assert read_table(spec.output.path)["content"].to_list() == table["content"].to_list()
+
+
+def test_a_row_s_request_is_pinned_with_the_render_version(tmp_path: Path) -> None:
+    # If this fails, rows now render to other requests (and keys): bump render.RENDER_VERSION
+    # with the new key here, so that no export places results made by the old rendering.
+    spec = load(write_job(tmp_path, [{"id": "r0", "text": "item number 0"}]))
+    (made,) = requests(checked(spec))
+    assert (RENDER_VERSION, made.key) == (1, "fdf849614805fe7b7b653a4a102276c4")
