@@ -3,12 +3,13 @@
 Rows come out in input order, failed rows included (and `skipped` / `pending` rows, so the
 table always has one line per input row). The table is streamed: polars' sink pulls the input
 a slice at a time from a Python source (`register_io_source`), each slice joined with its
-stored results, and writes it into a temporary file (parquet in row groups of
-`ROW_GROUP_ROWS`), which replaces the old table atomically. So an export holds a few slices,
-never the table, whatever its size. Temporary files (and the parts of older versions) carry
-the writer's pid: those an export killed midway left behind (they hold answers) are removed
-by the next export. A CSV output holds list and struct cells as JSON text
-and bytes as base64 (JSONL: bytes as base64); `conversion_note` says so before a run sends.
+stored results (placing.py: found by row index, or by rendering the rows), and writes it into
+a temporary file (parquet in row groups of `ROW_GROUP_ROWS`), which replaces the old table
+atomically. So an export holds a few slices, never the table, whatever its size. Temporary
+files (and the parts of older versions) carry the writer's pid: those an export killed midway
+left behind (they hold answers) are removed by the next export. A CSV output holds list and
+struct cells as JSON text and bytes as base64 (JSONL: bytes as base64); `conversion_note` says
+so before a run sends.
 """
 
 from __future__ import annotations
