@@ -28,6 +28,10 @@ from .service import endpoint_path
 from .spec import JobSpec
 from .wire import Wire, for_protocol
 
+# Bump when the same row under the same spec makes a different request (and so another key):
+# exports trust a stored row index only under the render context (`Renderer.render_context`) it was
+# written in, and the context includes this number.
+RENDER_VERSION = 1
 URL_PREFIXES = ("http://", "https://", "oss://", "file://", "data:")
 MAX_INLINE_BYTES = 10 * 1024 * 1024  # the service's limit on one base64 item
 CACHE_MARK = {"type": "ephemeral"}
@@ -95,6 +99,26 @@ class Renderer:
         self.context = spec.prompt.context_text()
         seed = spec.parameters.seed
         self.seed = "per-row" if seed is None and spec.job.repeat > 1 else seed
+
+    def render_context(self, signature: str) -> str | None:
+        """A digest of everything that turns input row i (of the file `signature` names) into
+        its requests: this code's rendering, the prompt (and its context file's text), model,
+        endpoint, parameters, seeds, samples and how the table is read. Equal contexts make the
+        same requests from the same row index. None when requests read other files (local media
+        in image or video columns): their content is not part of it."""
+        spec = self.spec
+        if spec.prompt.images or spec.prompt.videos:
+            return None
+        parts = {
+            "version": RENDER_VERSION,
+            "input": [signature, spec.input.model_dump(mode="json", exclude={"path"})],
+            "prompt": [spec.prompt.model_dump(mode="json"), self.context],
+            "model": [spec.model.model_dump(mode="json"), self.path, self.multimodal],
+            "parameters": [spec.parameters.model_dump(mode="json"), self.parameters, str(self.seed)],
+            "wire": [spec.api.protocol, spec.job.repeat, spec.output.parse_json],
+        }
+        text = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def system_message(self) -> dict[str, Any] | None:
         system = self.spec.prompt.system

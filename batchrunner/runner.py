@@ -229,6 +229,7 @@ class _Run:
                 rows_total=self.rows_total,
                 input_signature=signature,
                 mode=self.route.mode,
+                render_context=self.source.renderer.render_context(signature),
             )
         except sqlite3.Error as exc:  # before anything is sent: the store cannot be written
             raise StoreError(f"{store.path}: cannot write the store ({exc}); nothing was sent") from None

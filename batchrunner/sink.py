@@ -3,12 +3,13 @@
 Rows come out in input order, failed rows included (and `skipped` / `pending` rows, so the
 table always has one line per input row). The table is streamed: polars' sink pulls the input
 a slice at a time from a Python source (`register_io_source`), each slice joined with its
-stored results, and writes it into a temporary file (parquet in row groups of
-`ROW_GROUP_ROWS`), which replaces the old table atomically. So an export holds a few slices,
-never the table, whatever its size. Temporary files (and the parts of older versions) carry
-the writer's pid: those an export killed midway left behind (they hold answers) are removed
-by the next export. A CSV output holds list and struct cells as JSON text
-and bytes as base64 (JSONL: bytes as base64); `conversion_note` says so before a run sends.
+stored results (placing.py: found by row index, or by rendering the rows), and writes it into
+a temporary file (parquet in row groups of `ROW_GROUP_ROWS`), which replaces the old table
+atomically. So an export holds a few slices, never the table, whatever its size. Temporary
+files (and the parts of older versions) carry the writer's pid: those an export killed midway
+left behind (they hold answers) are removed by the next export. A CSV output holds list and
+struct cells as JSON text and bytes as base64 (JSONL: bytes as base64); `conversion_note` says
+so before a run sends.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import os
 import re
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,8 @@ from polars.io.plugins import register_io_source
 
 from .cells import ROW_INDEX
 from .errors import OutputError
+from .placing import SAMPLE, Results
 from .prompts import cell_json
-from .render import Request
 from .source import Source
 from .spec import JobSpec
 from .store import Store
@@ -39,9 +39,10 @@ from .store import Store
 log = logging.getLogger("batchrunner")
 
 ROW_GROUP_ROWS = 20_000  # rows per parquet row group of the output: what the sink buffers
+SLICE_ROWS = 10_000  # input rows joined with their results at a time
 
 # (output column, dtype); the order here is the order in the output table. Output columns
-# are named as the store's columns, but for those in STORE_COLUMN.
+# are named as the store's columns, but for those in placing.STORE_COLUMN.
 RESULT_COLUMNS: tuple[tuple[str, type[pl.DataType]], ...] = (
     ("content", pl.String),
     ("reasoning_content", pl.String),
@@ -60,9 +61,6 @@ RESULT_COLUMNS: tuple[tuple[str, type[pl.DataType]], ...] = (
     ("latency_ms", pl.Int64),
     ("cost_usd", pl.Float64),
 )
-# Output column -> the results_view column it is read from. `cost_usd`: everything paid for
-# the row (every paid attempt, across runs), not only the answer kept; USD is the only currency.
-STORE_COLUMN = {"cost_usd": "total_cost_usd"}
 # Columns that appear only when the job uses the feature they describe.
 OPTIONAL_COLUMNS: tuple[tuple[str, type[pl.DataType]], ...] = (
     ("cache_creation_input_tokens", pl.Int64),
@@ -197,10 +195,18 @@ def _alive(pid: str) -> bool:
 
 
 def export(
-    spec: JobSpec, store: Store, source: Source, path: Path | None = None, *, batch_rows: int = 5000
+    spec: JobSpec,
+    store: Store,
+    source: Source,
+    path: Path | None = None,
+    *,
+    batch_rows: int = SLICE_ROWS,
+    place: bool = True,
 ) -> tuple[Path, dict[str, int]]:
     """Write the output table for the job; returns its path and its rows by status. OutputError
-    when it cannot be written (a full disk, say): the store keeps every answer."""
+    when it cannot be written (a full disk, say): the store keeps every answer. The rows'
+    results are placed by row index where the store allows it, else found by rendering every
+    row (placing.py); `place=False` renders every row."""
     out = path or spec.output.path
     check_writable(out)
     try:
@@ -209,7 +215,7 @@ def export(
     except OSError as exc:
         raise _unwritable(out, exc) from None
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    table = _Table(spec, store, source, converted_columns(out, source.schema), batch_rows)
+    table = _Table(spec, store, source, converted_columns(out, source.schema), batch_rows, place)
     try:
         lazy = register_io_source(io_source=table.frames, schema=table.schema, validate_schema=True)
         fmt = out.suffix.lower()
@@ -245,10 +251,13 @@ class _Table:
     counts the rows by status as they go; an exception raised while making a frame (the
     store, the input) is kept, so that `export` raises it as itself."""
 
-    def __init__(self, spec: JobSpec, store: Store, source: Source, convert: dict[str, str], batch_rows: int) -> None:
+    def __init__(
+        self, spec: JobSpec, store: Store, source: Source, convert: dict[str, str], batch_rows: int, place: bool
+    ) -> None:
         self.spec, self.store, self.source, self.convert = spec, store, source, convert
         self.batch_rows = batch_rows
         self.columns = columns_for(spec)
+        self.results = Results(source, store, self.columns, place=place)
         self.tally: dict[str, int] = {}
         self.failure: BaseException | None = None
         prefix = spec.output.column_prefix
@@ -285,39 +294,20 @@ class _Table:
 
     def _frame(self, batch: pl.DataFrame) -> pl.DataFrame:
         """One slice of the input joined with its stored results; counts its rows by status."""
-        spec, columns, tally = self.spec, self.columns, self.tally
-        names = [name for name, _ in columns]
-        status_at, message_at = names.index("status"), names.index("error_message")
-        # Only what the table needs of each request: keeping whole requests (bodies and all)
-        # for a slice was most of the export's memory.
-        items = [
-            (i.key, i.row_index, i.sample, None) if isinstance(i, Request) else ("", i.row_index, i.sample, i.reason)
-            for i in self.source.requests(batch)
-        ]
-        stored = [STORE_COLUMN.get(name, name) for name in names]
-        found = self.store.fetch([key for key, _, _, reason in items if reason is None], stored)
-        blank = (None,) * len(columns)
-        # Column by column (a transpose in C) rather than a Python loop over every cell.
-        values = [list(column) for column in zip(*(found.get(key, blank) for key, _, _, _ in items), strict=True)]
-        if not values:
-            values = [[] for _ in columns]
-        status, message = values[status_at], values[message_at]
-        for n, (_, _, _, reason) in enumerate(items):
-            if reason is not None:
-                status[n], message[n] = "skipped", reason
-            elif status[n] is None:
-                status[n] = "pending"
-        for name, count in Counter(status).items():
-            tally[str(name)] = tally.get(str(name), 0) + count
-        first_index = int(batch[ROW_INDEX][0])
-        positions = [row_index - first_index for _, row_index, _, _ in items]
-        frame = _converted(batch[positions].drop(ROW_INDEX), self.convert)
+        spec, tally = self.spec, self.tally
+        found = self.results.of(batch)
+        for status, count in found.group_by("status").len().iter_rows():
+            tally[str(status)] = tally.get(str(status), 0) + count
+        if found.height == batch.height and spec.job.repeat == 1:  # a line per row, in order
+            frame = batch.drop(ROW_INDEX)
+        else:
+            positions = found[ROW_INDEX].cast(pl.Int64) - int(batch[ROW_INDEX][0])
+            frame = batch[positions.to_list()].drop(ROW_INDEX)
+        frame = _converted(frame, self.convert)
         prefix = spec.output.column_prefix
         if spec.job.repeat > 1:
-            frame = frame.with_columns(pl.Series(prefix + "sample", [i[2] for i in items], dtype=pl.Int64))
-        return frame.with_columns(
-            pl.Series(prefix + name, column, dtype=dtype) for (name, dtype), column in zip(columns, values, strict=True)
-        )
+            frame = frame.with_columns(found[SAMPLE].alias(prefix + "sample"))
+        return frame.with_columns(found[name].alias(prefix + name) for name, _ in self.columns)
 
 
 def export_job(spec: JobSpec, path: Path | None = None) -> tuple[Path, dict[str, int]]:

@@ -359,6 +359,10 @@ class Source:
         db, data = self.spec.db_path, self.spec.input.path
         return db.is_file() and data.is_file() and store.checked_before(db, self.spec.digest, self.signature())
 
+    def render_context(self) -> str | None:
+        """The digest of what turns this file's rows into requests (see `Renderer.render_context`)."""
+        return self.renderer.render_context(self.signature())
+
     def row_id(self, row: dict[str, Any]) -> str:
         id_column = self.spec.input.id_column
         return str(row[id_column]) if id_column else str(int(row[ROW_INDEX]) + 1)

@@ -35,6 +35,7 @@ from .common import TOTAL_SQL, now
 __all__ = ["SETTLED_SQL", "TOTAL_SQL", "Store", "checked_before", "now"]
 from .history import History
 from .migrations import migrate
+from .placed import Placed
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -72,7 +73,7 @@ def checked_before(path: Path, spec_digest: str, input_signature: str) -> bool:
         return False
 
 
-class Store(History, Batches):
+class Store(History, Batches, Placed):
     """A job's SQLite checkpoint. One writer connection; reads may use a second one.
 
     Opening checks the file before anything is read or written (StoreError, exit 2): it must be
@@ -170,6 +171,7 @@ class Store(History, Batches):
         rows_total: int = 0,
         input_signature: str | None = None,
         mode: str = "online",
+        render_context: str | None = None,
     ) -> int:
         with self.db.atomic():
             row = self.db.table("runs").insert(
@@ -185,6 +187,7 @@ class Store(History, Batches):
                     "rows_total": rows_total,
                     "input_signature": input_signature,
                     "mode": mode,
+                    "render_context": render_context,
                 }
             )
         assert row.last_pk is not None
@@ -294,7 +297,7 @@ class Store(History, Batches):
             # Lines that batches returned without a verdict start their count of tries again.
             self.db.execute(
                 "UPDATE batch_lines SET outcome = 'retried' WHERE outcome = 'resubmit' AND key IN "
-                "(SELECT key FROM results WHERE status = 'failed' AND retryable = 1)"
+                f"(SELECT {slim.key_sql('key')} FROM results WHERE status = 'failed' AND retryable = 1)"
             )
         return int(changed)
 
@@ -303,21 +306,24 @@ class Store(History, Batches):
     def lookup(self, keys: list[str]) -> dict[str, tuple[str, int]]:
         """For the keys already stored: (status, retryable)."""
         found: dict[str, tuple[str, int]] = {}
-        for chunk in _chunks(keys, 900):
+        for chunk in _chunks(self._stored_keys(keys), 900):
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT key, status, retryable FROM results WHERE key IN ({marks})"
             for key, status, retryable in self._reader.execute(sql, chunk):
-                found[key] = (status, retryable or 0)
+                found[slim.key_text(key)] = (status, retryable or 0)
         return found
 
     def fetch(self, keys: list[str], columns: Iterable[str]) -> dict[str, tuple[Any, ...]]:
-        """The named result columns for the keys that are stored."""
-        cols = ", ".join(f"[{c}]" for c in columns)
+        """The named result columns (of `results_view`) for the keys that are stored."""
+        if self._keys_packed():  # the view's key is text: ask the tables, by their own key
+            exprs = slim.result_exprs()
+            picked = ", ".join(exprs[c] for c in ("key", *columns))
+            select, key = f"SELECT {picked} {slim.RESULTS_FROM}", "r.key"
+        else:
+            select, key = f"SELECT key, {', '.join(f'[{c}]' for c in columns)} FROM {self._view('results')}", "key"
         found: dict[str, tuple[Any, ...]] = {}
-        for chunk in _chunks(keys, 900):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT key, {cols} FROM {self._view('results')} WHERE key IN ({marks})"
-            for row in self._reader.execute(sql, chunk):
+        for chunk in _chunks(self._stored_keys(keys), 900):
+            for row in self._reader.execute(f"{select} WHERE {key} IN ({','.join('?' * len(chunk))})", chunk):
                 found[row[0]] = tuple(row[1:])
         return found
 
@@ -395,6 +401,6 @@ def _totalled(row: list[Any]) -> list[Any]:
     return row
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]

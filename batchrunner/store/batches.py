@@ -36,7 +36,7 @@ class Line:
     worst_pusd: int | None = None
 
 
-def _chunks(items: Sequence[str], size: int = 900) -> Iterator[Sequence[str]]:
+def _chunks(items: Sequence[Any], size: int = 900) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -55,6 +55,8 @@ class Batches:
         def _put(self, results: Sequence[Result], attempts: Sequence[Attempt]) -> None: ...
 
         def _forget_ids(self) -> None: ...
+
+        def _stored_keys(self, keys: Sequence[str]) -> list[Any]: ...
 
     def _now(self) -> str:
         return now()
@@ -228,12 +230,12 @@ class Batches:
         try:
             with self.db.atomic():
                 for results, attempts, outcomes in parts:
-                    keys = [r.key for r in results]
-                    kept: set[str] = set()
+                    keys = self._stored_keys([r.key for r in results])
+                    kept: set[Any] = set()
                     for chunk in _chunks(keys):
                         sql = f"SELECT key FROM results WHERE status = 'ok' AND key IN ({','.join('?' * len(chunk))})"
                         kept.update(k for (k,) in conn.execute(sql, list(chunk)))
-                    fresh = [r for r in results if r.key not in kept]
+                    fresh = [r for r, k in zip(results, keys, strict=True) if k not in kept]
                     self._put(fresh, attempts)
                     conn.executemany(TOTAL_SQL, [[k] for k in kept])
                     conn.executemany(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from . import slim
 
 
 class History:
@@ -19,6 +20,7 @@ class History:
     path: Path
     conn: sqlite3.Connection
     _reader: sqlite3.Connection  # for reads made while the writer thread commits
+    _packed_keys: bool | None
 
     def tables(self) -> set[str]:
         """The tables of the file (a store older than a migration lacks its tables)."""
@@ -26,6 +28,30 @@ class History:
 
     def _columns(self, table: str) -> list[str]:
         return [row[1] for row in self.conn.execute(f"PRAGMA table_info([{table}])")]
+
+    def _keys_packed(self) -> bool:
+        """Whether this file keeps request keys as bytes (m010; a store opened read-only may be
+        older). Asked once."""
+        packed = getattr(self, "_packed_keys", None)
+        if packed is None:
+            packed = False
+            if "_batchrunner_migrations" in self.tables():
+                sql = "SELECT 1 FROM _batchrunner_migrations WHERE name = 'm010_packed_keys'"
+                packed = self.conn.execute(sql).fetchone() is not None
+            self._packed_keys = packed
+        return packed
+
+    def _stored_keys(self, keys: Sequence[str]) -> list[Any]:
+        """Request keys as this file keeps them (slim.packed_key)."""
+        return [slim.packed_key(k) for k in keys] if self._keys_packed() else list(keys)
+
+    def _table_key(self, view_key: str) -> str:
+        """SQL for the key the tables keep, from a view's `view_key` (its text), so that a
+        lookup in a table by key can use the table's index."""
+        if not self._keys_packed():
+            return view_key
+        self.conn.create_function("batchrunner_packed_key", 1, slim.packed_key, deterministic=True)
+        return f"batchrunner_packed_key({view_key})"
 
     def _view(self, table: str) -> str:
         """What to read `results` or `attempts` from under their old column names: the view
@@ -151,7 +177,8 @@ class History:
             columns += [job_of("a"), mode_of("a")]
             answered = f"FROM {attempts} a LEFT JOIN {results} r ON r.key = a.key WHERE a.input_tokens IS NOT NULL"
             parts.append(([*columns, "0", "0", "0", *paid("a")], answered, "date(a.started_at)"))
-            own += " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = r.key AND a.input_tokens IS NOT NULL)"
+            own += f" AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = {self._table_key('r.key')} "
+            own += "AND a.input_tokens IS NOT NULL)"
         parts.append(([*row_keys, "0", "0", "0", *paid("r")], own, finished))
         return parts, len(row_keys)
 
@@ -171,7 +198,7 @@ class History:
         if outcome is not None:
             sql += " WHERE outcome = ?"
             args = [outcome]
-        return {key: n for key, n in self.conn.execute(sql + " GROUP BY key", args).fetchall()}
+        return {slim.key_text(key): n for key, n in self.conn.execute(sql + " GROUP BY key", args).fetchall()}
 
     def spent(self, job: str | None = None) -> int:
         """What the job (every job, when None) has spent in all its runs, in pico-USD: the

@@ -179,6 +179,29 @@ def ms_sql(column: str) -> str:
     return f"CASE WHEN {exact} THEN {ms} ELSE {column} END"
 
 
+# ---------------------------------------------------------------------------- request keys
+
+_HEX_KEY = re.compile("[0-9a-f]{32}")
+
+
+def packed_key(key: Any) -> Any:
+    """A request key as stored: the 16 bytes of the 32 lower-case hex digits render.key_of
+    writes (`key_sql` gives back the very same text), else as it came."""
+    if isinstance(key, str) and len(key) == 32 and _HEX_KEY.fullmatch(key):
+        return bytes.fromhex(key)
+    return key
+
+
+def key_text(stored: Any) -> Any:
+    """A stored request key as its text (what `key_sql` does, in Python)."""
+    return stored.hex() if isinstance(stored, bytes) else stored
+
+
+def key_sql(column: str) -> str:
+    """A stored request key as its text."""
+    return f"CASE WHEN typeof({column}) = 'blob' THEN lower(hex({column})) ELSE {column} END"
+
+
 # ---------------------------------------------------------------------------- request ids
 
 _UUID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -235,11 +258,22 @@ def seeded_sql(row: str) -> str:
 # ---------------------------------------------------------------------------- the views
 
 
-def results_view_sql() -> str:
-    """The results as they were, one row each, under the old column names."""
+# What `result_exprs` reads from.
+RESULTS_FROM = (
+    "FROM results r\n"
+    "LEFT JOIN shapes s ON s.id = r.shape\n"
+    "LEFT JOIN usage_templates ru ON ru.id = r.usage_template\n"
+    "LEFT JOIN attempts a ON a.id = r.answer\n"
+    "LEFT JOIN usage_templates au ON au.id = a.usage_template"
+)
+
+
+def result_exprs() -> dict[str, str]:
+    """Each column of `results_view` (the old column names, in order) as SQL over `RESULTS_FROM`."""
     own = usage_sql("ru.template", "r")
     theirs = usage_sql("au.template", "a")
     picked: dict[str, str] = {c: f"r.{c}" for c in RESULT_VIEW_COLUMNS}
+    picked["key"] = key_sql("r.key")
     for column in ANSWER_COLUMNS:
         picked[column] = f"coalesce(r.{column}, a.{column})"
     picked["usage"] = f"coalesce(r.usage, {own}, a.usage, {theirs})"
@@ -248,19 +282,19 @@ def results_view_sql() -> str:
     picked.update(model="s.model", endpoint="s.endpoint", parameters=parameters_sql("s", "r"))
     picked.update(price_version="s.price_version", job="s.job", mode="s.mode")
     picked.update(cost_usd="coalesce(r.cost_pusd, a.cost_pusd) / 1e12", total_cost_usd="r.total_cost_pusd / 1e12")
-    columns = ",\n  ".join(f"{sql} AS [{name}]" for name, sql in picked.items())
-    return (
-        f"CREATE VIEW results_view AS SELECT\n  {columns}\nFROM results r\n"
-        "LEFT JOIN shapes s ON s.id = r.shape\n"
-        "LEFT JOIN usage_templates ru ON ru.id = r.usage_template\n"
-        "LEFT JOIN attempts a ON a.id = r.answer\n"
-        "LEFT JOIN usage_templates au ON au.id = a.usage_template"
-    )
+    return picked
+
+
+def results_view_sql() -> str:
+    """The results as they were, one row each, under the old column names."""
+    columns = ",\n  ".join(f"{sql} AS [{name}]" for name, sql in result_exprs().items())
+    return f"CREATE VIEW results_view AS SELECT\n  {columns}\n{RESULTS_FROM}"
 
 
 def attempts_view_sql() -> str:
     """Every attempt as it was, under the old column names."""
     picked: dict[str, str] = {c: f"a.{c}" for c in ATTEMPT_VIEW_COLUMNS}
+    picked["key"] = key_sql("a.key")
     picked["started_at"] = iso_sql("a.started_at")
     picked["request_id"] = request_id_sql("a.request_id")
     picked["usage"] = f"coalesce(a.usage, {usage_sql('u.template', 'a')})"
@@ -365,7 +399,9 @@ class Encoder:
         by_key: dict[str, list[tuple[int, Any]]] = {}
         for n, a in enumerate(attempts, start=int(top) + 1):
             values = _fields(a, ATTEMPT_COLUMNS)
-            values.update(id=n, started_at=ms_of(a.started_at), request_id=packed_id(a.request_id))
+            values.update(
+                id=n, key=packed_key(a.key), started_at=ms_of(a.started_at), request_id=packed_id(a.request_id)
+            )
             values["shape"] = self.shape(None, a.mode, a.model, None, None, None, a.price_version)
             template = self.template(a.usage, values)
             if template is not None:
@@ -377,7 +413,12 @@ class Encoder:
     def result(self, r: Any, answers: Sequence[tuple[int, Any]]) -> list[Any]:
         """The row of one result; `answers` are the (id, attempt) written with it."""
         values = _fields(r, RESULT_COLUMNS)
-        values.update(started_at=ms_of(r.started_at), finished_at=ms_of(r.finished_at), total_cost_pusd=None)
+        values.update(
+            key=packed_key(r.key),
+            started_at=ms_of(r.started_at),
+            finished_at=ms_of(r.finished_at),
+            total_cost_pusd=None,
+        )
         values["shape"] = self.shape(r.job, r.mode, r.model, r.endpoint, r.parameters, r.seed, r.price_version)
         mine = _fields(r, ANSWER_COLUMNS)
         for attempt_id, a in reversed(answers):
