@@ -40,7 +40,8 @@ from batchrunner.pricing import pusd_to_usd
 from batchrunner.source import Source
 from batchrunner.spec import JobSpec, load
 from batchrunner.store import Store
-from batchrunner.store.slim import ATTEMPT_COLUMNS, RESULT_COLUMNS, iso_of
+from batchrunner.store.packing import iso_of
+from batchrunner.store.slim import ATTEMPT_COLUMNS, RESULT_COLUMNS
 
 from .data import write_spec
 from .harness import CONCURRENCY, HUGE_RPM

@@ -30,7 +30,8 @@ from batchrunner.render import Renderer, key_of
 from batchrunner.runner import prices_for
 from batchrunner.simulator import answers
 from batchrunner.spec import JobSpec, load
-from batchrunner.store.slim import ATTEMPT_COLUMNS, RESULT_COLUMNS, iso_of
+from batchrunner.store.packing import iso_of
+from batchrunner.store.slim import ATTEMPT_COLUMNS, RESULT_COLUMNS
 
 from .data import SEED, prompt_rows, sentence_pool
 

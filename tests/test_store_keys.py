@@ -15,7 +15,7 @@ import pytest
 
 from batchrunner.records import Attempt, Result
 from batchrunner.render import key_of
-from batchrunner.store import Store, slim
+from batchrunner.store import Store, packing, slim
 from batchrunner.store.batches import Line
 
 KEYS = [key_of("/p", f"body {i}".encode()) for i in range(6)] + ["not-a-hex-key"]
@@ -89,7 +89,7 @@ def test_a_store_with_text_keys_is_read_then_converted(store: Path, tmp_path: Pa
         for table, view in (("results", slim.results_view_sql()), ("attempts", slim.attempts_view_sql())):
             conn.execute(f"UPDATE {table} SET key = lower(hex(key)) WHERE typeof(key) = 'blob'")
             conn.execute(f"DROP VIEW {table}_view")
-            conn.execute(view.replace(slim.key_sql(f"{table[0]}.key"), f"{table[0]}.key"))
+            conn.execute(view.replace(packing.key_sql(f"{table[0]}.key"), f"{table[0]}.key"))
         conn.execute("DELETE FROM _batchrunner_migrations WHERE name = 'm010_packed_keys'")
     assert {kind for (kind,) in rows(older, "SELECT typeof(key) FROM results")} == {"text"}
     with Store(older, readonly=True) as s:  # not converted: read as it is

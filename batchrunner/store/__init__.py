@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from . import files as storefile
-from . import slim
+from . import packing, slim
 from .batches import Batches
 from .common import TOTAL_SQL, now
 
@@ -258,7 +258,8 @@ class Store(History, Batches, Placed):
             sql = f"INSERT INTO attempts ({', '.join(slim.ATTEMPT_COLUMNS)}) VALUES ({_marks(slim.ATTEMPT_COLUMNS)})"
             conn.executemany(sql, rows)
         if results:
-            conn.executemany(_RESULT_SQL, [_totalled(encoder.result(r, answers.get(r.key, ()))) for r in results])
+            rows = [slim.totalled(encoder.result(r, answers.get(r.key, ()))) for r in results]
+            conn.executemany(slim.RESULT_SQL, rows)
 
     def write(
         self,
@@ -297,7 +298,7 @@ class Store(History, Batches, Placed):
             # Lines that batches returned without a verdict start their count of tries again.
             self.db.execute(
                 "UPDATE batch_lines SET outcome = 'retried' WHERE outcome = 'resubmit' AND key IN "
-                f"(SELECT {slim.key_sql('key')} FROM results WHERE status = 'failed' AND retryable = 1)"
+                f"(SELECT {packing.key_sql('key')} FROM results WHERE status = 'failed' AND retryable = 1)"
             )
         return int(changed)
 
@@ -310,7 +311,7 @@ class Store(History, Batches, Placed):
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT key, status, retryable FROM results WHERE key IN ({marks})"
             for key, status, retryable in self._reader.execute(sql, chunk):
-                found[slim.key_text(key)] = (status, retryable or 0)
+                found[packing.key_text(key)] = (status, retryable or 0)
         return found
 
     def fetch(self, keys: list[str], columns: Iterable[str]) -> dict[str, tuple[Any, ...]]:
@@ -378,27 +379,6 @@ class Store(History, Batches, Placed):
 
 def _marks(columns: Sequence[str]) -> str:
     return ", ".join("?" * len(columns))
-
-
-# A result's row with its total cost computed as it is written (what TOTAL_SQL would set
-# right after: every paid attempt of its request, else the row's own cost), in one statement.
-_TOTAL_AT = slim.RESULT_COLUMNS.index("total_cost_pusd")
-_KEY_AT = slim.RESULT_COLUMNS.index("key")
-_COST_AT = slim.RESULT_COLUMNS.index("cost_pusd")
-_RESULT_SQL = (
-    f"INSERT OR REPLACE INTO results ({', '.join(slim.RESULT_COLUMNS)}) VALUES ("
-    + ", ".join(
-        "(SELECT coalesce(sum(a.cost_pusd), ?) FROM attempts a WHERE a.key = ?)" if i == _TOTAL_AT else "?"
-        for i in range(len(slim.RESULT_COLUMNS))
-    )
-    + ")"
-)
-
-
-def _totalled(row: list[Any]) -> list[Any]:
-    """A result's row for _RESULT_SQL: its own cost and key in place of the total."""
-    row[_TOTAL_AT : _TOTAL_AT + 1] = [row[_COST_AT], row[_KEY_AT]]
-    return row
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from . import slim
+from . import packing
 
 
 class History:
@@ -42,15 +42,15 @@ class History:
         return packed
 
     def _stored_keys(self, keys: Sequence[str]) -> list[Any]:
-        """Request keys as this file keeps them (slim.packed_key)."""
-        return [slim.packed_key(k) for k in keys] if self._keys_packed() else list(keys)
+        """Request keys as this file keeps them (packing.packed_key)."""
+        return [packing.packed_key(k) for k in keys] if self._keys_packed() else list(keys)
 
     def _table_key(self, view_key: str) -> str:
         """SQL for the key the tables keep, from a view's `view_key` (its text), so that a
         lookup in a table by key can use the table's index."""
         if not self._keys_packed():
             return view_key
-        self.conn.create_function("batchrunner_packed_key", 1, slim.packed_key, deterministic=True)
+        self.conn.create_function("batchrunner_packed_key", 1, packing.packed_key, deterministic=True)
         return f"batchrunner_packed_key({view_key})"
 
     def _view(self, table: str) -> str:
@@ -198,7 +198,7 @@ class History:
         if outcome is not None:
             sql += " WHERE outcome = ?"
             args = [outcome]
-        return {slim.key_text(key): n for key, n in self.conn.execute(sql + " GROUP BY key", args).fetchall()}
+        return {packing.key_text(key): n for key, n in self.conn.execute(sql + " GROUP BY key", args).fetchall()}
 
     def spent(self, job: str | None = None) -> int:
         """What the job (every job, when None) has spent in all its runs, in pico-USD: the

@@ -269,7 +269,7 @@ def m008_slim_store(db: sqlite_utils.Database) -> None:
     `results_view` and `attempts_view`, which give the old picture. Existing rows move in a few
     set-based statements (one pass to work out each row's shape, template and answer, one to
     copy it); the old tables are dropped (their pages are reused; `VACUUM` frees them)."""
-    from . import slim
+    from . import packing, slim
 
     db.execute(
         "CREATE TABLE shapes (id INTEGER PRIMARY KEY, job TEXT, mode TEXT, model TEXT, endpoint TEXT, "
@@ -279,7 +279,7 @@ def m008_slim_store(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE usage_templates (id INTEGER PRIMARY KEY, template TEXT NOT NULL UNIQUE)")
     conn = db.conn
     conn.create_function("batchrunner_usage_template", 1 + len(USAGE_COLUMNS), slim.template_udf, deterministic=True)
-    conn.create_function("batchrunner_request_id", 1, slim.packed_id, deterministic=True)
+    conn.create_function("batchrunner_request_id", 1, packing.packed_id, deterministic=True)
     for table in ("results", "attempts"):
         db.execute(f"ALTER TABLE {table} RENAME TO old_{table}")
         for column, kind in (("m_rest", "TEXT"), ("m_seeded", "INTEGER"), ("m_text", "TEXT"), ("m_answer", "INTEGER")):
@@ -324,7 +324,7 @@ def m008_slim_store(db: sqlite_utils.Database) -> None:
     )
     template_id = "(SELECT id FROM usage_templates u WHERE u.template = m_text)"
     moved = {
-        "started_at": slim.ms_sql(f"{a}.started_at"),
+        "started_at": packing.ms_sql(f"{a}.started_at"),
         "usage": f"CASE WHEN m_text IS NULL THEN {a}.usage END",
         "usage_template": template_id,
         "shape": (
@@ -339,7 +339,7 @@ def m008_slim_store(db: sqlite_utils.Database) -> None:
     moved["usage"] = f"CASE WHEN m_answer IS NULL AND m_text IS NULL THEN {r}.usage END"
     moved["usage_template"] = template_id
     moved["request_id"] = f"CASE WHEN m_answer IS NULL THEN batchrunner_request_id({r}.request_id) END"
-    moved.update(started_at=slim.ms_sql(f"{r}.started_at"), finished_at=slim.ms_sql(f"{r}.finished_at"))
+    moved.update(started_at=packing.ms_sql(f"{r}.started_at"), finished_at=packing.ms_sql(f"{r}.finished_at"))
     same = " AND ".join(f"s.{c} IS {r}.{c}" for c in ("job", "mode", "model", "endpoint", "price_version"))
     moved["shape"] = f"(SELECT id FROM shapes s WHERE {same} AND s.parameters IS m_rest AND s.seeded = m_seeded)"
     moved["answer"] = "m_answer"
@@ -365,12 +365,12 @@ def m009_row_positions(db: sqlite_utils.Database) -> None:
 
 @migration
 def m010_packed_keys(db: sqlite_utils.Database) -> None:
-    """Request keys as their 16 bytes rather than 32 hex digits (slim.packed_key), in `results`
+    """Request keys as their 16 bytes rather than 32 hex digits (packing.packed_key), in `results`
     and `attempts` and so in their key indexes: 64 bytes less per answered row. The views show
     them as the text they were (a batch line's custom_id is that text; `batch_lines` keep it)."""
-    from . import slim
+    from . import packing, slim
 
-    db.conn.create_function("batchrunner_packed_key", 1, slim.packed_key, deterministic=True)
+    db.conn.create_function("batchrunner_packed_key", 1, packing.packed_key, deterministic=True)
     for table in ("results", "attempts"):
         db.execute(f"UPDATE {table} SET key = batchrunner_packed_key(key) WHERE typeof(key) = 'text'")
     db.execute("DROP VIEW IF EXISTS results_view")

@@ -85,7 +85,7 @@ class Placed:
 
 
 def _request_id(packed: str, text: str) -> pl.Expr:
-    """slim.request_id_sql for a column of polars: the UUID form of the 16 bytes in `packed`,
+    """packing.request_id_sql for a column of polars: the UUID form of the 16 bytes in `packed`,
     else the text in `text` (named `text`)."""
     h = pl.col(packed).bin.encode("hex")
     parts = [h.str.slice(0, 8), h.str.slice(8, 4), h.str.slice(12, 4), h.str.slice(16, 4), h.str.slice(20, 12)]
