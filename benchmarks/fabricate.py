@@ -40,7 +40,7 @@ from batchrunner.pricing import pusd_to_usd
 from batchrunner.source import Source
 from batchrunner.spec import JobSpec, load
 from batchrunner.store import Store
-from batchrunner.store.packing import iso_of
+from batchrunner.store.packing import iso_of, packed_key
 from batchrunner.store.slim import ATTEMPT_COLUMNS, RESULT_COLUMNS
 
 from .data import write_spec
@@ -131,7 +131,7 @@ def template(db: Path, first: Sequence[Row]) -> Bulk:
 
 def _stored(conn: sqlite3.Connection, table: str, columns: Sequence[str], key: str) -> tuple[Any, ...]:
     names = ", ".join(f"[{c}]" for c in columns)
-    found = conn.execute(f"SELECT {names} FROM {table} WHERE key = ?", [key]).fetchone()
+    found = conn.execute(f"SELECT {names} FROM {table} WHERE key = ?", [packed_key(key)]).fetchone()
     assert found is not None, f"no {table} row of {key}"
     return tuple(found)
 
@@ -203,6 +203,16 @@ def finish(spec: JobSpec, run_id: int, rows: int, done: int, sums: Chunk, t0_ms:
             resume_offset=rows if done >= rows else done // BATCH_ROWS * BATCH_ROWS,
             started_at=iso_of(t0_ms),
         )
+    # What the run would have recorded at its start (the input file did not exist yet then):
+    # an export places this run's results by row index only under it.
+    source = Source(spec)
+    conn = sqlite3.connect(spec.db_path)
+    try:
+        with conn:
+            context = source.renderer.render_context(source.signature())
+            conn.execute("UPDATE runs SET render_context = ? WHERE id = ?", [context, run_id])
+    finally:
+        conn.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,7 @@ from batchrunner.render import Renderer, key_of
 from batchrunner.runner import prices_for
 from batchrunner.simulator import answers
 from batchrunner.spec import JobSpec, load
-from batchrunner.store.packing import iso_of
+from batchrunner.store.packing import iso_of, packed_key
 from batchrunner.store.slim import ATTEMPT_COLUMNS, RESULT_COLUMNS
 
 from .data import SEED, prompt_rows, sentence_pool
@@ -211,12 +211,13 @@ class Bulk:
         pusd: tuple[int | None, ...] = (None,) * 6
         if c is not None:
             pusd = (c.total_pusd, c.input_pusd, c.cached_pusd, c.cache_creation_pusd, c.output_pusd, c.saved_pusd)
-        own: tuple[Any, ...] = (row.key, row.row_id, row.row_index, row.content, row.finish_reason, row.latency_ms)
+        key = packed_key(row.key)  # as the store keeps it
+        own: tuple[Any, ...] = (key, row.row_id, row.row_index, row.content, row.finish_reason, row.latency_ms)
         own += (row.started_ms, row.started_ms + row.latency_ms, pusd[0], row.row_index + 1)
         result = self.result
         for name, value in zip(self.RESULT_OWN, own, strict=True):
             result[self.r[name]] = value
-        own = (row.row_index + 1, row.key, row.started_ms, row.latency_ms, row.request_id, row.input_tokens)
+        own = (row.row_index + 1, key, row.started_ms, row.latency_ms, row.request_id, row.input_tokens)
         own += (row.output_tokens, row.input_tokens + row.output_tokens, *pusd)
         attempt = self.attempt
         for name, value in zip(self.ATTEMPT_OWN, own, strict=True):
