@@ -118,15 +118,14 @@ def count(messages: list[dict[str, Any]]) -> int | None:
 def count_over(messages: list[dict[str, Any]], limit: int) -> int | None:
     """The Qwen count of a conversation when it is over `limit`, else None (also without the
     tokenizer: then nothing is refused before the service sees it). Texts are only tokenized
-    when their UTF-8 size says they might be over."""
-    if qwen_encoder() is None:
-        return None
+    when their UTF-8 size says they might be over (the tokenizer is not even loaded before one
+    is: loading it takes a second, which a run's first request would wait for)."""
     quick = REPLY_TOKENS
     for message in messages:
         quick += MESSAGE_TOKENS
         for kind, value in _parts(message.get("content")):
             quick += len(value.encode("utf-8")) if kind == "text" else 2 * MEDIA_ESTIMATE
-    if quick <= limit:
+    if quick <= limit or qwen_encoder() is None:
         return None
     exact = count(messages)
     return exact if exact is not None and exact > limit else None
