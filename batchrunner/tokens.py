@@ -118,7 +118,8 @@ def count(messages: list[dict[str, Any]]) -> int | None:
 def count_over(messages: list[dict[str, Any]], limit: int) -> int | None:
     """The Qwen count of a conversation when it is over `limit`, else None (also without the
     tokenizer: then nothing is refused before the service sees it). Texts are only tokenized
-    when their UTF-8 size says they might be over."""
+    when their UTF-8 size says they might be over (the tokenizer is not even loaded before one
+    is: loading it takes a second, which a run's first request would wait for)."""
     quick = REPLY_TOKENS
     for message in messages:
         quick += MESSAGE_TOKENS
