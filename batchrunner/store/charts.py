@@ -12,6 +12,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from .packing import key_sql
+
 MAX_BUCKETS = 300  # a run's timeline has at most this many points
 
 
@@ -160,7 +162,7 @@ def cache_over_time(conn: sqlite3.Connection, bucket: int) -> list[dict[str, Any
 def failed_rows(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
     """The failed rows with the most attempts: row id, key, error code and message, attempts."""
     sql = (
-        "SELECT row_id, key, error_code AS code, error_message AS message, attempts FROM results "
+        f"SELECT row_id, {key_sql('key')} AS key, error_code AS code, error_message AS message, attempts FROM results "
         "WHERE status = 'failed' ORDER BY attempts DESC, finished_at DESC LIMIT ?"
     )
     return _rows(conn, sql, [limit])
@@ -169,7 +171,8 @@ def failed_rows(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any
 def expensive_rows(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
     """The rows that cost most over all their attempts: row id, key, model, mode, pico-USD, tokens."""
     sql = (
-        "SELECT r.row_id, r.key, s.model, coalesce(s.mode, 'online') AS mode, r.total_cost_pusd AS cost_pusd, "
+        f"SELECT r.row_id, {key_sql('r.key')} AS key, s.model, coalesce(s.mode, 'online') AS mode, "
+        "r.total_cost_pusd AS cost_pusd, "
         "coalesce(r.input_tokens, a.input_tokens) AS input_tokens, "
         "coalesce(r.output_tokens, a.output_tokens) AS output_tokens FROM results r "
         "LEFT JOIN shapes s ON s.id = r.shape LEFT JOIN attempts a ON a.id = r.answer "
