@@ -13,9 +13,9 @@ does not make the command fail, an error in a scenario does (exit code 1).
 
 Without S4, the default run's length is dominated by S3's million rows, so it follows the
 job's own speed: about 19 minutes on two cores at ~1,800 rows/s (S1-S2b take about 3 of
-them). S4 (10 million rows, made without HTTP, see `bigstore`) adds about half an hour on two
-cores: making the job takes 7 minutes on idle cores (16 on cores shared with other work), and
-its `report` and `export` read the whole store. `--quick` shrinks every scenario to seconds
+them). S4 (10 million rows, made without HTTP, see `bigstore`) adds about 20 minutes on two
+shared cores: making the job takes 10 of them, and its `report` and `export` (8 more) read
+the whole store. `--quick` shrinks every scenario to seconds
 (the test uses it); `--rows-s3` and `--rows-s4` shrink S3 or S4 alone. The `startup` scenario
 (CPU of short CLI commands over a bare interpreter) takes under a minute.
 Run it from a checkout's root (where `benchmarks` is importable); the children it starts get
