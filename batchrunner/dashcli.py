@@ -50,20 +50,23 @@ def live(spec: JobSpec, port: int | None) -> Iterator[None]:
 @job_argument
 @db_option
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0: a free port.")
+@click.option("--until-done", is_flag=True, help="Stop once no run of the job is going (checked every second).")
 @_reports_errors
-def watch(job: Path, db: Path | None, port: int) -> None:
+def watch(job: Path, db: Path | None, port: int, until_done: bool) -> None:
     """Serve a live page of JOB's store on 127.0.0.1 (read-only) until Ctrl-C: for a run already going.
 
     \b
     Example:
-        batchrunner watch jobs/reviews-summary.toml --port 8765
+        batchrunner watch jobs/reviews-summary.toml --until-done
     """
+    from .lock import live_holder
+
     spec = _spec(job, db=db)
     if not spec.db_path.is_file():
         msg = f"no store at {spec.db_path} yet: start the run first (or give --db)"
         raise BatchRunnerError(msg)
-    forever = threading.Event()
+    ticks = threading.Event()  # never set: a one-second tick Ctrl-C interrupts
     with live(spec, port), contextlib.suppress(KeyboardInterrupt):
-        click.echo("Ctrl-C to stop.", err=True)
-        while not forever.wait(3600):
-            pass
+        click.echo("Ctrl-C to stop." if not until_done else "Stops when the run ends (or Ctrl-C).", err=True)
+        while not (until_done and live_holder(spec.db_path) is None):
+            ticks.wait(1)

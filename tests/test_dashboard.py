@@ -147,6 +147,13 @@ def test_watch_serves_a_run_already_going(chromium: str, spec: Path, sim: Any, l
     assert closed(url)
     assert run.poll() is None  # watching never touched the run
 
+    until = launch("watch", str(spec), "--until-done", stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    url = url_from(until.stderr)
+    os.killpg(run.pid, signal.SIGINT)  # the run ends: `--until-done` ends with it
+    assert run.wait(timeout=60) == 130
+    assert until.wait(timeout=30) == 0
+    assert closed(url)
+
 
 def test_dashboard_without_the_extra_names_it_and_sends_nothing(
     spec: Path, sim: Any, monkeypatch: pytest.MonkeyPatch
