@@ -17,10 +17,10 @@ import click
 
 from .batchcli import batches, cancel
 from .clihelp import _reports_errors, _spec, db_option, job_argument, prices_option
+from .dashcli import dashboard_option, live, watch
 from .errors import EXIT_CODE_HELP, BatchRunnerError
 
 log = logging.getLogger("batchrunner")
-
 
 _EXIT_CODES = "\n".join(f"    {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items())
 
@@ -85,6 +85,7 @@ def cli() -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="With --simulate: how long each simulated batch takes (default: the simulator's pace).",
 )
+@dashboard_option
 @_reports_errors
 def run(
     job: Path,
@@ -104,6 +105,7 @@ def run(
     detach: bool,
     batch_check: bool,
     sim_batch_seconds: float | None,
+    dashboard: int | None,
 ) -> None:
     """Run JOB (a TOML spec): send every row not yet done, then write the output table.
 
@@ -121,20 +123,21 @@ def run(
     tty = sys.stderr.isatty()
     configure(log_file=log_file, fmt="json" if log_format == "json" else "text", quiet=quiet, tty=tty)
     spec = _spec(job, db=db, output=output, max_cost=max_cost, max_cost_per_run=max_cost_per_run)
-    summary = run_job(
-        spec,
-        limit=limit,
-        simulate=simulate,
-        retry_failed=retry_failed,
-        progress=for_terminal(spec.job.name, quiet=quiet, tty=tty),
-        prices=prices,
-        write_partial=write_partial,
-        handle_signals=True,
-        new_store=new_store,
-        detach=detach,
-        batch_check=batch_check,
-        sim_batch_seconds=sim_batch_seconds,
-    )
+    with live(spec, dashboard):
+        summary = run_job(
+            spec,
+            limit=limit,
+            simulate=simulate,
+            retry_failed=retry_failed,
+            progress=for_terminal(spec.job.name, quiet=quiet, tty=tty),
+            prices=prices,
+            write_partial=write_partial,
+            handle_signals=True,
+            new_store=new_store,
+            detach=detach,
+            batch_check=batch_check,
+            sim_batch_seconds=sim_batch_seconds,
+        )
     log.info(summary.line(), extra={"fields": summary.fields()})
     if summary.message:
         (log.warning if summary.exit_code else log.info)(summary.message)
@@ -390,6 +393,7 @@ def simulate(host: str, port: int, **options: Any) -> None:
 
 cli.add_command(batches)
 cli.add_command(cancel)
+cli.add_command(watch)
 
 
 def main() -> None:

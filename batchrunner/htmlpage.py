@@ -64,7 +64,10 @@ SCRIPT = """
   var url = page.data_url, every = page.refresh_s;
   if (url && every) {
     setInterval(function () {
-      fetch(url, {cache: "no-store"}).then(function (r) { return r.json(); }).then(function (fresh) {
+      fetch(url, {cache: "no-store"}).then(function (r) {
+        if (!r.ok) { throw new Error(String(r.status)); }
+        return r.json();
+      }).then(function (fresh) {
         document.getElementById("br-cards").innerHTML = fresh.cards;
         draw(fresh.specs);
       }).catch(function () {});
@@ -172,13 +175,14 @@ def page(
     title: str = "batchrunner report",
     data_url: str | None = None,
     refresh_s: float | None = None,
+    cards: str | None = None,
 ) -> str:
-    """The whole page (see the module docstring)."""
+    """The whole page (see the module docstring); `cards` replaces the summary cards' HTML."""
     stores = data.get("stores", [])
     bounds = " · ".join(f"{k} {data[k]}" for k in ("since", "until") if data.get(k))
     sub = f"{len(stores)} store(s)" + (f" · {bounds}" if bounds else "") + f" · money in {data['cards']['currency']}"
     body = [f"<header><h1>{html.escape(title)}</h1><div class='sub'>{html.escape(sub)}</div></header>"]
-    body.append(f'<section class="cards" id="br-cards">{cards_html(data)}</section>')
+    body.append(f'<section class="cards" id="br-cards">{cards_html(data) if cards is None else cards}</section>')
     for heading, names in SECTIONS:
         body.append(f"<h2>{html.escape(heading)}</h2>{_panels(specs, names)}")
         if "failed_rows" in names:

@@ -32,11 +32,12 @@ TOP = 20
 BATCH_MODES = ("batch", "batch-chat")
 
 
-def require() -> None:
-    """Raise BatchRunnerError (exit 2) unless altair and vl-convert-python are installed."""
+def require(what: str = "--format html") -> None:
+    """Raise BatchRunnerError (exit 2) unless altair and vl-convert-python are installed; `what`
+    names the option that needs them."""
     missing = [name for name, mod in (("altair", "altair"), ("vl-convert-python", "vl_convert")) if not _has(mod)]
     if missing:
-        msg = f"--format html needs {' and '.join(missing)}: install the html extra, pip install 'batchrunner[html]'"
+        msg = f"{what} needs {' and '.join(missing)}: install the html extra, pip install 'batchrunner[html]'"
         raise BatchRunnerError(msg)
 
 

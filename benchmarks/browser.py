@@ -3,7 +3,9 @@
 Used by the tests (tests/test_htmlreport.py), by `python -m benchmarks.screens` (docs/report.png)
 and by `python -m benchmarks.htmlsize` (size and load time of a large job's report). The network
 is off for the page: a proxy on port 9 (discard, nothing listens) takes every request, and the
-page is read from disk. Each Chromium runs in its own process group, ended with the group when
+page is read from disk. A live page (`http://127.0.0.1:PORT/`, the dashboard) is the one
+exception: given as a URL, it is loaded from loopback (the proxy still takes everything else).
+Each Chromium runs in its own process group, ended with the group when
 it overruns its timeout.
 """
 
@@ -42,10 +44,22 @@ def find_chromium() -> str | None:
     return shutil.which("chromium")
 
 
-def _run(chromium: str, args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+def _address(page: Path | str) -> tuple[str, tuple[str, ...]]:
+    """The address to load and the flags: a file with loopback off too, a loopback URL with it on."""
+    if isinstance(page, str):
+        if not page.startswith(("http://127.0.0.1:", "http://localhost:")):
+            msg = f"only a loopback URL may be loaded: {page}"
+            raise ValueError(msg)
+        return page, tuple(f for f in FLAGS if not f.startswith("--proxy-bypass-list"))
+    return page.resolve().as_uri(), FLAGS
+
+
+def _run(
+    chromium: str, args: list[str], timeout_s: float, flags: tuple[str, ...] = FLAGS
+) -> subprocess.CompletedProcess[str]:
     """Chromium with `args`, its whole process group ended if it is still running at `timeout_s`."""
     with tempfile.TemporaryDirectory(prefix="batchrunner-chromium-") as profile:
-        command = [chromium, *FLAGS, f"--user-data-dir={profile}", *args]
+        command = [chromium, *flags, f"--user-data-dir={profile}", *args]
         proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
@@ -69,18 +83,20 @@ def _end_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def dump_dom(page: Path, *, budget_ms: int = 10_000, timeout_s: float = 120) -> str:
-    """The page's DOM after its scripts ran (virtual time: up to `budget_ms` of it)."""
+def dump_dom(page: Path | str, *, budget_ms: int = 10_000, timeout_s: float = 120) -> str:
+    """The page's DOM after its scripts ran (virtual time: up to `budget_ms` of it); `page` is
+    a file, or a loopback URL."""
     chromium = find_chromium()
     if chromium is None:
         msg = "chromium is not installed (apt-get install -y chromium)"
         raise FileNotFoundError(msg)
-    done = _run(chromium, [f"--virtual-time-budget={budget_ms}", "--dump-dom", page.resolve().as_uri()], timeout_s)
+    address, flags = _address(page)
+    done = _run(chromium, [f"--virtual-time-budget={budget_ms}", "--dump-dom", address], timeout_s, flags)
     return done.stdout
 
 
 def screenshot(
-    page: Path, png: Path, *, size: str = "1280,2400", budget_ms: int = 10_000, timeout_s: float = 120
+    page: Path | str, png: Path, *, size: str = "1280,2400", budget_ms: int = 10_000, timeout_s: float = 120
 ) -> Path:
     """A PNG of the page at `size` (width,height in CSS pixels)."""
     chromium = find_chromium()
@@ -88,7 +104,8 @@ def screenshot(
         msg = "chromium is not installed (apt-get install -y chromium)"
         raise FileNotFoundError(msg)
     args = [f"--virtual-time-budget={budget_ms}", f"--screenshot={png.resolve()}", f"--window-size={size}"]
-    _run(chromium, [*args, "--hide-scrollbars", page.resolve().as_uri()], timeout_s)
+    address, flags = _address(page)
+    _run(chromium, [*args, "--hide-scrollbars", address], timeout_s, flags)
     return png
 
 
