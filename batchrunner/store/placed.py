@@ -14,9 +14,10 @@ import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
-
 from . import slim
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # The results a run of render context ? made, but not through a batch file (their lines were
 # planned by another run), over slim.RESULTS_FROM.
@@ -47,6 +48,8 @@ class Placed:
         (name, dtype) `columns` of `results_view`, with its values. The tables are read
         directly: what the view computes row by row (a request id's text) is done here, a
         column at a time."""
+        import polars as pl  # here: a store opened for status or runs need not load polars
+
         exprs = slim.result_exprs()
         stored = "coalesce(r.request_id, a.request_id)"
         picked: dict[str, tuple[str, Any]] = {
@@ -87,6 +90,8 @@ class Placed:
 def _request_id(packed: str, text: str) -> pl.Expr:
     """packing.request_id_sql for a column of polars: the UUID form of the 16 bytes in `packed`,
     else the text in `text` (named `text`)."""
+    import polars as pl
+
     h = pl.col(packed).bin.encode("hex")
     parts = [h.str.slice(0, 8), h.str.slice(8, 4), h.str.slice(12, 4), h.str.slice(16, 4), h.str.slice(20, 12)]
     return pl.coalesce(pl.concat_str(parts, separator="-"), pl.col(text)).alias(text)
