@@ -138,6 +138,15 @@ class Pending:
             return start
         return 0
 
+    def _needs_nothing(self, item: Request | Skipped, stored: dict[str, tuple[str, int]]) -> str | None:
+        """Why this run sends nothing for `item` (the Survey field that counts it), else None."""
+        if isinstance(item, Skipped):
+            return "skipped"
+        status, retryable = stored.get(item.key, ("", 0))
+        if status == "live":  # out in a batch that may still answer it
+            return "live"
+        return "settled" if settled(status, retryable or self.retry_failed) else None
+
     def _prepare(
         self, offset: int, *, count_live: bool = True
     ) -> tuple[list[Request | Skipped], dict[str, tuple[str, int]]]:
@@ -166,16 +175,9 @@ class Pending:
             items, stored = self._prepare(offset, count_live=False)
             quiet = 0
             for item in items:
-                if isinstance(item, Skipped):
-                    found.skipped += 1
-                    quiet += 1
-                    continue
-                status, retryable = stored.get(item.key, ("", 0))
-                if status == "live":
-                    found.live += 1
-                    quiet += 1
-                elif settled(status, retryable or self.retry_failed):
-                    found.settled += 1
+                kind = self._needs_nothing(item, stored)
+                if kind is not None:
+                    setattr(found, kind, getattr(found, kind) + 1)
                     quiet += 1
             self._credited[offset] = quiet
         self._surveyed = True
@@ -223,19 +225,17 @@ class Pending:
                 items, stored = await loop.run_in_executor(reader, self._prepare, offset)
                 quiet = 0  # rows that need nothing: done, skipped, duplicates
                 for item in items:
-                    if isinstance(item, Skipped):
-                        self.skipped += 1
+                    kind = self._needs_nothing(item, stored)
+                    if kind is not None:
+                        if kind == "skipped":
+                            self.skipped += 1
+                        elif kind == "live":
+                            frontier.block(offset)  # a later run may have to send it
+                        else:
+                            self.already_done += 1
                         quiet += 1
                         continue
-                    status, retryable = stored.get(item.key, ("", 0))
-                    if status == "live":
-                        frontier.block(offset)  # a later run may have to send it
-                        quiet += 1
-                        continue
-                    if settled(status, retryable or self.retry_failed):
-                        self.already_done += 1
-                        quiet += 1
-                        continue
+                    assert isinstance(item, Request)
                     if item.key in self.claimed or item.key in self.recent:  # sent once per run
                         quiet += 1
                         continue
