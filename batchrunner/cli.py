@@ -19,6 +19,7 @@ from .batchcli import batches, cancel
 from .clihelp import _reports_errors, _spec, db_option, job_argument, prices_option
 from .dashcli import dashboard_option, live, watch
 from .errors import EXIT_CODE_HELP, BatchRunnerError
+from .scalecli import scale_options
 
 log = logging.getLogger("batchrunner")
 
@@ -43,9 +44,7 @@ def cli() -> None:
 @job_argument
 @db_option
 @click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Output table (default: from the spec).",
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Output table (default: from the spec)."
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most N requests in this run.")
 @click.option("--simulate", is_flag=True, help="Use the built-in DashScope simulator (no key, no cost).")
@@ -65,11 +64,7 @@ def cli() -> None:
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also write log lines to this file.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress display; only warnings and errors on stderr.")
-@click.option(
-    "--new-store",
-    is_flag=True,
-    help="Start a new store in an empty store file (0 bytes, or no tables) instead of refusing it.",
-)
+@click.option("--new-store", is_flag=True, help="Start a new store in an empty store file (0 bytes, or no tables).")
 @click.option(
     "--detach",
     is_flag=True,
@@ -86,6 +81,7 @@ def cli() -> None:
     help="With --simulate: how long each simulated batch takes (default: the simulator's pace).",
 )
 @dashboard_option
+@scale_options
 @_reports_errors
 def run(
     job: Path,
@@ -106,6 +102,7 @@ def run(
     batch_check: bool,
     sim_batch_seconds: float | None,
     dashboard: int | None,
+    scale: dict[str, Any],
 ) -> None:
     """Run JOB (a TOML spec): send every row not yet done, then write the output table.
 
@@ -122,7 +119,7 @@ def run(
 
     tty = sys.stderr.isatty()
     configure(log_file=log_file, fmt="json" if log_format == "json" else "text", quiet=quiet, tty=tty)
-    spec = _spec(job, db=db, output=output, max_cost=max_cost, max_cost_per_run=max_cost_per_run)
+    spec = _spec(job, db=db, output=output, max_cost=max_cost, max_cost_per_run=max_cost_per_run).with_scale(**scale)
     with live(spec, dashboard):
         summary = run_job(
             spec,

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ExitCode
 from .store import Store
+
+if TYPE_CHECKING:
+    from .attempts import Attempts
+    from .writer import CheckpointWriter
 
 log = logging.getLogger("batchrunner")
 
@@ -35,3 +39,25 @@ def finish_run(store: Store, run_id: int, **fields: Any) -> None:
         store.finish_run(run_id, **fields)
     except sqlite3.Error as exc:
         log.error("%s: cannot record the end of run %d (%s)", store.path, run_id, exc)
+
+
+def store_failure(writer: CheckpointWriter) -> str:
+    cause = writer.error or "the store stayed locked by another connection"
+    kept = f"kept in {writer.spilled}, which the next run loads first" if writer.spilled else "NOT kept (see above)"
+    return (
+        f"the store {writer.store.path} could not be written ({cause}); sending stopped. Answers not committed: "
+        f"{kept}. Free the disk (or the lock) and run again to go on"
+    )
+
+
+def run_ending(attempts: Attempts, interrupted: bool) -> tuple[str, ExitCode, str]:
+    """(status, exit code, message) of a run whose pool stopped without an exception."""
+    if interrupted:
+        message = "interrupted: every answer received is saved; run the same command again to resume"
+        return "interrupted", ExitCode.INTERRUPTED, message
+    if attempts.breaker.tripped is not None:
+        message = attempts.breaker.tripped + "; nothing is lost: run again when the service recovers"
+        return "outage", ExitCode.OUTAGE, message
+    if attempts.budget.exhausted is not None:
+        return "budget", ExitCode.BUDGET, attempts.budget.message() + "; raise the limit and run again to go on"
+    return "finished", ExitCode.OK, ""

@@ -92,6 +92,19 @@ class RequestPacer:
         self._last_cut = float("-inf")
         self._probe_wait = 2 * self.base_window_s  # quiet time before the rate is raised again
 
+    def regrant(self, rpm: int) -> None:
+        """A new limit (a Ray shard's share, moved): a cut from 429s is kept in proportion."""
+        old = self.per_window
+        per_second = rpm / 60.0
+        if per_second >= 1:
+            self.per_window, self.span = int(per_second), 1.0
+        else:
+            self.per_window, self.span = 1, 1.0 / per_second
+        excess = self.window_s - self.base_window_s
+        self.base_window_s = self.span * (1.0 + self.margin)
+        self.window_s = self.base_window_s + excess
+        self.allowed = max(1, min(self.per_window, round(self.allowed * self.per_window / old)))
+
     @property
     def rate_per_s(self) -> float:
         """Starts per second the pacer allows now."""
@@ -294,12 +307,20 @@ class TokenBudget:
     """
 
     def __init__(self, tpm: int, headroom: float = 0.015) -> None:
+        self.headroom = headroom
         per_second = tpm / 60.0
         self.bucket = per_second / 20.0
         rate = per_second * (1.0 - headroom) - self.bucket
         self._limiter = AsyncLimiter(self.bucket, self.bucket / rate)
         self._carry = 0.0
         self._turn = asyncio.Lock()
+
+    def regrant(self, tpm: int) -> None:
+        """A new limit (a Ray shard's share, moved); a charge under way finishes on the old one."""
+        per_second = tpm / 60.0
+        self.bucket = per_second / 20.0
+        rate = per_second * (1.0 - self.headroom) - self.bucket
+        self._limiter = AsyncLimiter(self.bucket, self.bucket / rate)
 
     async def charge(self, estimate: int) -> None:
         """Wait until `estimate` tokens (plus any debt, less any credit) fit the budget."""

@@ -28,9 +28,11 @@ from . import batchphase, service, signals, sink
 from .attempts import Attempts, Policy
 from .batchmodels import check_batch_model
 from .batchrun import Clock
-from .client import DashScopeClient
+from .control import Control, RunHandle
 from .endings import finish_run as _finish_run
 from .endings import finished as _finished
+from .endings import run_ending as _ending
+from .endings import store_failure as _store_failure
 from .errors import AuthError, ExitCode, OutputError, ServiceUnreachable, StoreError
 from .lock import JobLock
 from .pending import Frontier, Pending
@@ -39,11 +41,11 @@ from .pricing import PriceTable, load_prices, price_warnings
 from .progress import Progress
 from .records import Result, RunSummary
 from .render import Request
-from .route import Route, check_route, route_of
+from .route import check_route, route_of
 from .source import Source
 from .spec import JobSpec, load
 from .store import Store
-from .workers import WorkerPool, WorkerSettings, processes_for
+from .workers import sender_for
 from .writer import CheckpointWriter, load_spilled
 
 log = logging.getLogger("batchrunner")
@@ -63,6 +65,8 @@ class RunOptions:
     clock: Clock | None = None  # batch modes: the time polls and the deadline are measured on
     batch_check: bool = False  # send the first rows as a free test batch instead of the job
     sim_batch_seconds: float | None = None  # with simulate: how long a simulated batch takes
+    rows: tuple[int, int] | None = None  # a Ray shard: only these input rows (first, end)
+    control: Control | None = None  # a Ray shard: its share of the limits, its stop
 
 
 def run_job(
@@ -109,7 +113,7 @@ def run_job(
         batch_check,
         sim_batch_seconds,
     )
-    return asyncio.run(_run(job, table, options, progress or Progress()))
+    return asyncio.run(run_with(job, table, options, progress or Progress()))
 
 
 def prices_for(spec: JobSpec, prices_file: Path | None = None) -> PriceTable:
@@ -124,7 +128,8 @@ def prices_for(spec: JobSpec, prices_file: Path | None = None) -> PriceTable:
     )
 
 
-async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress: Progress) -> RunSummary:
+async def run_with(spec: JobSpec, prices: PriceTable, options: RunOptions, progress: Progress) -> RunSummary:
+    """`run_job` on a loaded spec and price table (a Ray shard's way in, with its options)."""
     t0 = time.monotonic()
     for warning in [*price_warnings(prices, spec.model.name), *check_route(spec, prices, simulate=options.simulate)]:
         log.warning("%s: %s", spec.job.name, warning)
@@ -132,12 +137,14 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
         unknown = check_batch_model(prices, spec.model.name, chat=False)
         if unknown:
             log.warning("%s: %s", spec.job.name, unknown)
-    source = Source(spec)
-    source.check(reserved=sink.result_columns(spec), rows_checked=source.checked_before())
-    sink.check_writable(spec.output.path)
-    note = sink.conversion_note(spec.output.path, source.schema)
-    if note:
-        log.warning(note)
+    source = Source(spec, options.rows)
+    shard = options.rows is not None  # the driver checked the input and writes the output
+    source.check(reserved=sink.result_columns(spec), rows_checked=shard or source.checked_before())
+    if not shard:
+        sink.check_writable(spec.output.path)
+        note = sink.conversion_note(spec.output.path, source.schema)
+        if note:
+            log.warning(note)
     sim_clock = options.clock.time if options.clock is not None else None
     async with service.connect(
         spec.api, simulate=options.simulate, sim_batch_seconds=options.sim_batch_seconds, sim_clock=sim_clock
@@ -167,6 +174,13 @@ async def _run(spec: JobSpec, prices: PriceTable, options: RunOptions, progress:
                     summary = await run.go()
                 summary.elapsed_s = time.monotonic() - t0
                 return summary
+
+
+async def run_rows(
+    spec: JobSpec, prices: PriceTable, rows: tuple[int, int], control: Control, progress: Progress
+) -> RunSummary:
+    """One Ray shard's run: its rows only, steered by `control`, no output table."""
+    return await run_with(spec, prices, RunOptions(rows=rows, control=control), progress)
 
 
 class _Run:
@@ -208,14 +222,25 @@ class _Run:
         else:
             task.cancel()
 
-    async def go(self) -> RunSummary:
+    async def _elsewhere(self) -> RunSummary | None:
+        """A batch check, a Ray-sharded job or the Batch API; None: the online pool sends here."""
         if self.options.batch_check:
             return await batchphase.check(self)
+        if self.spec.scale.engine == "ray" and self.options.rows is None:
+            from . import rayengine
+
+            return await rayengine.run(self, run_rows)
         if self.spec.batched:
             summary = await batchphase.run(self)
             if summary is not None:
                 return summary
             self.stop = Stop()  # mode auto past its deadline: the rest goes online
+        return None
+
+    async def go(self) -> RunSummary:
+        summary = await self._elsewhere()
+        if summary is not None:
+            return summary
         spec, store, options = self.spec, self.store, self.options
         signature = self.source.signature()
         try:
@@ -269,7 +294,9 @@ class _Run:
         table: dict[str, int] = {}
         output_path: Path | None = None
         unwritten: OutputError | None = None
-        if status in ("finished", "budget", "outage") or (status == "interrupted" and options.write_partial):
+        if options.rows is not None:
+            pass  # a shard: the driver merges its rows and writes the table
+        elif status in ("finished", "budget", "outage") or (status == "interrupted" and options.write_partial):
             try:
                 output_path, table = sink.export(spec, store, self.source)
             except OutputError as exc:
@@ -320,7 +347,7 @@ class _Run:
         """Send what is pending; (the attempts, (status, exit code, message))."""
         spec, route = self.spec, self.route
         done = await pending.surveyed(frontier.scanned, self.rows_total)  # a resume's display starts there
-        async with _sender(spec, route, self.svc.api_key) as client:
+        async with sender_for(spec, route, self.svc.api_key) as client:
             attempts = Attempts(
                 Policy.of(spec, route.prices, mode=route.mode),
                 client,
@@ -338,6 +365,7 @@ class _Run:
             self.progress.start(self.rows_total, attempts.counts, done=done)
             requests = writer.paced(pending.requests(frontier, self.progress.advance))
             self._task = task = asyncio.create_task(pool.run(requests))
+            watch = RunHandle(attempts, self.progress, self.interrupt).watched(self.options.control)
             try:
                 await task
                 return attempts, _ending(attempts, self.interrupted)
@@ -355,42 +383,6 @@ class _Run:
                 if not self.interrupted:
                     raise
                 return attempts, _ending(attempts, True)
-
-
-def _store_failure(writer: CheckpointWriter) -> str:
-    cause = writer.error or "the store stayed locked by another connection"
-    kept = f"kept in {writer.spilled}, which the next run loads first" if writer.spilled else "NOT kept (see above)"
-    return (
-        f"the store {writer.store.path} could not be written ({cause}); sending stopped. Answers not committed: "
-        f"{kept}. Free the disk (or the lock) and run again to go on"
-    )
-
-
-def _sender(spec: JobSpec, route: Route, api_key: str) -> DashScopeClient | WorkerPool:
-    """One HTTP client in this process, or `[limits] processes` workers sending for it."""
-    processes = processes_for(spec.limits.processes)
-    if processes > 1:
-        per_worker = max(1, -(-spec.limits.concurrency // processes))
-        settings = WorkerSettings(route.base_url, api_key, route.timeout_s, per_worker, route.wire.name, route.stream)
-        return WorkerPool(processes, settings)
-    return DashScopeClient(
-        route.base_url,
-        api_key,
-        timeout_s=route.timeout_s,
-        max_connections=spec.limits.concurrency,
-        wire=route.wire,
-        stream=route.stream,
-    )
-
-
-def _ending(attempts: Attempts, interrupted: bool) -> tuple[str, ExitCode, str]:
-    """(status, exit code, message) of a run whose pool stopped without an exception."""
-    if interrupted:
-        message = "interrupted: every answer received is saved; run the same command again to resume"
-        return "interrupted", ExitCode.INTERRUPTED, message
-    if attempts.breaker.tripped is not None:
-        message = attempts.breaker.tripped + "; nothing is lost: run again when the service recovers"
-        return "outage", ExitCode.OUTAGE, message
-    if attempts.budget.exhausted is not None:
-        return "budget", ExitCode.BUDGET, attempts.budget.message() + "; raise the limit and run again to go on"
-    return "finished", ExitCode.OK, ""
+            finally:
+                if watch is not None:
+                    watch.cancel()

@@ -77,8 +77,11 @@ def _explain(spec: JobSpec, exc: Exception, readable: inputfile.Readable | None 
 class Source:
     """The input table of one job."""
 
-    def __init__(self, spec: JobSpec) -> None:
+    def __init__(self, spec: JobSpec, rows: tuple[int, int] | None = None) -> None:
+        """`rows` = (first, end): only that slice of the table (a shard's), with the row
+        indexes of the whole table; checks still read the whole table."""
         self.spec = spec
+        self.rows = rows
         template, where = spec.prompt.template, f"{spec.source_path}: [prompt] template"
         self.template = prompts.parse_template(template, where=where) if template is not None else None
         self.columns: list[str] = []
@@ -116,6 +119,9 @@ class Source:
         self._check_names()
         self._check_columns(reserved)
         self._lazy = lazy.with_row_index(ROW_INDEX)
+        if self.rows is not None:
+            first, end = self.rows
+            self.n_rows = max(0, min(end, self.n_rows) - first)
         try:
             if rows_checked:
                 cells.check_media(self)
@@ -219,7 +225,8 @@ class Source:
         parquet file, a LazyFrame that already ran a query slices ~70x slower and holds on to
         far more memory (polars keeps state from earlier queries)."""
         assert self._lazy is not None, "call check() first"
-        return _scan(self.spec, self.file).with_row_index(ROW_INDEX)
+        frame = _scan(self.spec, self.file).with_row_index(ROW_INDEX)
+        return frame if self.rows is None else frame.slice(self.rows[0], self.n_rows)
 
     def _rows_where(self, condition: pl.Expr, limit: int = 5) -> list[int]:
         """The row indexes of the first `limit` rows where `condition` holds. A parquet table

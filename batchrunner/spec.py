@@ -154,6 +154,16 @@ class ApiSection(_Section):
         return http_url(value, "such as https://dashscope-intl.aliyuncs.com/api/v1")
 
 
+class ScaleSection(_Section):
+    """Where the job runs: this machine, or shards over a Ray cluster (rayengine.py)."""
+
+    engine: Literal["local", "ray"] = "local"
+    address: Annotated[str, Field(min_length=1)] | None = None  # a Ray cluster; none: a local one
+    shards: Annotated[int, Field(ge=1, le=100_000)] | None = None  # none: 4 per CPU of the cluster
+    shared_dir: Annotated[str, Field(min_length=1)] | None = None  # a path every node sees, or a URI
+    snapshot_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+
 class JobSpec(_Section):
     """A whole job spec. `source_path` and `digest` are filled in by `load`."""
 
@@ -167,6 +177,7 @@ class JobSpec(_Section):
     api: ApiSection = ApiSection()
     batch: BatchSection = BatchSection()
     pricing: PricingSection = PricingSection()
+    scale: ScaleSection = ScaleSection()
     source_path: Path | None = Field(default=None, exclude=True)
     digest: str = Field(default="", exclude=True)
 
@@ -184,6 +195,7 @@ class JobSpec(_Section):
             problems.append("[parameters] vl_* options apply to vision models on the multimodal endpoint")
         problems += specrules.budget_problems(self)
         problems += specrules.mode_problems(self)
+        problems += specrules.scale_problems(self)
         if self.output.json_retries and not self.output.parse_json:
             problems.append("[output] json_retries needs parse_json = true")
         if problems:
@@ -246,6 +258,21 @@ class JobSpec(_Section):
             spec = checked.model_copy(update={"source_path": spec.source_path, "digest": spec.digest})
         return spec
 
+    def with_scale(
+        self, *, engine: str | None = None, address: str | None = None, shards: int | None = None
+    ) -> JobSpec:
+        """A copy with [scale] engine / address / shards replaced (CLI --engine, --address, --shards)."""
+        changes = {k: v for k, v in (("engine", engine), ("address", address), ("shards", shards)) if v is not None}
+        if not changes:
+            return self
+        raw = self.model_dump(by_alias=True)
+        raw["scale"].update(changes)
+        try:
+            checked = JobSpec.model_validate(raw)
+        except ValidationError as exc:
+            raise SpecError("; ".join(_describe(e) for e in exc.errors())) from None
+        return checked.model_copy(update={"source_path": self.source_path, "digest": self.digest})
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -260,6 +287,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "api": ApiSection,
     "batch": BatchSection,
     "pricing": PricingSection,
+    "scale": ScaleSection,
 }
 
 

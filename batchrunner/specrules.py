@@ -64,6 +64,21 @@ def mode_problems(spec: JobSpec) -> list[str]:
     return problems
 
 
+def scale_problems(spec: JobSpec) -> list[str]:
+    """What `[scale] engine = "ray"` cannot do (yet): the Batch API, and limits it cannot share."""
+    if spec.scale.engine != "ray":
+        return []
+    problems = []
+    if spec.api.mode != "online":
+        problems.append(
+            f'[scale] engine = "ray" runs online requests; [api] mode = "{spec.api.mode}" cannot be sharded'
+        )
+    for key in ("max_requests", "max_tokens_total"):
+        if getattr(spec.limits, key) is not None:
+            problems.append(f'[limits] {key} is not shared across Ray shards; use max_cost_usd with engine = "ray"')
+    return problems
+
+
 def same_file(a: Path, b: Path) -> bool:
     if a == b:
         return True

@@ -26,11 +26,15 @@ import signal
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import wire
 from .client import CallFailed, DashScopeClient, TransportFailed
 from .render import Request
+
+if TYPE_CHECKING:
+    from .route import Route
+    from .spec import JobSpec
 
 log = logging.getLogger("batchrunner")
 
@@ -231,3 +235,20 @@ def _settle(future: asyncio.Future[wire.Completion], kind: str, value: Any) -> N
     else:
         code, message, billed, unreachable = value
         future.set_exception(TransportFailed(code, message, possibly_billed=billed, unreachable=unreachable))
+
+
+def sender_for(spec: JobSpec, route: Route, api_key: str) -> DashScopeClient | WorkerPool:
+    """One HTTP client in this process, or `[limits] processes` workers sending for it."""
+    processes = processes_for(spec.limits.processes)
+    if processes > 1:
+        per_worker = max(1, -(-spec.limits.concurrency // processes))
+        settings = WorkerSettings(route.base_url, api_key, route.timeout_s, per_worker, route.wire.name, route.stream)
+        return WorkerPool(processes, settings)
+    return DashScopeClient(
+        route.base_url,
+        api_key,
+        timeout_s=route.timeout_s,
+        max_connections=spec.limits.concurrency,
+        wire=route.wire,
+        stream=route.stream,
+    )

@@ -36,6 +36,7 @@ __all__ = ["SETTLED_SQL", "TOTAL_SQL", "Store", "checked_before", "now"]
 from .history import History
 from .migrations import migrate
 from .placed import Placed
+from .shards import Shards
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -73,7 +74,7 @@ def checked_before(path: Path, spec_digest: str, input_signature: str) -> bool:
         return False
 
 
-class Store(History, Batches, Placed):
+class Store(History, Batches, Placed, Shards):
     """A job's SQLite checkpoint. One writer connection; reads may use a second one.
 
     Opening checks the file before anything is read or written (StoreError, exit 2): it must be

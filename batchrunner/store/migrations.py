@@ -377,3 +377,20 @@ def m010_packed_keys(db: sqlite_utils.Database) -> None:
     db.execute("DROP VIEW IF EXISTS attempts_view")
     db.execute(slim.results_view_sql())
     db.execute(slim.attempts_view_sql())
+
+
+@migration
+def m011_shards(db: sqlite_utils.Database) -> None:
+    """A job sharded over Ray (store/shards.py): its plan, and one row per shard."""
+    db.execute(
+        "CREATE TABLE shard_plans (job TEXT PRIMARY KEY, shards INTEGER NOT NULL, rows INTEGER NOT NULL, "
+        "input_signature TEXT, shared_dir TEXT, created_at TEXT)"
+    )
+    db.execute(
+        "CREATE TABLE shards (job TEXT NOT NULL, shard INTEGER NOT NULL, first_row INTEGER NOT NULL, "
+        "end_row INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'planned', tries INTEGER NOT NULL DEFAULT 0, "
+        "node TEXT, rows_done INTEGER NOT NULL DEFAULT 0, sent INTEGER NOT NULL DEFAULT 0, "
+        "ok INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, input_tokens INTEGER NOT NULL DEFAULT 0, "
+        "output_tokens INTEGER NOT NULL DEFAULT 0, cost_pusd INTEGER NOT NULL DEFAULT 0, snapshot_at TEXT, "
+        "merged_at TEXT, exit_code INTEGER, message TEXT, PRIMARY KEY (job, shard))"
+    )

@@ -1,0 +1,283 @@
+"""`[scale] engine = "ray"`: the job sharded over a Ray cluster, one store, one output table.
+
+The driver (this process, holding the job's lock and its store) plans the shards (fixed row
+ranges, kept in the store's manifest, so a resume and a restarted driver get the same ones),
+starts one Ray task per shard still to do (shardtask.py), serves the shares of the limits
+(shares.py, as a Ray actor), shows one progress line from the shards' reports, merges each
+shard's store into the job's as its task ends (store/shards.py), and writes the output table
+from the job's store, in input order, as a one-process run does.
+
+Ctrl-C (or SIGTERM) tells every shard to stop as a one-process run stops: requests in flight
+finish for `[limits] grace_s`, answers are committed, a last snapshot is taken and merged. A
+second one cancels the tasks at once; what their last snapshots hold is merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import raysetup, sink
+from .endings import finish_run, finished
+from .errors import ExitCode, SpecError
+from .records import RunCounts, RunSummary
+from .service import BASE_URL_ENV
+from .shardtask import COUNTED, RowsRunner, ShardJob, ShardOutcome, ShardSetupError, run_shard
+from .shares import Shares
+from .snapshots import Shared
+
+if TYPE_CHECKING:
+    from .runner import _Run
+
+log = logging.getLogger("batchrunner")
+
+TICK_S = 0.5
+TASK_RETRIES = 3  # a shard's task is started again this many times after its worker or node dies
+STOP_MARGIN_S = 15.0  # after grace_s, how long stopping shards get for their last commit and snapshot
+# How a shard's run ending turns into the job's, most serious first.
+_SERIOUS = ("aborted", "setup", "unreachable", "store_failed", "interrupted", "outage", "budget", "crashed")
+
+
+async def run(r: _Run, run_rows: RowsRunner) -> RunSummary:
+    """The job on Ray; `run_rows` is the runner's entry for one shard (runner.run_rows)."""
+    spec, store = r.spec, r.store
+    with raysetup.connected(spec) as ray:
+        if r.svc.simulated and len(raysetup.alive_nodes(ray)) > 1:
+            msg = "--simulate serves the simulator on this machine's loopback: it needs a one-machine Ray cluster"
+            raise SpecError(msg)
+        location = raysetup.shared_location(spec, ray)
+        shared = raysetup.check_shared(spec, ray, location)
+        signature = r.source.signature()
+        shards = raysetup.plan(spec, store, ray, n_rows=r.source.n_rows, signature=signature, location=location)
+        run_id = store.start_run(
+            job=spec.job.name,
+            spec_digest=spec.digest,
+            simulated=r.svc.simulated,
+            base_url=r.route.base_url,
+            rows_total=r.rows_total,
+            input_signature=signature,
+            mode=r.route.mode,
+            render_context=r.source.renderer.render_context(signature),
+        )
+        driver = _Driver(r, ray, shared, run_id, run_rows)
+        return await driver.go(shards)
+
+
+class _Driver:
+    def __init__(self, r: _Run, ray: Any, shared: Shared, run_id: int, run_rows: RowsRunner) -> None:
+        self.r, self.ray, self.shared, self.run_id, self.run_rows = r, ray, shared, run_id, run_rows
+        self.spec, self.store = r.spec, r.store
+        self.job = self.spec.job.name
+        self.counts = RunCounts()
+        self.endings: dict[int, str] = {}
+        self.problems: list[str] = []
+        self.outcomes: dict[int, ShardOutcome] = {}
+
+    def _budget_pusd(self) -> int | None:
+        limits, left = self.spec.limits, []
+        if limits.max_cost_usd is not None:
+            left.append(max(0, round(limits.max_cost_usd * 1e12) - self.store.spent(self.job)))
+        if limits.max_cost_usd_per_run is not None:
+            left.append(round(limits.max_cost_usd_per_run * 1e12))
+        return min(left) if left else None
+
+    def _needs_run(self, shard: dict[str, Any]) -> bool:
+        return shard["state"] != "merged" or shard["exit_code"] != 0 or self.r.options.retry_failed
+
+    async def go(self, shards: list[dict[str, Any]]) -> RunSummary:
+        ray, spec, r = self.ray, self.spec, self.r
+        todo = [s for s in shards if self._needs_run(s)]
+        repeat = spec.job.repeat
+        quiet = sum(s["end_row"] - s["first_row"] for s in shards if not self._needs_run(s)) * repeat
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        limits = spec.limits
+        coordinator = ray.remote(num_cpus=0)(Shares).remote(
+            limits.requests_per_minute, limits.tokens_per_minute, self._budget_pusd(), slots=slots
+        )
+        env = {spec.api.api_key_env: r.svc.api_key, BASE_URL_ENV: r.svc.base_url}
+        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(run_shard)
+        task = task.options(runtime_env={"env_vars": env})
+        store_id = self.store.get_meta("store_id") or "store"
+        running: dict[asyncio.Future[Any], tuple[int, Any]] = {}
+        for s in todo:
+            job = ShardJob(
+                spec=spec,
+                prices=r.prices,
+                shard=s["shard"],
+                rows=(s["first_row"], s["end_row"]),
+                shared_dir=self.shared.location,
+                store_id=store_id,
+                driver_run=self.run_id,
+                snapshot_s=spec.scale.snapshot_s,
+                coordinator=coordinator,
+                run_rows=self.run_rows,
+            )
+            ref = task.remote(job)
+            running[asyncio.wrap_future(ref.future())] = (s["shard"], ref)
+            self.store.update_shard(self.job, s["shard"], state="running", tries=s["tries"] + 1)
+        log.info(
+            "%s: %d shard(s) to run on %d CPU(s), %d already merged",
+            self.job,
+            len(todo),
+            slots,
+            len(shards) - len(todo),
+        )
+        r.progress.start(r.rows_total, self.counts, done=quiet)
+        r._task = asyncio.current_task()
+        try:
+            await self._watch(running, coordinator, quiet)
+        except asyncio.CancelledError:
+            if not r.interrupted:
+                raise
+            for _, ref in running.values():
+                ray.cancel(ref, force=True)
+            for shard, _ in running.values():
+                self._merge(shard, "interrupted")
+        finally:
+            r.progress.close()
+        return self._end(todo)
+
+    async def _watch(self, running: dict[asyncio.Future[Any], tuple[int, Any]], coordinator: Any, quiet: int) -> None:
+        shown, stop_by = quiet, None
+        while running:
+            done, _ = await asyncio.wait(running, timeout=TICK_S)
+            for future in done:
+                self._ended(running.pop(future)[0], future, coordinator)
+            reports = await coordinator.snapshot.remote()
+            shown = self._show(reports, quiet, shown, len(running))
+            if self.r.interrupted and stop_by is None:
+                await coordinator.stop.remote()
+                stop_by = time.monotonic() + self.spec.limits.grace_s + STOP_MARGIN_S
+            if stop_by is not None and time.monotonic() > stop_by:
+                for shard, ref in running.values():
+                    log.warning("%s: shard %d did not stop in time; cancelling its task", self.job, shard)
+                    self.ray.cancel(ref, force=True)
+                stop_by = float("inf")
+        self._show(await coordinator.snapshot.remote(), quiet, shown, 0)
+
+    def _ended(self, shard: int, future: asyncio.Future[Any], coordinator: Any) -> None:
+        try:
+            outcome: ShardOutcome = future.result()
+        except asyncio.CancelledError:
+            self._merge(shard, "interrupted")
+            return
+        except Exception as exc:  # noqa: BLE001 - a task that failed (setup error, or died TASK_RETRIES times)
+            cause = getattr(exc, "cause", None)
+            setup = isinstance(cause, ShardSetupError)
+            message = str(cause) if setup else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.problems.append(f"shard {shard}: {message}")
+            coordinator.leave.remote(shard, {}, "failed")
+            self.store.update_shard(self.job, shard, state="failed", message=message[:500])
+            self._merge(shard, "setup" if setup else "crashed")
+            return
+        self.outcomes[shard] = outcome
+        rep = outcome.report
+        self.store.update_shard(
+            self.job,
+            shard,
+            node=outcome.node,
+            exit_code=outcome.exit_code,
+            message=outcome.message[:500] or None,
+            rows_done=int(rep.get("rows_done", 0)),
+            **{k: int(rep.get(k, 0)) for k in ("sent", "ok", "failed", "input_tokens", "output_tokens", "cost_pusd")},
+        )
+        self._merge(shard, outcome.status)
+
+    def _merge(self, shard: int, ending: str) -> None:
+        """Merge the shard's last snapshot into the job's store (nothing when it has none yet)."""
+        self.endings[shard] = ending
+        with tempfile.TemporaryDirectory(prefix="batchrunner-merge-") as folder:
+            copy = Path(folder) / "shard.sqlite"
+            if not self.shared.get(Shared.snapshot_name(shard), copy):
+                return
+            rows = self.store.merge_shard(self.job, shard, copy, self.run_id)
+        state = "merged" if ending == "finished" else ending
+        self.store.update_shard(self.job, shard, state=state, snapshot_at=None)
+        log.info("%s: shard %d %s; %d result(s) merged", self.job, shard, ending, rows)
+
+    def _show(self, reports: dict[int, dict[str, Any]], quiet: int, shown: int, running: int) -> int:
+        for name in COUNTED:
+            setattr(self.counts, name, sum(int(rep.get(name, 0)) for rep in reports.values()))
+        done = quiet + sum(int(rep.get("rows_done", 0)) for rep in reports.values())
+        if done > shown:
+            self.r.progress.advance(done - shown)
+            shown = done
+        states = [rep.get("state") for rep in reports.values()]
+        ended = len(self.endings)
+        self.r.progress.batch_state(
+            f"cost={self.counts.cost_text(4)}; ok={self.counts.ok:,}; failed={self.counts.failed:,}; "
+            f"shards: {states.count('running')} running, {ended} ended, {running - states.count('running')} waiting"
+        )
+        return shown
+
+    def _end(self, todo: list[dict[str, Any]]) -> RunSummary:
+        r, spec = self.r, self.spec
+        ending = next((e for e in _SERIOUS if e in self.endings.values()), "finished")
+        status, code, message = _ending(ending, self.problems, self.outcomes)
+        table: dict[str, int] = {}
+        output: Path | None = None
+        if status in ("finished", "budget", "outage") or (status == "interrupted" and r.options.write_partial):
+            output, table = sink.export(spec, self.store, r.source)
+            if status == "finished":
+                code, message = finished(table, limited=False)
+        c = self.counts
+        finish_run(
+            self.store,
+            self.run_id,
+            status=status,
+            exit_code=int(code),
+            rows_total=r.rows_total,
+            sent=c.sent,
+            ok=c.ok,
+            failed=c.failed,
+            attempts=c.attempts,
+            retries=c.retries,
+            input_tokens=c.input_tokens,
+            output_tokens=c.output_tokens,
+            cost_usd=None if c.unpriced and not c.priced else c.cost_usd,
+        )
+        return RunSummary(
+            run_id=self.run_id,
+            exit_code=int(code),
+            status=status,
+            db_path=spec.db_path,
+            output_path=output,
+            rows_total=r.source.n_rows,
+            already_done=0,
+            skipped=0,
+            counts=c,
+            table=table,
+            simulated=r.svc.simulated,
+            elapsed_s=0.0,
+            message=message,
+            job=self.job,
+            mode=r.route.mode,
+        )
+
+
+def _ending(ending: str, problems: list[str], outcomes: dict[int, ShardOutcome]) -> tuple[str, ExitCode, str]:
+    said = next((o.message for o in outcomes.values() if o.status == ending and o.message), "")
+    joined = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+    table = {
+        "aborted": ("aborted", ExitCode.AUTH, said),
+        "setup": ("aborted", ExitCode.BAD_INPUT, joined),
+        "unreachable": ("unreachable", ExitCode.BAD_INPUT, said),
+        "store_failed": ("store_failed", ExitCode.STORE, said),
+        "interrupted": (
+            "interrupted",
+            ExitCode.INTERRUPTED,
+            "interrupted: each shard's answers up to its last snapshot are merged; run the same command to resume",
+        ),
+        "outage": ("outage", ExitCode.OUTAGE, said),
+        "budget": ("budget", ExitCode.BUDGET, said or "the budget is spent; raise the limit and run again to go on"),
+        "crashed": (
+            "failed",
+            ExitCode.FAILED_ROWS,
+            f"{joined}; what the shards saved is merged: run the same command again to resume them",
+        ),
+    }
+    return table.get(ending, ("finished", ExitCode.OK, ""))

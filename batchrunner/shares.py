@@ -1,0 +1,163 @@
+"""The account's limits shared among a job's Ray shards, and what the shards report.
+
+DashScope counts requests and tokens per account and model per second, so the shards running
+at one time split the job's `requests_per_minute` and `tokens_per_minute` evenly; a shard that
+starts or ends moves the split. The sum of what the shards may use never exceeds the limit:
+
+- a shard lowers its rate as soon as it hears of a cut, and the rate it gave up is lent to
+  another only once it reported the cut and a window more has passed (its last starts still
+  count at the service for that long);
+- a raise comes only out of what no shard holds.
+
+So a joining shard may wait a second or two for its share, and the tail of a job is not
+starved: the last shard running gets the whole limit.
+
+A cost budget (`max_cost_usd`, what is left of it; or `max_cost_usd_per_run`) is lent the
+same way: a shard's run ceiling starts at an even part of what is unlent and is topped up from
+it while a quarter of its ceiling is left; a shard that ends gives back what it did not spend
+(the worst case of attempts that may have been billed counts as spent). A shard whose ceiling
+is reached stops like a one-process run at its budget.
+
+`Shares` is plain Python on an injectable clock (tests drive it directly); rayengine.py serves
+it to the shards as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+WINDOW_S = 1.1  # how long a start may still count at the service after the shard cut its rate
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A shard's share now: starts and tokens per minute, its run's cost ceiling, and whether to stop."""
+
+    rpm: int
+    tpm: int | None
+    budget_pusd: int | None
+    stop: bool = False
+
+
+@dataclass
+class _Held:
+    rpm: int = 0
+    tpm: int = 0
+    released_at: float = 0.0  # a cut's old rate still counts until then
+    old_rpm: int = 0
+    old_tpm: int = 0
+    budget_pusd: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class Shares:
+    """Leases of rate and money to the shards that run, and their last reports."""
+
+    def __init__(
+        self,
+        rpm: int,
+        tpm: int | None,
+        budget_pusd: int | None,
+        *,
+        slots: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rpm, self.tpm, self.budget_pusd = rpm, tpm, budget_pusd
+        self.slots = max(1, slots)
+        self.clock = clock
+        self.running: dict[int, _Held] = {}
+        self.reports: dict[int, dict[str, Any]] = {}  # every shard's last report, ended ones too
+        self.lent_pusd = 0  # money lent and not given back
+        self._ghosts: list[tuple[float, int, int]] = []  # (until, rpm, tpm) of shards that just ended
+        self.stopping = False
+
+    # ------------------------------------------------------------------ rate
+
+    def _in_use(self, but: int | None = None) -> tuple[int, int]:
+        """Starts and tokens per minute the running shards (but one) may still be using."""
+        now = self.clock()
+        self._ghosts = [g for g in self._ghosts if g[0] > now]
+        rpm = sum(g[1] for g in self._ghosts)
+        tpm = sum(g[2] for g in self._ghosts)
+        for shard, held in self.running.items():
+            if shard == but:
+                continue
+            late = now < held.released_at
+            rpm += max(held.rpm, held.old_rpm) if late else held.rpm
+            tpm += max(held.tpm, held.old_tpm) if late else held.tpm
+        return rpm, tpm
+
+    def _rate(self, shard: int) -> tuple[int, int | None]:
+        held = self.running[shard]
+        target_rpm = self.rpm // len(self.running)
+        target_tpm = self.tpm // len(self.running) if self.tpm else 0
+        used_rpm, used_tpm = self._in_use(but=shard)
+        rpm = min(target_rpm, max(0, self.rpm - used_rpm))
+        tpm = min(target_tpm, max(0, (self.tpm or 0) - used_tpm))
+        if rpm < held.rpm or tpm < held.tpm:  # a cut: the old rate counts a window more
+            late = self.clock() < held.released_at
+            held.old_rpm = max(held.rpm, held.old_rpm if late else 0)
+            held.old_tpm = max(held.tpm, held.old_tpm if late else 0)
+            held.released_at = self.clock() + WINDOW_S
+        held.rpm, held.tpm = rpm, tpm
+        return rpm, (tpm if self.tpm else None)
+
+    # ------------------------------------------------------------------ money
+
+    def _free_pusd(self) -> int:
+        assert self.budget_pusd is not None
+        return max(0, self.budget_pusd - self.lent_pusd)
+
+    def _lend(self, held: _Held, amount: int) -> None:
+        amount = max(0, min(amount, self._free_pusd()))
+        held.budget_pusd += amount
+        self.lent_pusd += amount
+
+    def _budget(self, held: _Held, spent_pusd: int, joining: bool) -> int | None:
+        if self.budget_pusd is None:
+            return None
+        if joining:
+            open_slots = max(1, self.slots - len(self.running) + 1)
+            self._lend(held, self._free_pusd() // open_slots)
+        elif held.budget_pusd - spent_pusd < held.budget_pusd // 4:
+            self._lend(held, self._free_pusd() // max(1, len(self.running)))
+        return held.budget_pusd
+
+    # ------------------------------------------------------------------ the shards' calls
+
+    def join(self, shard: int, report: dict[str, Any] | None = None) -> Grant:
+        """A shard starts: its first share (rpm 0 = wait and report again)."""
+        held = self.running.setdefault(shard, _Held())
+        self.reports[shard] = {**(report or {}), "state": "running"}
+        rpm, tpm = self._rate(shard)
+        return Grant(rpm, tpm, self._budget(held, 0, joining=True), self.stopping)
+
+    def report(self, shard: int, report: dict[str, Any]) -> Grant:
+        """A running shard's counters (spent_pusd among them); its share now."""
+        held = self.running.get(shard)
+        if held is None:  # a task that lost its place (restarted): it joins again
+            return self.join(shard, report)
+        self.reports[shard] = {**report, "state": "running"}
+        rpm, tpm = self._rate(shard)
+        return Grant(rpm, tpm, self._budget(held, int(report.get("spent_pusd", 0)), joining=False), self.stopping)
+
+    def leave(self, shard: int, report: dict[str, Any], state: str) -> None:
+        """A shard's task ended (finished, stopped or failed): what it holds is given back."""
+        held = self.running.pop(shard, None)
+        self.reports[shard] = {**report, "state": state}
+        if held is not None:  # its last starts count a window more
+            until = max(held.released_at, self.clock() + WINDOW_S)
+            self._ghosts.append((until, max(held.rpm, held.old_rpm), max(held.tpm, held.old_tpm)))
+        if held is not None and self.budget_pusd is not None:
+            unspent = max(0, held.budget_pusd - int(report.get("spent_pusd", held.budget_pusd)))
+            self.lent_pusd -= unspent
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def snapshot(self) -> dict[int, dict[str, Any]]:
+        """Every shard's last report (the driver's progress line and manifest)."""
+        return {shard: dict(report) for shard, report in self.reports.items()}
