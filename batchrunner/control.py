@@ -70,9 +70,10 @@ class RunHandle:
             self.attempts.tokens.regrant(tpm)
 
     def raise_budget(self, ceiling_pusd: int) -> None:
+        """A new ceiling on the job's spending (its store's, earlier runs included)."""
         budget = self.attempts.budget
-        if budget.max_run_cost_pusd is not None and ceiling_pusd > budget.max_run_cost_pusd:
-            budget.max_run_cost_pusd = ceiling_pusd
+        if budget.max_cost_pusd is not None and ceiling_pusd > budget.max_cost_pusd:
+            budget.max_cost_pusd = ceiling_pusd
 
     def interrupt(self) -> None:
         self._interrupt(True)

@@ -26,7 +26,16 @@ from .endings import finish_run, finished
 from .errors import ExitCode, SpecError
 from .records import RunCounts, RunSummary
 from .service import BASE_URL_ENV
-from .shardtask import COUNTED, RowsRunner, ShardJob, ShardOutcome, ShardSetupError, run_shard
+from .shardtask import (
+    COUNTED,
+    KEY_SHARE_ENV,
+    RowsRunner,
+    ShardJob,
+    ShardOutcome,
+    ShardSetupError,
+    run_shard,
+    split_key,
+)
 from .shares import Shares
 from .snapshots import Shared
 
@@ -36,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchrunner")
 
 TICK_S = 0.5
+RECORD_S = 5.0  # how often the running shards' counts go into the manifest
 TASK_RETRIES = 3  # a shard's task is started again this many times after its worker or node dies
 STOP_MARGIN_S = 15.0  # after grace_s, how long stopping shards get for their last commit and snapshot
 # How a shard's run ending turns into the job's, most serious first.
@@ -64,7 +74,8 @@ async def run(r: _Run, run_rows: RowsRunner) -> RunSummary:
             render_context=r.source.renderer.render_context(signature),
         )
         driver = _Driver(r, ray, shared, run_id, run_rows)
-        return await driver.go(shards)
+        driver.adopt(shards)
+        return await driver.go(store.shards(spec.job.name))
 
 
 class _Driver:
@@ -76,6 +87,7 @@ class _Driver:
         self.endings: dict[int, str] = {}
         self.problems: list[str] = []
         self.outcomes: dict[int, ShardOutcome] = {}
+        self._recorded = 0.0
 
     def _budget_pusd(self) -> int | None:
         limits, left = self.spec.limits, []
@@ -84,6 +96,14 @@ class _Driver:
         if limits.max_cost_usd_per_run is not None:
             left.append(round(limits.max_cost_usd_per_run * 1e12))
         return min(left) if left else None
+
+    def adopt(self, shards: list[dict[str, Any]]) -> None:
+        """Merge what the shards of an earlier driver saved and it did not merge (it died), so
+        that the store, and the budget left, count it before anything is sent."""
+        for s in shards:
+            if s["state"] not in ("planned", "merged"):  # merging is idempotent: again is harmless
+                self._merge(s["shard"], "adopted")
+        self.endings.clear()
 
     def _needs_run(self, shard: dict[str, Any]) -> bool:
         return shard["state"] != "merged" or shard["exit_code"] != 0 or self.r.options.retry_failed
@@ -95,13 +115,15 @@ class _Driver:
         quiet = sum(s["end_row"] - s["first_row"] for s in shards if not self._needs_run(s)) * repeat
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         limits = spec.limits
-        coordinator = ray.remote(num_cpus=0)(Shares).remote(
+        store_id = self.store.get_meta("store_id") or "store"
+        actor = ray.remote(num_cpus=0)(Shares).options(name=f"batchrunner-{self.job}-{store_id[:8]}-run{self.run_id}")
+        coordinator = actor.remote(
             limits.requests_per_minute, limits.tokens_per_minute, self._budget_pusd(), slots=slots
         )
-        env = {spec.api.api_key_env: r.svc.api_key, BASE_URL_ENV: r.svc.base_url}
+        share, pad = split_key(r.svc.api_key)  # Ray logs a runtime env: it gets one share of the key
+        env = {KEY_SHARE_ENV: share, BASE_URL_ENV: r.svc.base_url}
         task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(run_shard)
         task = task.options(runtime_env={"env_vars": env})
-        store_id = self.store.get_meta("store_id") or "store"
         running: dict[asyncio.Future[Any], tuple[int, Any]] = {}
         for s in todo:
             job = ShardJob(
@@ -115,6 +137,7 @@ class _Driver:
                 snapshot_s=spec.scale.snapshot_s,
                 coordinator=coordinator,
                 run_rows=self.run_rows,
+                key_pad=pad,
             )
             ref = task.remote(job)
             running[asyncio.wrap_future(ref.future())] = (s["shard"], ref)
@@ -139,6 +162,7 @@ class _Driver:
                 self._merge(shard, "interrupted")
         finally:
             r.progress.close()
+            ray.kill(coordinator)
         return self._end(todo)
 
     async def _watch(self, running: dict[asyncio.Future[Any], tuple[int, Any]], coordinator: Any, quiet: int) -> None:
@@ -149,6 +173,8 @@ class _Driver:
                 self._ended(running.pop(future)[0], future, coordinator)
             reports = await coordinator.snapshot.remote()
             shown = self._show(reports, quiet, shown, len(running))
+            if time.monotonic() >= self._recorded + RECORD_S:
+                self._record(reports, [shard for shard, _ in running.values()])
             if self.r.interrupted and stop_by is None:
                 await coordinator.stop.remote()
                 stop_by = time.monotonic() + self.spec.limits.grace_s + STOP_MARGIN_S
@@ -158,6 +184,14 @@ class _Driver:
                     self.ray.cancel(ref, force=True)
                 stop_by = float("inf")
         self._show(await coordinator.snapshot.remote(), quiet, shown, 0)
+
+    def _record(self, reports: dict[int, dict[str, Any]], running: list[int]) -> None:
+        """The running shards' last reports, into the manifest (what `status` shows)."""
+        self._recorded = time.monotonic()
+        for shard in running:
+            rep = reports.get(shard)
+            if rep:
+                self.store.update_shard(self.job, shard, **_manifest_fields(rep))
 
     def _ended(self, shard: int, future: asyncio.Future[Any], coordinator: Any) -> None:
         try:
@@ -177,13 +211,7 @@ class _Driver:
         self.outcomes[shard] = outcome
         rep = outcome.report
         self.store.update_shard(
-            self.job,
-            shard,
-            node=outcome.node,
-            exit_code=outcome.exit_code,
-            message=outcome.message[:500] or None,
-            rows_done=int(rep.get("rows_done", 0)),
-            **{k: int(rep.get(k, 0)) for k in ("sent", "ok", "failed", "input_tokens", "output_tokens", "cost_pusd")},
+            self.job, shard, exit_code=outcome.exit_code, message=outcome.message[:500] or None, **_manifest_fields(rep)
         )
         self._merge(shard, outcome.status)
 
@@ -195,8 +223,8 @@ class _Driver:
             if not self.shared.get(Shared.snapshot_name(shard), copy):
                 return
             rows = self.store.merge_shard(self.job, shard, copy, self.run_id)
-        state = "merged" if ending == "finished" else ending
-        self.store.update_shard(self.job, shard, state=state, snapshot_at=None)
+        if ending != "adopted":
+            self.store.update_shard(self.job, shard, state="merged" if ending == "finished" else ending)
         log.info("%s: shard %d %s; %d result(s) merged", self.job, shard, ending, rows)
 
     def _show(self, reports: dict[int, dict[str, Any]], quiet: int, shown: int, running: int) -> int:
@@ -257,6 +285,11 @@ class _Driver:
             job=self.job,
             mode=r.route.mode,
         )
+
+
+def _manifest_fields(rep: dict[str, Any]) -> dict[str, Any]:
+    counted = ("rows_done", "sent", "ok", "failed", "input_tokens", "output_tokens", "cost_pusd")
+    return {"node": rep.get("node"), **{k: int(rep.get(k, 0)) for k in counted}}
 
 
 def _ending(ending: str, problems: list[str], outcomes: dict[int, ShardOutcome]) -> tuple[str, ExitCode, str]:

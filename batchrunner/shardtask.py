@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import tempfile
 import threading
 import time
@@ -35,7 +36,7 @@ from .control import Control, RunHandle, Tally
 from .pricing import PriceTable
 from .progress import Progress
 from .records import RunCounts, RunSummary
-from .shares import Grant
+from .shares import CARRIED, Grant
 from .snapshots import Shared
 from .spec import JobSpec
 from .store import Store
@@ -46,6 +47,19 @@ log = logging.getLogger("batchrunner")
 REPORT_S = 0.5  # how often a shard reports and hears its share
 JOIN_WAIT_S = 120.0  # the longest a shard waits for a share before it gives up
 LOCAL_ROOT_ENV = "BATCHRUNNER_SHARD_DIR"  # where shard stores live on a node (default: the temp folder)
+KEY_SHARE_ENV = "BATCHRUNNER_KEY_SHARE"  # the key XOR a one-time pad (the pad comes with the task)
+
+
+def split_key(key: str) -> tuple[str, bytes]:
+    """The key in two shares, each alone worth nothing: (the key XOR a fresh random pad, in
+    hex, for the runtime env, which Ray logs; the pad, which goes with the task, unlogged)."""
+    data = key.encode()
+    pad = secrets.token_bytes(len(data))
+    return bytes(a ^ b for a, b in zip(data, pad, strict=True)).hex(), pad
+
+
+def joined_key(share: str, pad: bytes) -> str:
+    return bytes(a ^ b for a, b in zip(bytes.fromhex(share), pad, strict=True)).decode()
 
 
 RowsRunner = Callable[[JobSpec, PriceTable, tuple[int, int], Control, Progress], Awaitable[RunSummary]]
@@ -69,6 +83,7 @@ class ShardJob:
     snapshot_s: float
     coordinator: Any = field(repr=False)  # the Ray actor serving shares.Shares
     run_rows: RowsRunner = field(repr=False)  # runner.run_rows (passed in: the runner imports the engine)
+    key_pad: bytes = field(repr=False, default=b"")  # one share of the key (split_key); the env has the other
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,10 @@ def run_shard(job: ShardJob) -> ShardOutcome:
     import ray
 
     node = node_id()
+    share = os.environ.get(KEY_SHARE_ENV)
+    if share is None:
+        raise ShardSetupError(f"shard {job.shard}: the task's environment lacks {KEY_SHARE_ENV} (set by the driver)")
+    os.environ[job.spec.api.api_key_env] = joined_key(share, job.key_pad)  # this worker's own environment
     shared = Shared(job.shared_dir, job.spec.job.name)
     problem = shared.probe(node)
     if problem is not None:
@@ -107,9 +126,10 @@ def run_shard(job: ShardJob) -> ShardOutcome:
     epoch = uuid.uuid4().hex
     with Store(local) as store:
         floor = max((int(r["id"]) for r in store.runs()), default=0)
+        spent = store.spent(job.spec.job.name)
         store.set_meta("shard_epoch", epoch)
         store.set_meta(f"run_floor:{floor}", str(job.driver_run))
-    report = {"node": node, "pid": os.getpid(), "rows_total": job.rows[1] - job.rows[0]}
+    report = {"node": node, "pid": os.getpid(), "rows_total": job.rows[1] - job.rows[0], "store_spent_pusd": spent}
     grant = _joined(job, report)
     snapper = Snapshotter(local, shared, Shared.snapshot_name(job.shard), job.snapshot_s)
     snapper.start()
@@ -119,6 +139,8 @@ def run_shard(job: ShardJob) -> ShardOutcome:
     finally:
         snapper.stop()
     control.report.update(rows_done=control.tally.done, **{name: getattr(summary.counts, name) for name in COUNTED})
+    if control.handle is not None:  # exact: what the ended run may have spent
+        control.report["spent_pusd"] = control.handle.spent_pusd
     if not snapper.last_ok:
         raise RuntimeError(f"shard {job.shard}: its last snapshot could not be written to {job.shared_dir!r}")
     ray.get(job.coordinator.leave.remote(job.shard, control.report, summary.status))
@@ -160,8 +182,8 @@ async def _run(job: ShardJob, local: Path, grant: Grant, control: ShardControl) 
         update={
             "requests_per_minute": max(1, grant.rpm),
             "tokens_per_minute": grant.tpm or spec.limits.tokens_per_minute,
-            "max_cost_usd": None,
-            "max_cost_usd_per_run": None if grant.budget_pusd is None else max(grant.budget_pusd, 1) / 1e12,
+            "max_cost_usd": None if grant.budget_pusd is None else max(grant.budget_pusd, 1) / 1e12,
+            "max_cost_usd_per_run": None,
         }
     )
     shard_spec = spec.model_copy(
@@ -181,6 +203,7 @@ class ShardControl:
         self.job, self.grant = job, grant
         self.report: dict[str, Any] = dict(report)
         self.tally = Tally()
+        self.handle: RunHandle | None = None
 
     def _read(self, run: RunHandle) -> None:
         c: RunCounts = run.counts
@@ -191,6 +214,7 @@ class ShardControl:
         )
 
     async def watch(self, run: RunHandle) -> None:
+        self.handle = run
         while True:
             self._read(run)
             grant: Grant = await self.job.coordinator.report.remote(self.job.shard, self.report)
@@ -205,10 +229,7 @@ class ShardControl:
             await asyncio.sleep(REPORT_S)
 
 
-COUNTED = (
-    *("sent", "ok", "failed", "attempts", "retries", "throttled", "possibly_billed"),
-    *("input_tokens", "output_tokens", "cached_tokens", "cost_pusd", "priced", "unpriced"),
-)
+COUNTED = CARRIED
 
 
 class Snapshotter:

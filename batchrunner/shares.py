@@ -13,10 +13,14 @@ So a joining shard may wait a second or two for its share, and the tail of a job
 starved: the last shard running gets the whole limit.
 
 A cost budget (`max_cost_usd`, what is left of it; or `max_cost_usd_per_run`) is lent the
-same way: a shard's run ceiling starts at an even part of what is unlent and is topped up from
-it while a quarter of its ceiling is left; a shard that ends gives back what it did not spend
-(the worst case of attempts that may have been billed counts as spent). A shard whose ceiling
-is reached stops like a one-process run at its budget.
+same way: a shard starts with an even part of what is unlent and is topped up from it while a
+quarter of its part is left; a shard that ends gives back what it did not spend (the worst case
+of attempts that may have been billed counts as spent). A shard's grant is a ceiling on its
+store's total spending (`max_cost_usd` of its run): what its store had spent when it first
+joined (`store_spent_pusd`) plus what it was lent. A task that Ray starts again after a death
+finds in its store what the dead one committed; what the dead one reported spending beyond
+that (answers after the snapshot it was restored from) is taken off its ceiling. A shard whose
+ceiling is reached stops like a one-process run at its budget.
 
 `Shares` is plain Python on an injectable clock (tests drive it directly); rayengine.py serves
 it to the shards as a Ray actor.
@@ -30,6 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WINDOW_S = 1.1  # how long a start may still count at the service after the shard cut its rate
+# The counters a shard reports; a task that Ray starts again counts from 0, so the counts of the
+# one that died are carried.
+CARRIED = (
+    *("sent", "ok", "failed", "attempts", "retries", "throttled", "possibly_billed"),
+    *("input_tokens", "output_tokens", "cached_tokens", "cost_pusd", "priced", "unpriced"),
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,9 @@ class _Held:
     released_at: float = 0.0  # a cut's old rate still counts until then
     old_rpm: int = 0
     old_tpm: int = 0
-    budget_pusd: int = 0
+    budget_pusd: int = 0  # lent to this shard
+    base_pusd: int = 0  # what its store had spent when it first joined
+    lost_pusd: int = 0  # what dead tasks spent that their store no longer shows
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +82,7 @@ class Shares:
         self.clock = clock
         self.running: dict[int, _Held] = {}
         self.reports: dict[int, dict[str, Any]] = {}  # every shard's last report, ended ones too
+        self.carried: dict[int, dict[str, int]] = {}  # counts of a shard's tasks that died
         self.lent_pusd = 0  # money lent and not given back
         self._ghosts: list[tuple[float, int, int]] = []  # (until, rpm, tpm) of shards that just ended
         self.stopping = False
@@ -116,24 +129,42 @@ class Shares:
         held.budget_pusd += amount
         self.lent_pusd += amount
 
-    def _budget(self, held: _Held, spent_pusd: int, joining: bool) -> int | None:
+    @staticmethod
+    def _used(held: _Held, report: dict[str, Any]) -> int:
+        """What the shard spent of its loan: its store since it first joined, plus what was lost."""
+        store = int(report.get("store_spent_pusd", held.base_pusd)) + int(report.get("spent_pusd", 0))
+        return store - held.base_pusd + held.lost_pusd
+
+    def _budget(self, held: _Held, report: dict[str, Any], joining: bool) -> int | None:
+        """The shard's ceiling on its store's spending (None: no budget)."""
         if self.budget_pusd is None:
             return None
         if joining:
             open_slots = max(1, self.slots - len(self.running) + 1)
             self._lend(held, self._free_pusd() // open_slots)
-        elif held.budget_pusd - spent_pusd < held.budget_pusd // 4:
+        elif held.budget_pusd - self._used(held, report) < held.budget_pusd // 4:
             self._lend(held, self._free_pusd() // max(1, len(self.running)))
-        return held.budget_pusd
+        return held.base_pusd + held.budget_pusd - held.lost_pusd
 
     # ------------------------------------------------------------------ the shards' calls
 
     def join(self, shard: int, report: dict[str, Any] | None = None) -> Grant:
         """A shard starts: its first share (rpm 0 = wait and report again)."""
+        report = report or {}
+        known = self.running.get(shard)
         held = self.running.setdefault(shard, _Held())
-        self.reports[shard] = {**(report or {}), "state": "running"}
+        before = self.reports.get(shard)
+        if known is None:
+            held.base_pusd = int(report.get("store_spent_pusd", 0))
+        elif before is not None and before.get("pid") != report.get("pid"):  # Ray started it again
+            carried = self.carried.setdefault(shard, {})
+            for name in CARRIED:
+                carried[name] = carried.get(name, 0) + int(before.get(name, 0))
+            dead = int(before.get("store_spent_pusd", 0)) + int(before.get("spent_pusd", 0))
+            held.lost_pusd += max(0, dead - int(report.get("store_spent_pusd", 0)))
+        self.reports[shard] = {**report, "state": "running"}
         rpm, tpm = self._rate(shard)
-        return Grant(rpm, tpm, self._budget(held, 0, joining=True), self.stopping)
+        return Grant(rpm, tpm, self._budget(held, report, joining=known is None), self.stopping)
 
     def report(self, shard: int, report: dict[str, Any]) -> Grant:
         """A running shard's counters (spent_pusd among them); its share now."""
@@ -142,17 +173,18 @@ class Shares:
             return self.join(shard, report)
         self.reports[shard] = {**report, "state": "running"}
         rpm, tpm = self._rate(shard)
-        return Grant(rpm, tpm, self._budget(held, int(report.get("spent_pusd", 0)), joining=False), self.stopping)
+        return Grant(rpm, tpm, self._budget(held, report, joining=False), self.stopping)
 
     def leave(self, shard: int, report: dict[str, Any], state: str) -> None:
         """A shard's task ended (finished, stopped or failed): what it holds is given back."""
         held = self.running.pop(shard, None)
-        self.reports[shard] = {**report, "state": state}
+        self.reports[shard] = {**self.reports.get(shard, {}), **report, "state": state}
         if held is not None:  # its last starts count a window more
-            until = max(held.released_at, self.clock() + WINDOW_S)
-            self._ghosts.append((until, max(held.rpm, held.old_rpm), max(held.tpm, held.old_tpm)))
+            late = self.clock() < held.released_at
+            rpm, tpm = max(held.rpm, held.old_rpm if late else 0), max(held.tpm, held.old_tpm if late else 0)
+            self._ghosts.append((self.clock() + WINDOW_S, rpm, tpm))
         if held is not None and self.budget_pusd is not None:
-            unspent = max(0, held.budget_pusd - int(report.get("spent_pusd", held.budget_pusd)))
+            unspent = max(0, held.budget_pusd - self._used(held, self.reports[shard]))
             self.lent_pusd -= unspent
 
     def stop(self) -> None:
@@ -160,4 +192,8 @@ class Shares:
 
     def snapshot(self) -> dict[int, dict[str, Any]]:
         """Every shard's last report (the driver's progress line and manifest)."""
-        return {shard: dict(report) for shard, report in self.reports.items()}
+        shown = {shard: dict(report) for shard, report in self.reports.items()}
+        for shard, carried in self.carried.items():
+            for name, value in carried.items():
+                shown[shard][name] = int(shown[shard].get(name, 0)) + value
+        return shown
