@@ -229,6 +229,38 @@ def expensive_rows(data: Mapping[str, Any]) -> Any:
     )
 
 
+# A shard's state -> its colour in the Shards chart (a state not named here: grey-brown).
+STATE_COLORS = {
+    "merged": "#54a24b",
+    "running": "#4c78a8",
+    "planned": "#bab0ac",
+    "failed": "#e45756",
+    "outage": "#b279a2",
+    "budget": "#eeca3b",
+    "interrupted": "#f58518",
+}
+SHARDS = "shards"  # drawn only for a sharded job, so not in CHARTS (every page has those)
+
+
+def shards(data: Mapping[str, Any]) -> Any:
+    """Rows done per shard, coloured by state, over a pale bar of the shard's rows."""
+    alt = _alt()
+    rows = data["shards"]
+    order = list(STATE_COLORS)
+    states = sorted({r["state"] for r in rows}, key=lambda s: (order.index(s) if s in order else len(order), s))
+    scale = alt.Scale(domain=states, range=[STATE_COLORS.get(s, "#9d755d") for s in states])
+    labels = [r["label"] for r in rows]
+    x = alt.X("label:N", title="Shard", sort=labels, axis=alt.Axis(labels=len(rows) <= 60, labelAngle=-45))
+    tooltip = ["label:N", "state:N", "node_short:N", alt.Tooltip("rows_done:Q", format=","),
+               alt.Tooltip("rows:Q", format=","), alt.Tooltip("ok:Q", format=","),
+               alt.Tooltip("failed:Q", format=","), alt.Tooltip("cost:Q", title="cost", format=",.6f")]  # fmt: skip
+    color = alt.Color("state:N", title="State", scale=scale, legend=alt.Legend(symbolOpacity=1))
+    base = _base(rows, "Rows done per shard, by state (pale: the shard's rows)")
+    planned = base.mark_bar(opacity=0.25).encode(x=x, y=alt.Y("rows:Q", title="Rows"), color=color, tooltip=tooltip)
+    done = base.mark_bar().encode(x=x, y="rows_done:Q", color=color, tooltip=tooltip)
+    return alt.layer(planned, done)
+
+
 # name -> (data key that must be non-empty, builder), in the page's order
 CHARTS: dict[str, tuple[str, Builder]] = {
     "cost_by_day": ("daily", cost_by_day),
@@ -266,6 +298,8 @@ def chart_specs(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             rows = [r for r in rows if r["kind"] == name.removesuffix("_tokens")]
         if rows:
             specs[name] = build(data).configure(**CONFIG).to_dict()
+    if data.get(SHARDS):
+        specs[SHARDS] = shards(data).configure(**CONFIG).to_dict()
     return specs
 
 

@@ -18,7 +18,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .charts import CHARTS, empty_note
+from . import shardviews
+from .charts import CHARTS, SHARDS, empty_note
 
 STYLE = """
 :root { --ink: #1f2933; --muted: #616e7c; --line: #e4e7eb; --bg: #f5f7fa; --card: #fff; --accent: #4c78a8; }
@@ -187,6 +188,8 @@ def page(
         body.append(f"<h2>{html.escape(heading)}</h2>{_panels(specs, names)}")
         if "failed_rows" in names:
             body.append(f'<div class="grid" style="margin-top:16px">{_failed_table(data.get("failed_rows", []))}</div>')
+    if data.get("shards"):  # a job sharded over Ray: its shards (a job never sharded has no section)
+        body.append(f"<h2>Shards</h2>{_panels(specs, (SHARDS,))}{shardviews.html_table(data['shards'])}")
     older = data.get("older_stores") or []
     note = f" Stores older than the slim tables are in the cards only: {', '.join(older)}." if older else ""
     footer = "Stores: " + ", ".join(stores) + "." + note

@@ -7,7 +7,8 @@ Vega bundle into one file. Needs the `html` extra (altair, vl-convert-python): `
 before anything is read or written.
 
 `--since` / `--until` bound the cards and the daily charts (as in the text report); the charts
-over time (runs, errors, cache, latency, tokens per row, rows) cover every run in the stores.
+over time (runs, errors, cache, latency, tokens per row, rows) cover every run in the stores,
+and the Shards section (only for jobs sharded over Ray) each job's current manifest.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report as reporting
+from . import shardviews
 from .errors import BatchRunnerError
 from .pricing import CURRENCY, PriceTable, format_usd
 from .store import Store
@@ -236,6 +238,7 @@ def gather(paths: Sequence[Path], since: date | None = None, until: date | None 
                       "tokens": row.input_tokens + row.output_tokens, "input_tokens": row.input_tokens,
                       "output_tokens": row.output_tokens, "cached_tokens": row.cached_tokens})  # fmt: skip
     data["daily"] = daily
+    data["shards"] = shardviews.html_rows(built.shards, len(built.stores) > 1)  # none: no Shards section
     stores = [Store(p, readonly=True) for p in built.stores]
     try:
         slim = [s for s in stores if queries.has_slim_tables(s.conn)]

@@ -23,6 +23,11 @@ column, one line per group and no totals line (a spreadsheet's SUM gives it). `j
 with the group rows under "rows", the totals under "totals", and what was read (by, since,
 until, stores, price_versions). In csv and json, money is an exact decimal string with 12
 decimals (JSON strings, not floats, so no precision is lost) and tokens are integers.
+
+A job sharded over Ray (`run --engine ray`) is reported as one, like any job; `table` adds a
+per-shard table after the totals (at most 50 shards: those that need a look, then the
+costliest; one line sums the rest) and `json` a "shards" list of every shard (shardviews.py).
+Both read the job's current manifest, whatever --since and --until; csv and markdown leave it out.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
+from . import shardviews
 from . import spec as spec_module
 from .errors import StoreError
 from .pricing import CURRENCY, format_usd
@@ -134,6 +140,7 @@ class Report:
     since: date | None = None
     until: date | None = None
     price_versions: tuple[str, ...] = ()
+    shards: tuple[shardviews.JobShards, ...] = ()  # the sharded jobs of the stores read
 
 
 # --------------------------------------------------------------------------- reading stores
@@ -178,10 +185,12 @@ def build(
     groups: dict[tuple[str | None, ...], ReportRow] = {}
     versions: set[str] = set()
     counters = [f.name for f in fields(ReportRow)][1:]
+    sharded: list[shardviews.JobShards] = []
     for path in stores:
         with Store(path, readonly=True) as store:
             job = store.job_name()  # for rows whose job is not recorded
             versions |= store.price_versions()
+            sharded += shardviews.read(store)
             for model, status, day, made_by, mode, *sums in store.usage_sums(
                 TOKENS, list(MONEY.values()), since, until
             ):
@@ -194,7 +203,7 @@ def build(
     totals = ReportRow(blank)
     for row in rows:
         totals = totals.plus(row, blank)
-    return Report(keys, rows, totals, tuple(stores), since, until, tuple(sorted(versions)))
+    return Report(keys, rows, totals, tuple(stores), since, until, tuple(sorted(versions)), tuple(sharded))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -240,6 +249,8 @@ def _json(report: Report) -> str:
         "rows": [plain(r) for r in report.rows],
         "totals": plain(report.totals),
     }
+    if report.shards:  # every shard of each sharded job (no key at all for a job never sharded)
+        doc["shards"] = shardviews.json_rows(report.shards)
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -297,4 +308,4 @@ def _grid(report: Report, *, markdown: bool) -> str:
         )
     versions = f" (price tables {', '.join(report.price_versions)})" if report.price_versions else ""
     body.append(f"Money in {CURRENCY}{versions}.")
-    return "\n".join(body) + "\n"
+    return "\n".join(body) + "\n" + shardviews.report_text(report.shards)  # a table per sharded job

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from . import shardviews
 from .store import Store
 
 
@@ -66,7 +67,8 @@ def _last_run(store: Store, last: dict[str, Any], holder: dict[str, object] | No
 
 
 def status_text(job: str, store: Store, holder: dict[str, object] | None = None) -> str:
-    """Rows by status, failures by error code, and the last (or live) run: `batchrunner status`.
+    """Rows by status, failures by error code, the last (or live) run, and for a sharded job its
+    shards (shardviews.status_lines): `batchrunner status`.
     Only the rows and runs of `job` count (specs may share one store). `holder` is who holds
     the job's lock now (lock.live_holder), None when no run is going."""
     counts, queued = store.counts(job), store.queued_count(job)
@@ -77,6 +79,7 @@ def status_text(job: str, store: Store, holder: dict[str, object] | None = None)
     if last is not None:
         settled = counts.get("ok", 0) + counts.get("failed", 0) - queued  # records.settled
         lines += _last_run(store, last, holder, settled)
+    lines += shardviews.status_lines(store.shards(job))  # nothing for a job never sharded
     return "\n".join(lines) + "\n"
 
 

@@ -72,6 +72,12 @@ class Shards:
         row = cursor.fetchone()
         return None if row is None else dict(zip([d[0] for d in cursor.description], row, strict=True))
 
+    def sharded_jobs(self) -> list[str]:
+        """The jobs of this store that have a shard plan, by name (none in an older store)."""
+        if not self.has_shards():
+            return []
+        return [str(row[0]) for row in self.conn.execute("SELECT job FROM shard_plans ORDER BY job")]
+
     def save_shard_plan(
         self, job: str, *, rows: int, input_signature: str, shared_dir: str, ranges: list[tuple[int, int]]
     ) -> None:
