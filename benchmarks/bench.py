@@ -1,7 +1,7 @@
 """The performance benchmark: batchrunner against a simulator in another process, side by side
 with the official dashscope SDK, printed as one table (and written as JSON).
 
-    python -m benchmarks.bench [--quick] [--only S1,S2,S2b,S3,S4,startup] [--rows-s3 N] [--rows-s4 N]
+    python -m benchmarks.bench [--quick] [--only S1,S2,S2b,S3,S4,S5,startup] [--rows-s3 N] [--rows-s4 N]
         [--json PATH]
 
 Every scenario starts `python -m batchrunner simulate` on 127.0.0.1 in its own process and
@@ -41,6 +41,7 @@ from typing import Any
 from .bigstore import s4
 from .harness import Harness, Sizes
 from .proc import BenchError
+from .raybench import s5
 from .scale import s3
 from .scenarios import s1, s2, s2b
 from .startup import startup
@@ -54,6 +55,7 @@ from .table import (
     s2b_lines,
     s3_lines,
     s4_lines,
+    s5_lines,
     startup_lines,
 )
 
@@ -66,6 +68,7 @@ SCENARIOS: dict[str, tuple[Scenario, Render]] = {
     "S2b": (s2b, s2b_lines),
     "S3": (s3, s3_lines),
     "S4": (s4, s4_lines),
+    "S5": (s5, s5_lines),
     "startup": (startup, startup_lines),
 }
 
