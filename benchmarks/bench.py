@@ -17,7 +17,8 @@ them). S4 (10 million rows, made without HTTP, see `bigstore`) adds about 20 min
 shared cores: making the job takes 10 of them, and its `report` and `export` (8 more) read
 the whole store. `--quick` shrinks every scenario to seconds
 (the test uses it); `--rows-s3` and `--rows-s4` shrink S3 or S4 alone. The `startup` scenario
-(CPU of short CLI commands over a bare interpreter) takes under a minute.
+(CPU of short CLI commands over a bare interpreter) takes under a minute, S5 (the S1 job on
+a local Ray of 1 and 2 CPUs beside `processes = 2`, see `raybench`) about 3 minutes.
 Run it from a checkout's root (where `benchmarks` is importable); the children it starts get
 that root on their PYTHONPATH.
 """
