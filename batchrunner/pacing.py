@@ -104,6 +104,14 @@ class RequestPacer:
         self.base_window_s = self.span * (1.0 + self.margin)
         self.window_s = self.base_window_s + excess
         self.allowed = max(1, min(self.per_window, round(self.allowed * self.per_window / old)))
+        # A raise takes effect now: the schedule (and a timer) set at the old rate are pulled in.
+        # Without this, a share of 1/min for a moment left the shard idle for a minute.
+        interval = self.window_s / self.allowed
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._next = min(self._next, now + interval)
+        self._next_fast = min(self._next_fast, now + interval / 2)
+        self._rearm()
 
     @property
     def rate_per_s(self) -> float:

@@ -1,7 +1,7 @@
 """The performance benchmark: batchrunner against a simulator in another process, side by side
 with the official dashscope SDK, printed as one table (and written as JSON).
 
-    python -m benchmarks.bench [--quick] [--only S1,S2,S2b,S3,S4,startup] [--rows-s3 N] [--rows-s4 N]
+    python -m benchmarks.bench [--quick] [--only S1,S2,S2b,S3,S4,S5,startup] [--rows-s3 N] [--rows-s4 N]
         [--json PATH]
 
 Every scenario starts `python -m batchrunner simulate` on 127.0.0.1 in its own process and
@@ -17,7 +17,8 @@ them). S4 (10 million rows, made without HTTP, see `bigstore`) adds about 20 min
 shared cores: making the job takes 10 of them, and its `report` and `export` (8 more) read
 the whole store. `--quick` shrinks every scenario to seconds
 (the test uses it); `--rows-s3` and `--rows-s4` shrink S3 or S4 alone. The `startup` scenario
-(CPU of short CLI commands over a bare interpreter) takes under a minute.
+(CPU of short CLI commands over a bare interpreter) takes under a minute, S5 (the S1 job on
+a local Ray of 1 and 2 CPUs beside `processes = 2`, see `raybench`) about 3 minutes.
 Run it from a checkout's root (where `benchmarks` is importable); the children it starts get
 that root on their PYTHONPATH.
 """
@@ -41,6 +42,7 @@ from typing import Any
 from .bigstore import s4
 from .harness import Harness, Sizes
 from .proc import BenchError
+from .raybench import s5
 from .scale import s3
 from .scenarios import s1, s2, s2b
 from .startup import startup
@@ -54,6 +56,7 @@ from .table import (
     s2b_lines,
     s3_lines,
     s4_lines,
+    s5_lines,
     startup_lines,
 )
 
@@ -66,6 +69,7 @@ SCENARIOS: dict[str, tuple[Scenario, Render]] = {
     "S2b": (s2b, s2b_lines),
     "S3": (s3, s3_lines),
     "S4": (s4, s4_lines),
+    "S5": (s5, s5_lines),
     "startup": (startup, startup_lines),
 }
 

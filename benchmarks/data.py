@@ -232,11 +232,13 @@ def write_spec(
     concurrency: int,
     output_name: str = "output.parquet",
     processes: int = 1,
+    scale: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `folder/job.toml` for a job over `input_path`; returns the spec's path.
 
     The spec is the README's ordinary shape: system prompt, template, qwen-plus, a few
-    parameters, the given limits, a parquet output table and the store beside it.
+    parameters, the given limits, a parquet output table and the store beside it; `scale`
+    is the `[scale]` section when given (e.g. `{"engine": "ray"}`).
     """
     folder.mkdir(parents=True, exist_ok=True)
     sections: dict[str, dict[str, Any]] = {
@@ -254,6 +256,8 @@ def write_spec(
         },
         "output": {"path": str(folder / "out" / output_name)},
     }
+    if scale:
+        sections["scale"] = dict(scale)
     spec = folder / "job.toml"
     spec.write_text(spec_toml(sections), encoding="utf-8")
     return spec

@@ -1,7 +1,7 @@
 """What every scenario works with: the run's sizes, its work folder, its input tables, and
 batchrunner / SDK child processes measured against a simulator process.
 
-The scenario modules (`scenarios`, `scale`, `bigstore`, `startup`) import this one and never each other.
+The scenario modules (`scenarios`, `scale`, `bigstore`, `startup`, `raybench`) import this one and never each other.
 """
 
 from __future__ import annotations
@@ -113,6 +113,16 @@ class Harness:
         if limit is not None:
             args += ["--limit", str(limit)]
         return self._child(args, result, sim, rows, sample=sample, what=f"job {spec.parent.name}")
+
+    def tree_job(self, spec: Path, sim: SimulatorProcess, rows: int, *, ray_cpus: int | None = None) -> JobRun:
+        """Run one job in `python -m benchmarks.raychild` (its whole process tree measured; on a
+        new local Ray of `ray_cpus` CPUs when given) against `sim`."""
+        self._runs += 1
+        result = spec.parent / f"result-{self._runs}.json"
+        args = ["-m", "benchmarks.raychild", str(spec), str(result), "--rows", str(rows)]
+        if ray_cpus is not None:
+            args += ["--ray-cpus", str(ray_cpus)]
+        return self._child(args, result, sim, rows, sample=False, what=f"job {spec.parent.name}")
 
     def sdk(self, input_path: Path, sim: SimulatorProcess, rows: int, *, sample: bool = False) -> JobRun:
         """Run the dashscope SDK baseline over `input_path` against `sim`."""

@@ -239,6 +239,50 @@ def startup_lines(r: dict[str, Any]) -> list[Line]:
     ]
 
 
+S5_LABELS = {
+    "processes_2": "S5 [limits] processes = 2 (no Ray)",
+    "ray_1cpu": "S5 local Ray, 1 CPU",
+    "ray_2cpu": "S5 local Ray, 2 CPUs",
+    "ray_2cpu_2shards": "S5 local Ray, 2 CPUs, shards = 2",
+}
+
+
+def s5_lines(r: dict[str, Any]) -> list[Line]:
+    """S5: the S1 job on a local Ray of 1 and 2 CPUs against `processes = 2`, every process's
+    CPU counted; the Ray start-up apart."""
+    if "skipped" in r:
+        return [Line("S5 S1 job on local Ray", r["skipped"], verdict="SKIP")]
+    ref = r["variants"]["processes_2"]
+
+    def figures(f: dict[str, Any]) -> str:
+        text = f"{f['rows_per_s']:,.0f} rows/s, {f['cpu_s_per_1k_rows']:.2f} CPU-s/1k rows all processes"
+        if f.get("shards"):
+            text += (
+                f", {f['shards']} shards; Ray start-up {f['ray_start_wall_s']:.1f} s, "
+                f"{f['ray_start_cpu_s']:.1f} CPU-s ({f['rows_per_s_with_start']:,.0f} rows/s with it)"
+            )
+        return text + f" ({f['ok']:,} ok)"
+
+    lines = []
+    for key, f in r["variants"].items():
+        label = f"{S5_LABELS.get(key, key)} ({r['rows']:,} rows, c={r['concurrency']})"
+        is_ref = key == "processes_2"
+        lines.append(
+            Line(
+                label,
+                figures(f),
+                "-" if is_ref else f"processes = 2: {ref['rows_per_s']:,.0f} rows/s",
+                "-"
+                if is_ref
+                else f"{_x(f['ratio_rows_per_s'])} rows/s ({_x(f['ratio_rows_per_s_with_start'])} with start-up), "
+                f"{_x(f['ratio_cpu_per_row'])} CPU/row",
+                "all rows ok (no speed target)",
+                _verdict(f["correct"]),
+            )
+        )
+    return lines
+
+
 def error_line(scenario: str, exc: BaseException) -> Line:
     """The line of a scenario that could not be run."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

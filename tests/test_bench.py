@@ -22,11 +22,12 @@ import pytest
 
 from batchrunner import run_job
 from batchrunner.simulator import ThreadHandle
-from benchmarks.bench import SCENARIOS, parse_only
+from benchmarks import raybench
+from benchmarks.bench import SCENARIOS, parse_only, run_bench
 from benchmarks.data import prompt_table
 from benchmarks.fabricate import fabricate
 from benchmarks.sample import Sample, steady_window
-from benchmarks.table import Line, render_table
+from benchmarks.table import Line, render_table, s5_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_TIMEOUT_S = 240
@@ -139,6 +140,53 @@ def test_quick_bench_prints_table_and_writes_json(spawn: Spawn, tmp_path: Path) 
     assert f"+{start['commands']['status JOB']['excess_cpu_s']:.2f}" in startup_row["batchrunner"]
 
 
+@pytest.mark.slow
+def test_quick_bench_s5_ray_beside_processes_2(spawn: Spawn, tmp_path: Path) -> None:
+    """S5 quick: the S1 job (2,000 rows) with `processes = 2`, then on a local Ray of 1 and of
+    2 CPUs, each run's whole process tree measured, every row ok in each output table."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'batchrunner[ray]'): S5 cannot run")
+    out, log = tmp_path / "bench.json", tmp_path / "bench.out"
+    args = ["-m", "benchmarks.bench", "--quick", "--only", "S5", "--json", str(out)]
+    proc = spawn([*args, "--workdir", str(tmp_path / "work")], log)
+    code = proc.wait(timeout=BENCH_TIMEOUT_S)
+    stderr = log.with_suffix(".err").read_text(encoding="utf-8", errors="replace")
+    assert code == 0, stderr[-3000:]
+    table = log.read_text(encoding="utf-8")
+    for label in ("S5 [limits] processes = 2 (no Ray)", "S5 local Ray, 1 CPU", "S5 local Ray, 2 CPUs"):
+        assert label in table
+
+    s5 = json.loads(out.read_text(encoding="utf-8"))["scenarios"]["S5"]
+    assert (s5["rows"], s5["rounds"], s5["pass"]) == (2_000, 1, True)
+    variants = s5["variants"]
+    assert list(variants) == ["processes_2", "ray_1cpu", "ray_2cpu"]
+    assert [variants[k]["shards"] for k in variants] == [None, 4, 8]  # the default: 4 shards per CPU
+    for key, f in variants.items():
+        assert f["correct"] and f["ok"] == 2_000 and f["exit_code"] == 0
+        assert f["rows_per_s"] > 0 and f["job_cpu_s"] > 0
+        detail = s5["runs"][key][0]["detail"]
+        assert detail["output_check"] == {"rows": 2_000, "ids": 2_000, "by_status": {"ok": 2_000}, "expected": 2_000}
+        names = detail["points"]["end"]["by_name"]
+        if key == "processes_2":
+            assert f["ray_start_wall_s"] < 0.5 and detail["points"]["end"]["seen"] >= 2  # two workers seen
+        else:
+            # Ray was started apart from the job, and its daemons and workers were counted
+            assert f["ray_start_wall_s"] > 0 and f["ray_start_cpu_s"] > 0
+            assert {"raylet", "gcs_server"} <= set(names) and f["job_cpu_s"] > f["driver_job_cpu_s"]
+            assert f["ratio_rows_per_s"] == pytest.approx(
+                f["rows_per_s"] / variants["processes_2"]["rows_per_s"], rel=1e-9
+            )
+
+
+def test_s5_says_it_is_skipped_without_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(raybench, "ray_installed", lambda: False)
+    said: list[str] = []
+    report = run_bench(["S5"], quick=True, rows_s3=None, workdir=tmp_path, say=said.append)
+    assert report["scenarios"]["S5"]["skipped"] == raybench.NO_RAY
+    assert said == [raybench.NO_RAY]
+    assert "Ray is not installed" in report["table_text"] and "SKIP" in report["table_text"]
+    assert s5_lines(report["scenarios"]["S5"])[0].verdict == "SKIP"
+
+
 def test_prompt_table_is_deterministic_and_unique() -> None:
     small, large = prompt_table(300), prompt_table(1000)
     assert small.equals(large.head(300))
@@ -161,7 +209,7 @@ def test_steady_window_continuous_and_waves() -> None:
 def test_only_and_table() -> None:
     assert parse_only("s2b,S1") == ["S1", "S2b"]
     assert parse_only("STARTUP") == ["startup"]
-    assert parse_only(None) == list(SCENARIOS) == ["S1", "S2", "S2b", "S3", "S4", "startup"]
+    assert parse_only(None) == list(SCENARIOS) == ["S1", "S2", "S2b", "S3", "S4", "S5", "startup"]
     with pytest.raises(Exception, match="unknown"):
         parse_only("S9")
     text = render_table([Line("S1 x", "1 rows/s", verdict="PASS"), Line("S2 longer name", "7 rows/s")])

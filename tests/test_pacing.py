@@ -177,3 +177,20 @@ def test_flight_gate_holds_a_caller_beyond_its_limit_until_a_release() -> None:
 
     got_in_before_the_release, released_at, in_flight = in_virtual_time(main())
     assert not got_in_before_the_release and released_at >= 60 and in_flight == 2
+
+
+def test_a_raised_share_takes_effect_at_once() -> None:
+    """A Ray shard granted 1 request a minute for a moment, then raised to 6,000: the callers
+    waiting go at the new rate, not after the minute the old schedule had set."""
+
+    async def main() -> list[float]:
+        pacer = RequestPacer(rpm=1)
+        await pacer.wait()  # the one start of the minute, at 0
+        waiting = asyncio.ensure_future(start_times(pacer, 50))
+        await asyncio.sleep(0.5)
+        pacer.regrant(6000)
+        return await waiting
+
+    starts = in_virtual_time(main())
+    assert len(starts) == 50
+    assert starts[0] >= 0.5 and starts[-1] < 1.5  # 100 a second from the raise on
