@@ -9,6 +9,7 @@ The runner knows nothing of who steers (shards.py's coordinator, over Ray, in pr
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,6 +64,10 @@ class RunHandle:
     def spent_pusd(self) -> int:
         """Money this run may have spent: answers' costs, and the worst case of those unanswered."""
         return self.attempts.budget.run_pusd
+
+    def recent_starts(self) -> int:
+        """The run's starts that still count at the service (its pacer's last window)."""
+        return self.attempts.pacer.recent_starts(time.monotonic())
 
     def regrant(self, rpm: int, tpm: int | None) -> None:
         self.attempts.pacer.regrant(rpm)

@@ -113,6 +113,10 @@ class RequestPacer:
         self._next_fast = min(self._next_fast, now + interval / 2)
         self._rearm()
 
+    def recent_starts(self, now: float) -> int:
+        """Starts that still count in the window at `now` (the loop's clock: time.monotonic)."""
+        return len(self._counted) - bisect.bisect_right(self._counted, now - self.window_s)
+
     @property
     def rate_per_s(self) -> float:
         """Starts per second the pacer allows now."""

@@ -87,6 +87,7 @@ class _Driver:
         self.endings: dict[int, str] = {}
         self.problems: list[str] = []
         self.outcomes: dict[int, ShardOutcome] = {}
+        self._waiting: list[dict[str, Any]] = []
         self._recorded = 0.0
 
     def _budget_pusd(self) -> int | None:
@@ -113,19 +114,22 @@ class _Driver:
         todo = [s for s in shards if self._needs_run(s)]
         repeat = spec.job.repeat
         quiet = sum(s["end_row"] - s["first_row"] for s in shards if not self._needs_run(s)) * repeat
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         limits = spec.limits
+        # Shards run at most one per CPU (Ray would start more while one waits in ray.get), and
+        # never more than the limit has requests per minute (each needs at least one).
+        slots = max(1, min(int(ray.cluster_resources().get("CPU", 1)), limits.requests_per_minute, len(todo) or 1))
         store_id = self.store.get_meta("store_id") or "store"
         actor = ray.remote(num_cpus=0)(Shares).options(name=f"batchrunner-{self.job}-{store_id[:8]}-run{self.run_id}")
         coordinator = actor.remote(
-            limits.requests_per_minute, limits.tokens_per_minute, self._budget_pusd(), slots=slots
+            limits.requests_per_minute, limits.tokens_per_minute, self._budget_pusd(), slots=slots, shards=len(todo)
         )
         share, pad = split_key(r.svc.api_key)  # Ray logs a runtime env: it gets one share of the key
         env = {KEY_SHARE_ENV: share, BASE_URL_ENV: r.svc.base_url}
         task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(run_shard)
-        task = task.options(runtime_env={"env_vars": env})
-        running: dict[asyncio.Future[Any], tuple[int, Any]] = {}
-        for s in todo:
+        self._task = task.options(runtime_env={"env_vars": env})
+        self._waiting = list(todo)
+
+        def start(s: dict[str, Any]) -> tuple[asyncio.Future[Any], tuple[int, Any]]:
             job = ShardJob(
                 spec=spec,
                 prices=r.prices,
@@ -139,9 +143,12 @@ class _Driver:
                 run_rows=self.run_rows,
                 key_pad=pad,
             )
-            ref = task.remote(job)
-            running[asyncio.wrap_future(ref.future())] = (s["shard"], ref)
+            ref = self._task.remote(job)
             self.store.update_shard(self.job, s["shard"], state="running", tries=s["tries"] + 1)
+            return asyncio.wrap_future(ref.future()), (s["shard"], ref)
+
+        self._start = start
+        running = dict(start(self._waiting.pop(0)) for _ in range(min(slots, len(self._waiting))))
         log.info(
             "%s: %d shard(s) to run on %d CPU(s), %d already merged",
             self.job,
@@ -171,8 +178,11 @@ class _Driver:
             done, _ = await asyncio.wait(running, timeout=TICK_S)
             for future in done:
                 self._ended(running.pop(future)[0], future, coordinator)
+                if self._waiting and not self.r.interrupted:
+                    started, entry = self._start(self._waiting.pop(0))
+                    running[started] = entry
             reports = await coordinator.snapshot.remote()
-            shown = self._show(reports, quiet, shown, len(running))
+            shown = self._show(reports, quiet, shown, len(self._waiting))
             if time.monotonic() >= self._recorded + RECORD_S:
                 self._record(reports, [shard for shard, _ in running.values()])
             if self.r.interrupted and stop_by is None:
@@ -227,7 +237,7 @@ class _Driver:
             self.store.update_shard(self.job, shard, state="merged" if ending == "finished" else ending)
         log.info("%s: shard %d %s; %d result(s) merged", self.job, shard, ending, rows)
 
-    def _show(self, reports: dict[int, dict[str, Any]], quiet: int, shown: int, running: int) -> int:
+    def _show(self, reports: dict[int, dict[str, Any]], quiet: int, shown: int, waiting: int) -> int:
         for name in COUNTED:
             setattr(self.counts, name, sum(int(rep.get(name, 0)) for rep in reports.values()))
         done = quiet + sum(int(rep.get("rows_done", 0)) for rep in reports.values())
@@ -238,7 +248,7 @@ class _Driver:
         ended = len(self.endings)
         self.r.progress.batch_state(
             f"cost={self.counts.cost_text(4)}; ok={self.counts.ok:,}; failed={self.counts.failed:,}; "
-            f"shards: {states.count('running')} running, {ended} ended, {running - states.count('running')} waiting"
+            f"shards: {states.count('running')} running, {ended} ended, {waiting} waiting"
         )
         return shown
 

@@ -67,7 +67,9 @@ def connected(spec: JobSpec) -> Iterator[Any]:
         _reachable(address)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(
+            address=address or "local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
+        )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         msg = f"cannot connect to the Ray cluster at {address or 'a new local instance'}: {exc} (nothing was sent)"
         raise SpecError(msg) from None

@@ -141,6 +141,7 @@ def run_shard(job: ShardJob) -> ShardOutcome:
     control.report.update(rows_done=control.tally.done, **{name: getattr(summary.counts, name) for name in COUNTED})
     if control.handle is not None:  # exact: what the ended run may have spent
         control.report["spent_pusd"] = control.handle.spent_pusd
+        control.report["recent_starts"] = control.handle.recent_starts()
     if not snapper.last_ok:
         raise RuntimeError(f"shard {job.shard}: its last snapshot could not be written to {job.shared_dir!r}")
     ray.get(job.coordinator.leave.remote(job.shard, control.report, summary.status))

@@ -75,10 +75,13 @@ class Shares:
         budget_pusd: int | None,
         *,
         slots: int,
+        shards: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`slots`: how many shards run at once at most; `shards`: how many will run in all."""
         self.rpm, self.tpm, self.budget_pusd = rpm, tpm, budget_pusd
         self.slots = max(1, slots)
+        self.left = shards if shards is not None else self.slots  # shards that have not ended
         self.clock = clock
         self.running: dict[int, _Held] = {}
         self.reports: dict[int, dict[str, Any]] = {}  # every shard's last report, ended ones too
@@ -105,8 +108,11 @@ class Shares:
 
     def _rate(self, shard: int) -> tuple[int, int | None]:
         held = self.running[shard]
-        target_rpm = self.rpm // len(self.running)
-        target_tpm = self.tpm // len(self.running) if self.tpm else 0
+        # Split among the shards that will run side by side (so a shard that joins in the
+        # steady state finds its part free), and among fewer in the tail.
+        parts = max(len(self.running), min(self.slots, self.left))
+        target_rpm = self.rpm // parts
+        target_tpm = self.tpm // parts if self.tpm else 0
         used_rpm, used_tpm = self._in_use(but=shard)
         rpm = min(target_rpm, max(0, self.rpm - used_rpm))
         tpm = min(target_tpm, max(0, (self.tpm or 0) - used_tpm))
@@ -179,9 +185,12 @@ class Shares:
         """A shard's task ended (finished, stopped or failed): what it holds is given back."""
         held = self.running.pop(shard, None)
         self.reports[shard] = {**self.reports.get(shard, {}), **report, "state": state}
-        if held is not None:  # its last starts count a window more
+        self.left = max(0, self.left - 1)
+        if held is not None:  # its last starts count a window more (as many as it says it made)
             late = self.clock() < held.released_at
             rpm, tpm = max(held.rpm, held.old_rpm if late else 0), max(held.tpm, held.old_tpm if late else 0)
+            if "recent_starts" in report:
+                rpm = min(rpm, int(report["recent_starts"]) * 60)
             self._ghosts.append((self.clock() + WINDOW_S, rpm, tpm))
         if held is not None and self.budget_pusd is not None:
             unspent = max(0, held.budget_pusd - self._used(held, self.reports[shard]))

@@ -312,5 +312,9 @@ def test_the_budget_is_a_ceiling_for_the_whole_sharded_job(local_ray: Any, sim: 
     (spent,) = query(db, "SELECT sum(cost_pusd) FROM attempts")[0]
     (ok,) = query(db, "SELECT count(*) FROM results WHERE status = 'ok'")[0]
     assert 0 < ok < ROWS and spent <= budget * 1e12
-    again = run_job(spec)  # the job's budget counts what earlier runs spent: nothing more is bought
-    assert again.exit_code == 4 and again.counts.sent == 0
+    # The job's budget counts what earlier runs spent. (A shard stops when its own part cannot
+    # cover a request's worst case, so a rerun, pooling what is left, may buy a few rows more.)
+    again = run_job(spec)
+    assert again.exit_code == 4
+    (spent_after,) = query(db, "SELECT sum(cost_pusd) FROM attempts")[0]
+    assert spent <= spent_after <= budget * 1e12

@@ -14,21 +14,30 @@ def in_use(shares: Shares) -> int:
     return shares._in_use()[0]
 
 
-def test_two_shards_split_the_rate_and_the_last_one_gets_it_all() -> None:
+def test_shards_side_by_side_split_the_rate_and_the_last_one_gets_it_all() -> None:
     clock = Clock()
-    shares = Shares(1200, None, None, slots=2, clock=clock)
-    first = shares.join(0)
-    assert first.rpm == 1200  # alone, it may use the whole limit
-    second = shares.join(1)
-    assert second.rpm == 0  # nothing is free until the first gives up half
-    assert shares.report(0, {}).rpm == 600
-    assert shares.report(1, {}).rpm == 0  # the first's old starts still count a window
+    shares = Shares(1200, None, None, slots=2, shards=3, clock=clock)
+    assert shares.join(0).rpm == 600  # two will run side by side: each starts with its half
+    assert shares.join(1).rpm == 600
+    shares.leave(0, {"recent_starts": 5}, "finished")  # 5 starts still count for a window
+    assert shares.join(2).rpm == 1200 - 600 - 5 * 60
+    clock.advance(WINDOW_S + 0.01)
+    assert shares.report(2, {}).rpm == 600
+    shares.leave(1, {}, "finished")  # it does not say: its whole rate counts a window more
+    assert shares.report(2, {}).rpm == 600
+    clock.advance(WINDOW_S + 0.01)
+    assert shares.report(2, {}).rpm == 1200  # the last one running gets the whole limit
+
+
+def test_a_cut_is_lent_to_another_only_a_window_later() -> None:
+    clock = Clock()
+    shares = Shares(1200, None, None, slots=1, shards=2, clock=clock)
+    assert shares.join(0).rpm == 1200
+    assert shares.join(1).rpm == 0  # a restarted task squeezed in: nothing is free
+    assert shares.report(0, {}).rpm == 600  # the first is cut ...
+    assert shares.report(1, {}).rpm == 0  # ... but its old starts count a window more
     clock.advance(WINDOW_S + 0.01)
     assert shares.report(1, {}).rpm == 600
-    shares.leave(0, {}, "finished")
-    assert shares.report(1, {}).rpm == 600  # the ended shard's last starts count a window more
-    clock.advance(WINDOW_S + 0.01)
-    assert shares.report(1, {}).rpm == 1200
 
 
 def test_no_sequence_of_events_lends_more_than_the_limit() -> None:
