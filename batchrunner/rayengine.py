@@ -55,6 +55,9 @@ _SERIOUS = ("aborted", "setup", "unreachable", "store_failed", "interrupted", "o
 async def run(r: _Run, run_rows: RowsRunner) -> RunSummary:
     """The job on Ray; `run_rows` is the runner's entry for one shard (runner.run_rows)."""
     spec, store = r.spec, r.store
+    if r.options.limit is not None:  # the shards could not share it: refused, not ignored
+        msg = "--limit is not shared across Ray shards; run with --engine local to send a few rows first"
+        raise SpecError(msg)
     with raysetup.connected(spec) as ray:
         if r.svc.simulated and len(raysetup.alive_nodes(ray)) > 1:
             msg = "--simulate serves the simulator on this machine's loopback: it needs a one-machine Ray cluster"
@@ -138,6 +141,7 @@ class _Driver:
                 coordinator=coordinator,
                 run_rows=self.run_rows,
                 key_pad=pad,
+                retry_failed=r.options.retry_failed,
             )
             ref = task.remote(job)
             running[asyncio.wrap_future(ref.future())] = (s["shard"], ref)
