@@ -148,9 +148,11 @@ class Shards:
             "CREATE TEMP TABLE template_map AS SELECT x.id AS old, m.id AS new "
             "FROM s.usage_templates x JOIN main.usage_templates m ON m.template = x.template"
         )
+        floor = "CAST(substr(name, 11) AS INTEGER)"  # meta `run_floor:N` = D: shard runs after N are driver run D's
         conn.execute(
-            "CREATE TEMP TABLE run_map AS SELECT r.id AS old, coalesce((SELECT CAST(value AS INTEGER) "
-            "FROM s.meta WHERE name = 'run:' || r.id), ?) AS new FROM s.runs r",
+            f"CREATE TEMP TABLE run_map AS SELECT r.id AS old, coalesce((SELECT CAST(value AS INTEGER) FROM s.meta "
+            f"WHERE substr(name, 1, 10) = 'run_floor:' AND {floor} < r.id ORDER BY {floor} DESC LIMIT 1), ?) "
+            "AS new FROM s.runs r",
             [run_id],
         )
         base = (shard + 1) * SHARD_SPAN
