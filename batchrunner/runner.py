@@ -177,10 +177,10 @@ async def run_with(spec: JobSpec, prices: PriceTable, options: RunOptions, progr
 
 
 async def run_rows(
-    spec: JobSpec, prices: PriceTable, rows: tuple[int, int], control: Control, progress: Progress
+    spec: JobSpec, prices: PriceTable, rows: tuple[int, int], control: Control, progress: Progress, retry_failed: bool
 ) -> RunSummary:
     """One Ray shard's run: its rows only, steered by `control`, no output table."""
-    return await run_with(spec, prices, RunOptions(rows=rows, control=control), progress)
+    return await run_with(spec, prices, RunOptions(rows=rows, control=control, retry_failed=retry_failed), progress)
 
 
 class _Run:
