@@ -217,6 +217,8 @@ class _Run:
         task = self._task
         if task is None:
             return
+        if first and self.spec.scale.engine == "ray" and self.options.rows is None:
+            return  # a Ray driver: its shards get grace_s (rayengine's watch cancels them STOP_MARGIN_S later)
         if first:
             asyncio.get_running_loop().call_later(self.spec.limits.grace_s, task.cancel)
         else:

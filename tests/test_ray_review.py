@@ -4,11 +4,13 @@ a job begun on one machine, the runs a merged attempt belongs to, a shard store 
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import query, read_table
+from helpers import Launch, query, read_table
 from test_ray import ROWS, job, local_ray, rows
 
 from batchrunner.runner import run_job
@@ -103,3 +105,19 @@ def test_rows_appended_to_a_finished_job_buy_only_the_new_rows(
     pl.DataFrame(rows(ROWS + 6)).write_csv(tmp_path / "data.csv")  # the input grows: a new plan
     assert run_job(spec).exit_code == 0
     assert sim.sim.stats()["requests"] == ROWS + 6  # the 60 done rows are not bought again
+
+
+@pytest.mark.sim(SimulatorConfig(latency_ms=1500, keep_log=True))
+def test_one_ctrl_c_lets_every_shard_end_its_run_and_take_its_last_snapshot(
+    sim: ThreadHandle, tmp_path: Path, launch: Launch
+) -> None:
+    spec = job(tmp_path, 200, shards=2, limits={"requests_per_minute": 600, "concurrency": 4, "grace_s": 1})
+    proc = launch("run", str(spec), "-q", stderr=subprocess.PIPE, text=True)  # its own local Ray
+    assert sim.sim.wait_for_requests(8, timeout=120)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    # Each shard heard the stop, gave its requests in flight grace_s, and ended its run (exit
+    # 130 in the manifest, its store's run 'interrupted'): none was cancelled by force.
+    db = tmp_path / "out/t.sqlite"
+    assert query(db, "SELECT state, exit_code FROM shards") == [("interrupted", 130)] * 2
