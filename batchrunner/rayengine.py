@@ -91,6 +91,7 @@ class _Driver:
         self.problems: list[str] = []
         self.outcomes: dict[int, ShardOutcome] = {}
         self._recorded = 0.0
+        self.unsettled: set[int] = set()
 
     def _budget_pusd(self) -> int | None:
         limits, left = self.spec.limits, []
@@ -109,10 +110,13 @@ class _Driver:
         self.endings.clear()
 
     def _needs_run(self, shard: dict[str, Any]) -> bool:
-        return shard["state"] != "merged" or shard["exit_code"] != 0 or self.r.options.retry_failed
+        if shard["state"] != "merged" or shard["exit_code"] != 0 or self.r.options.retry_failed:
+            return True
+        return shard["shard"] in self.unsettled  # a transient failure: a plain rerun sends it again
 
     async def go(self, shards: list[dict[str, Any]]) -> RunSummary:
         ray, spec, r = self.ray, self.spec, self.r
+        self.unsettled = self.store.unsettled_shards(self.job)
         todo = [s for s in shards if self._needs_run(s)]
         repeat = spec.job.repeat
         quiet = sum(s["end_row"] - s["first_row"] for s in shards if not self._needs_run(s)) * repeat

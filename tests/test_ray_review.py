@@ -121,3 +121,14 @@ def test_one_ctrl_c_lets_every_shard_end_its_run_and_take_its_last_snapshot(
     # 130 in the manifest, its store's run 'interrupted'): none was cancelled by force.
     db = tmp_path / "out/t.sqlite"
     assert query(db, "SELECT state, exit_code FROM shards") == [("interrupted", 130)] * 2
+
+
+@pytest.mark.sim(SimulatorConfig(faults=(FaultRule("item number 57", ("500", "500", "500")),), keep_log=True))
+def test_a_plain_rerun_sends_a_transient_failure_again(local_ray: Any, sim: ThreadHandle, tmp_path: Path) -> None:
+    spec = job(tmp_path, shards=3, limits={"max_retries": 2})
+    first = run_job(spec)
+    assert first.exit_code == 1 and first.table == {"ok": ROWS - 1, "failed": 1}, first.message
+    sent = sim.sim.stats()["requests"]
+    again = run_job(spec)  # as a one-process run: no --retry-failed needed for a transient failure
+    assert sim.sim.stats()["requests"] == sent + 1
+    assert again.exit_code == 0, again.message
