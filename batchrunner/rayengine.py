@@ -55,6 +55,9 @@ _SERIOUS = ("aborted", "setup", "unreachable", "store_failed", "interrupted", "o
 async def run(r: _Run, run_rows: RowsRunner) -> RunSummary:
     """The job on Ray; `run_rows` is the runner's entry for one shard (runner.run_rows)."""
     spec, store = r.spec, r.store
+    if r.options.limit is not None:  # the shards could not share it: refused, not ignored
+        msg = "--limit is not shared across Ray shards; run with --engine local to send a few rows first"
+        raise SpecError(msg)
     with raysetup.connected(spec) as ray:
         if r.svc.simulated and len(raysetup.alive_nodes(ray)) > 1:
             msg = "--simulate serves the simulator on this machine's loopback: it needs a one-machine Ray cluster"
@@ -89,6 +92,7 @@ class _Driver:
         self.outcomes: dict[int, ShardOutcome] = {}
         self._waiting: list[dict[str, Any]] = []
         self._recorded = 0.0
+        self.unsettled: set[int] = set()
 
     def _budget_pusd(self) -> int | None:
         limits, left = self.spec.limits, []
@@ -107,10 +111,13 @@ class _Driver:
         self.endings.clear()
 
     def _needs_run(self, shard: dict[str, Any]) -> bool:
-        return shard["state"] != "merged" or shard["exit_code"] != 0 or self.r.options.retry_failed
+        if shard["state"] != "merged" or shard["exit_code"] != 0 or self.r.options.retry_failed:
+            return True
+        return shard["shard"] in self.unsettled  # a transient failure: a plain rerun sends it again
 
     async def go(self, shards: list[dict[str, Any]]) -> RunSummary:
         ray, spec, r = self.ray, self.spec, self.r
+        self.unsettled = self.store.unsettled_shards(self.job)
         todo = [s for s in shards if self._needs_run(s)]
         repeat = spec.job.repeat
         quiet = sum(s["end_row"] - s["first_row"] for s in shards if not self._needs_run(s)) * repeat
@@ -142,6 +149,7 @@ class _Driver:
                 coordinator=coordinator,
                 run_rows=self.run_rows,
                 key_pad=pad,
+                retry_failed=r.options.retry_failed,
             )
             ref = self._task.remote(job)
             self.store.update_shard(self.job, s["shard"], state="running", tries=s["tries"] + 1)

@@ -177,10 +177,10 @@ async def run_with(spec: JobSpec, prices: PriceTable, options: RunOptions, progr
 
 
 async def run_rows(
-    spec: JobSpec, prices: PriceTable, rows: tuple[int, int], control: Control, progress: Progress
+    spec: JobSpec, prices: PriceTable, rows: tuple[int, int], control: Control, progress: Progress, retry_failed: bool
 ) -> RunSummary:
     """One Ray shard's run: its rows only, steered by `control`, no output table."""
-    return await run_with(spec, prices, RunOptions(rows=rows, control=control), progress)
+    return await run_with(spec, prices, RunOptions(rows=rows, control=control, retry_failed=retry_failed), progress)
 
 
 class _Run:
@@ -217,6 +217,8 @@ class _Run:
         task = self._task
         if task is None:
             return
+        if first and self.spec.scale.engine == "ray" and self.options.rows is None:
+            return  # a Ray driver: its shards get grace_s (rayengine's watch cancels them STOP_MARGIN_S later)
         if first:
             asyncio.get_running_loop().call_later(self.spec.limits.grace_s, task.cancel)
         else:

@@ -62,7 +62,7 @@ def joined_key(share: str, pad: bytes) -> str:
     return bytes(a ^ b for a, b in zip(bytes.fromhex(share), pad, strict=True)).decode()
 
 
-RowsRunner = Callable[[JobSpec, PriceTable, tuple[int, int], Control, Progress], Awaitable[RunSummary]]
+RowsRunner = Callable[[JobSpec, PriceTable, tuple[int, int], Control, Progress, bool], Awaitable[RunSummary]]
 
 
 class ShardSetupError(RuntimeError):
@@ -84,6 +84,7 @@ class ShardJob:
     coordinator: Any = field(repr=False)  # the Ray actor serving shares.Shares
     run_rows: RowsRunner = field(repr=False)  # runner.run_rows (passed in: the runner imports the engine)
     key_pad: bytes = field(repr=False, default=b"")  # one share of the key (split_key); the env has the other
+    retry_failed: bool = False  # --retry-failed: the shard sends its failed rows again
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ async def _run(job: ShardJob, local: Path, grant: Grant, control: ShardControl) 
             "api": spec.api.model_copy(update={"api_key_file": None}),
         }
     )
-    return await job.run_rows(shard_spec, job.prices, job.rows, control, control.tally)
+    return await job.run_rows(shard_spec, job.prices, job.rows, control, control.tally, job.retry_failed)
 
 
 class ShardControl:

@@ -101,6 +101,15 @@ class Shards:
         cursor = self.conn.execute(f"SELECT {', '.join(SHARD_COLUMNS)} FROM shards WHERE job = ? ORDER BY shard", [job])
         return [dict(zip(SHARD_COLUMNS, row, strict=True)) for row in cursor]
 
+    def unsettled_shards(self, job: str) -> set[int]:
+        """The shards holding a failed row that a plain rerun sends again (retryable)."""
+        sql = (
+            "SELECT DISTINCT (SELECT s.shard FROM shards s WHERE s.job = ? AND r.row_index >= s.first_row "
+            "AND r.row_index < s.end_row) FROM results r WHERE r.status = 'failed' AND coalesce(r.retryable, 0) "
+            "AND r.shape IN (SELECT id FROM shapes WHERE job = ? OR job IS NULL)"
+        )
+        return {int(row[0]) for row in self.conn.execute(sql, [job, job]) if row[0] is not None}
+
     def update_shard(self, job: str, shard: int, **fields: Any) -> None:
         unknown = set(fields) - set(SHARD_COLUMNS)
         assert not unknown, unknown
@@ -148,9 +157,11 @@ class Shards:
             "CREATE TEMP TABLE template_map AS SELECT x.id AS old, m.id AS new "
             "FROM s.usage_templates x JOIN main.usage_templates m ON m.template = x.template"
         )
+        floor = "CAST(substr(name, 11) AS INTEGER)"  # meta `run_floor:N` = D: shard runs after N are driver run D's
         conn.execute(
-            "CREATE TEMP TABLE run_map AS SELECT r.id AS old, coalesce((SELECT CAST(value AS INTEGER) "
-            "FROM s.meta WHERE name = 'run:' || r.id), ?) AS new FROM s.runs r",
+            f"CREATE TEMP TABLE run_map AS SELECT r.id AS old, coalesce((SELECT CAST(value AS INTEGER) FROM s.meta "
+            f"WHERE substr(name, 1, 10) = 'run_floor:' AND {floor} < r.id ORDER BY {floor} DESC LIMIT 1), ?) "
+            "AS new FROM s.runs r",
             [run_id],
         )
         base = (shard + 1) * SHARD_SPAN
