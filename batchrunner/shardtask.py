@@ -45,6 +45,7 @@ from .store.shards import backup, meta
 log = logging.getLogger("batchrunner")
 
 REPORT_S = 0.5  # how often a shard reports and hears its share
+LOCK_WAIT_S = 60.0  # the longest a shard waits for a dead driver's task to let go of its store
 JOIN_WAIT_S = 120.0  # the longest a shard waits for a share before it gives up
 LOCAL_ROOT_ENV = "BATCHRUNNER_SHARD_DIR"  # where shard stores live on a node (default: the temp folder)
 KEY_SHARE_ENV = "BATCHRUNNER_KEY_SHARE"  # the key XOR a one-time pad (the pad comes with the task)
@@ -123,6 +124,7 @@ def run_shard(job: ShardJob) -> ShardOutcome:
     if problem is not None:
         raise ShardSetupError(f"[scale] shared_dir {job.shared_dir!r} is not writable on node {node}: {problem}")
     local = local_store(job.store_id, job.shard)
+    _free(local, job.shard)
     restore(local, shared, job.shard)
     epoch = uuid.uuid4().hex
     with Store(local) as store:
@@ -149,6 +151,18 @@ def run_shard(job: ShardJob) -> ShardOutcome:
     return ShardOutcome(
         job.shard, node, os.getpid(), summary.status, summary.exit_code, summary.message, control.report
     )
+
+
+def _free(local: Path, shard: int) -> None:
+    """Wait (bounded) while a task of a driver that died still holds this shard's store: Ray
+    ends such orphans within seconds of noticing their driver is gone."""
+    from .lock import live_holder
+
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while live_holder(local) is not None:
+        if time.monotonic() > deadline:
+            raise ShardSetupError(f"shard {shard}: its store {local} stayed locked for {LOCK_WAIT_S:.0f} s")
+        time.sleep(0.2)  # pacing the look at the lock, not synchronising
 
 
 def restore(local: Path, shared: Shared, shard: int) -> None:
