@@ -11,6 +11,7 @@ from .store import Store
 
 if TYPE_CHECKING:
     from .attempts import Attempts
+    from .records import RunCounts
     from .writer import CheckpointWriter
 
 log = logging.getLogger("batchrunner")
@@ -31,6 +32,12 @@ def finished(table: dict[str, int], *, limited: bool, live: int = 0) -> tuple[Ex
             f"{table['pending']} row(s) are still pending (the input changed during the run?); run again to send them"
         )
     return ExitCode.OK, ""
+
+
+def counted(c: RunCounts) -> dict[str, Any]:
+    """A run's counters as its `runs` row keeps them (the cost unknown when nothing was priced)."""
+    names = ("sent", "ok", "failed", "attempts", "retries", "input_tokens", "output_tokens")
+    return {**{n: getattr(c, n) for n in names}, "cost_usd": None if c.unpriced and not c.priced else c.cost_usd}
 
 
 def finish_run(store: Store, run_id: int, **fields: Any) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import raysetup, sink
-from .endings import finish_run, finished
+from .endings import counted, finish_run, finished
 from .errors import ExitCode, SpecError
 from .records import RunCounts, RunSummary
 from .service import BASE_URL_ENV
@@ -277,14 +277,7 @@ class _Driver:
             status=status,
             exit_code=int(code),
             rows_total=r.rows_total,
-            sent=c.sent,
-            ok=c.ok,
-            failed=c.failed,
-            attempts=c.attempts,
-            retries=c.retries,
-            input_tokens=c.input_tokens,
-            output_tokens=c.output_tokens,
-            cost_usd=None if c.unpriced and not c.priced else c.cost_usd,
+            **counted(c),
         )
         return RunSummary(
             run_id=self.run_id,

@@ -29,6 +29,7 @@ from .attempts import Attempts, Policy
 from .batchmodels import check_batch_model
 from .batchrun import Clock
 from .control import Control, RunHandle
+from .endings import counted
 from .endings import finish_run as _finish_run
 from .endings import finished as _finished
 from .endings import run_ending as _ending
@@ -313,15 +314,8 @@ class _Run:
             exit_code=int(exit_code),
             rows_total=self.rows_total,
             already_done=pending.already_done,
-            sent=c.sent,
-            ok=c.ok,
-            failed=c.failed,
             skipped=pending.skipped,
-            attempts=c.attempts,
-            retries=c.retries,
-            input_tokens=c.input_tokens,
-            output_tokens=c.output_tokens,
-            cost_usd=None if c.unpriced and not c.priced else c.cost_usd,
+            **counted(c),
         )
         if unwritten is not None:
             raise unwritten
